@@ -1,0 +1,141 @@
+//! Validation of queue arguments (`x-...`), with RabbitMQ's errors for bad types or values.
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::value_int;
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+fn invalid(arg: &str, queue: &str, vhost: &str, reason: String) -> AmqpError {
+    AmqpError::precondition(format!(
+        "invalid arg '{arg}' for queue '{queue}' in vhost '{vhost}': {reason}"
+    ))
+}
+
+fn as_str(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// Checks the arguments of a queue being created.
+pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpResult<()> {
+    for (k, v) in args.inner() {
+        let k = k.as_str();
+        match k {
+            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" => match value_int(v) {
+                None => {
+                    return Err(invalid(
+                        k,
+                        queue,
+                        vhost,
+                        format!("{{unacceptable_type,{v:?}}}"),
+                    ))
+                }
+                Some(n) if n < 0 => {
+                    return Err(invalid(k, queue, vhost, format!("{{value_negative,{n}}}")))
+                }
+                _ => {}
+            },
+            "x-expires" => match value_int(v) {
+                None => {
+                    return Err(invalid(
+                        k,
+                        queue,
+                        vhost,
+                        format!("{{unacceptable_type,{v:?}}}"),
+                    ))
+                }
+                Some(n) if n <= 0 => {
+                    return Err(invalid(
+                        k,
+                        queue,
+                        vhost,
+                        format!("{{value_zero_or_less,{n}}}"),
+                    ))
+                }
+                _ => {}
+            },
+            "x-max-priority" => match value_int(v) {
+                None => {
+                    return Err(invalid(
+                        k,
+                        queue,
+                        vhost,
+                        format!("{{unacceptable_type,{v:?}}}"),
+                    ))
+                }
+                Some(n) if n < 0 => {
+                    return Err(invalid(k, queue, vhost, format!("{{value_negative,{n}}}")))
+                }
+                Some(n) if n > 255 => {
+                    return Err(invalid(k, queue, vhost, format!("{{value_too_big,{n}}}")))
+                }
+                _ => {}
+            },
+            "x-dead-letter-exchange" | "x-dead-letter-routing-key" if as_str(v).is_none() => {
+                return Err(invalid(
+                    k,
+                    queue,
+                    vhost,
+                    format!("{{unacceptable_type,{v:?}}}"),
+                ));
+            }
+            "x-overflow" => match as_str(v).as_deref() {
+                Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
+                Some(other) => {
+                    return Err(invalid(
+                        k,
+                        queue,
+                        vhost,
+                        format!("{{invalid_overflow,<<\"{other}\">>}}"),
+                    ))
+                }
+                None => {
+                    return Err(invalid(
+                        k,
+                        queue,
+                        vhost,
+                        format!("{{unacceptable_type,{v:?}}}"),
+                    ))
+                }
+            },
+            "x-single-active-consumer" if !matches!(v, AMQPValue::Boolean(_)) => {
+                return Err(invalid(
+                    k,
+                    queue,
+                    vhost,
+                    format!("{{unacceptable_type,{v:?}}}"),
+                ));
+            }
+            "x-queue-type" => match as_str(v).as_deref() {
+                Some("classic") => {}
+                Some(other @ ("quorum" | "stream")) => {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid arg 'x-queue-type' for queue '{queue}' in vhost '{vhost}': \
+                         queue type '{other}' is not supported by this broker (warren-broker is \
+                         not clustered; use classic queues, or RabbitMQ for {other} queues)"
+                    )))
+                }
+                Some(other) => {
+                    return Err(invalid(
+                        k,
+                        queue,
+                        vhost,
+                        format!("\"unsupported queue type '{other}'\""),
+                    ))
+                }
+                None => {
+                    return Err(invalid(
+                        k,
+                        queue,
+                        vhost,
+                        format!("{{unacceptable_type,{v:?}}}"),
+                    ))
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! The embeddable broker: configuration, the accept loop, and graceful shutdown.
+
+use crate::state::State;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Limits negotiated with clients and enforced on their input.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame (connection.tune frame_max), RabbitMQ's default 131072.
+    pub frame_max: u32,
+    /// Most channels per connection, RabbitMQ's default 2047.
+    pub channel_max: u16,
+    /// Heartbeat interval proposed to clients, in seconds (0 disables), RabbitMQ's default 60.
+    pub heartbeat: u16,
+    /// Largest message body accepted, RabbitMQ's default 128 MiB.
+    pub max_message_size: u64,
+    /// Most simultaneous connections; further ones wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_message_size: 128 * 1024 * 1024,
+            max_connections: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct User {
+    name: String,
+    password: String,
+    loopback_only: bool,
+}
+
+/// Broker configuration, shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Config {
+    users: Vec<User>,
+    pub(crate) limits: Limits,
+}
+
+impl Config {
+    /// Whether these credentials may log in from `peer`.
+    pub(crate) fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> bool {
+        self.users.iter().any(|u| {
+            u.name == user && u.password == password && (!u.loopback_only || peer.is_loopback())
+        })
+    }
+}
+
+/// State shared by the accept loop and every connection.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    pub(crate) config: Config,
+}
+
+/// Errors starting the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The listen address could not be bound (e.g. the port is taken).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The data directory could not be used.
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Entry point: `Broker::builder()`.
+#[derive(Debug)]
+pub struct Broker;
+
+impl Broker {
+    /// A builder with RabbitMQ's defaults: listen on 0.0.0.0:5672, user guest/guest (loopback
+    /// only), vhost "/".
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
+            data_dir: None,
+            users: Vec::new(),
+            vhosts: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Configures and starts a broker.
+#[derive(Debug)]
+pub struct BrokerBuilder {
+    listen: SocketAddr,
+    data_dir: Option<PathBuf>,
+    users: Vec<User>,
+    vhosts: Vec<String>,
+    limits: Limits,
+}
+
+impl BrokerBuilder {
+    /// The address to listen on; port 0 picks a free port.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Where durable entities and persistent messages are kept.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Adds a user that may log in from anywhere. Without any user, guest/guest may log in from
+    /// loopback only, as in RabbitMQ.
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.users.push(User {
+            name: name.into(),
+            password: password.into(),
+            loopback_only: false,
+        });
+        self
+    }
+
+    /// Adds a virtual host besides "/".
+    pub fn vhost(mut self, name: impl Into<String>) -> Self {
+        self.vhosts.push(name.into());
+        self
+    }
+
+    /// Replaces the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Binds the listener and starts serving.
+    pub async fn start(self) -> Result<BrokerHandle, BrokerError> {
+        if let Some(dir) = &self.data_dir {
+            std::fs::create_dir_all(dir).map_err(|source| BrokerError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let listener =
+            TcpListener::bind(self.listen)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    addr: self.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
+            addr: self.listen,
+            source,
+        })?;
+        let mut users = self.users;
+        if users.is_empty() {
+            users.push(User {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            });
+        }
+        let mut state = State::new();
+        for v in &self.vhosts {
+            state.add_vhost(v);
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            config: Config {
+                users,
+                limits: self.limits,
+            },
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        tracing::info!(%local_addr, "warren-broker ready");
+        Ok(BrokerHandle {
+            local_addr,
+            stop: stop_tx,
+            task: Arc::new(Mutex::new(Some(task))),
+        })
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+    let limit = Arc::new(tokio::sync::Semaphore::new(
+        shared.config.limits.max_connections,
+    ));
+    let mut conns = JoinSet::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = ticker.tick() => {
+                shared.state.lock().expect("state lock").expire_tick();
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let shared = shared.clone();
+                let stop = stop.clone();
+                conns.spawn(async move {
+                    crate::connection::serve(shared, stream, peer, id, stop).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(listener);
+    // Connections were told to close (connection.close 320); give them a bounded time.
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        conns.abort_all();
+    }
+}
+
+/// A running broker.
+#[derive(Debug, Clone)]
+pub struct BrokerHandle {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl BrokerHandle {
+    /// The address the broker listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// An `amqp://` URL for the default user and vhost, e.g.
+    /// `amqp://guest:guest@127.0.0.1:40123/%2f`.
+    pub fn amqp_url(&self) -> String {
+        let host = if self.local_addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            self.local_addr.ip().to_string()
+        };
+        format!("amqp://guest:guest@{host}:{}/%2f", self.local_addr.port())
+    }
+
+    /// Stops accepting, closes every connection with 320 CONNECTION_FORCED, and waits for them.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().expect("handle lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}

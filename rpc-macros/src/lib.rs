@@ -1,0 +1,1 @@
+//! The `#[service]` attribute macro of warren-rpc. Use it through `warren_rpc::service`.

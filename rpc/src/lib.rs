@@ -1,0 +1,2 @@
+//! warren-rpc: typed RPC over AMQP 0-9-1 message queues.
+#![deny(missing_docs)]

@@ -1,0 +1,1 @@
+//! Test support for Warren's end-to-end tests.
