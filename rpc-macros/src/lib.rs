@@ -1,1 +1,42 @@
 //! The `#[service]` attribute macro of warren-rpc. Use it through `warren_rpc::service`.
+//!
+//! Three stages, each plain data in and out: [`ast`] parses the trait into a model (collecting
+//! every unsupported construct as an error at its span), [`valid`] checks the model's semantics,
+//! and [`expand`] emits the trait, the `{Trait}Client` and the `{Trait}Server`. When there are
+//! errors, [`expand::fallback`] still emits the trait and the two types so that the user sees the
+//! real errors, not a cascade of "cannot find type" ones.
+
+mod ast;
+mod expand;
+mod valid;
+
+use proc_macro::TokenStream;
+
+/// Turns a trait into a Warren service. See the `warren_rpc` crate documentation.
+#[proc_macro_attribute]
+pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
+    let args = proc_macro2::TokenStream::from(args);
+    let item = match syn::parse::<syn::ItemTrait>(input) {
+        Ok(item) => item,
+        Err(err) => {
+            let mut err = err;
+            err.combine(syn::Error::new(
+                proc_macro2::Span::call_site(),
+                "#[service] applies to a trait: `#[service] pub trait Name { async fn m(&self, a: A) -> R; }`",
+            ));
+            return err.to_compile_error().into();
+        }
+    };
+    let mut errors = ast::Errors::default();
+    let options = ast::parse_service_args(args, &mut errors);
+    let model = ast::Service::parse(&item, options, &mut errors);
+    valid::check(&model, &mut errors);
+    match errors.into_result() {
+        Ok(()) => expand::expand(&model).into(),
+        Err(err) => {
+            let mut tokens = err.to_compile_error();
+            tokens.extend(expand::fallback(&item, &model));
+            tokens.into()
+        }
+    }
+}

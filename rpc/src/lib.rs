@@ -1,2 +1,118 @@
-//! warren-rpc: typed RPC over AMQP 0-9-1 message queues.
+//! Typed RPC over AMQP 0-9-1 message queues.
+//!
+//! Annotate a trait with [`#[service]`](macro@service) and get a typed async client and a server
+//! dispatcher. Calls travel as messages with reply-to queues and correlation ids, on Warren's
+//! bundled broker or on RabbitMQ with the same code.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! #[derive(Debug, serde::Serialize, serde::Deserialize)]
+//! pub enum CalcError {
+//!     DivisionByZero,
+//! }
+//!
+//! /// The service: the trait is the schema.
+//! #[warren_rpc::service]
+//! pub trait Calculator {
+//!     /// Adds two numbers.
+//!     #[warren(idempotent)]
+//!     async fn add(&self, a: i64, b: i64) -> i64;
+//!     /// Divides; dividing by zero is an application error.
+//!     async fn div(&self, a: i64, b: i64) -> Result<i64, CalcError>;
+//! }
+//!
+//! struct Calc;
+//!
+//! impl Calculator for Calc {
+//!     async fn add(&self, a: i64, b: i64) -> i64 {
+//!         a + b
+//!     }
+//!     async fn div(&self, a: i64, b: i64) -> Result<i64, CalcError> {
+//!         a.checked_div(b).ok_or(CalcError::DivisionByZero)
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), warren_rpc::Error> {
+//! let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+//! let server = warren_rpc::Server::builder()
+//!     .concurrency(16)
+//!     .serve(url, CalculatorServer::new(Calc))
+//!     .await?;
+//!
+//! let client = warren_rpc::Client::builder()
+//!     .timeout(Duration::from_secs(5))
+//!     .connect(url)
+//!     .await?;
+//! let calc = CalculatorClient::new(client);
+//! assert_eq!(calc.add(2, 3).await?, 5);
+//! // The outer Result is the framework's, the inner one the method's.
+//! assert!(matches!(calc.div(1, 0).await?, Err(CalcError::DivisionByZero)));
+//! // A per-call budget.
+//! let quick = calc.with_timeout(Duration::from_millis(100));
+//! let _ = quick.add(1, 1).await;
+//!
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # The model
+//!
+//! - A **service** is a trait; its name (the trait name in snake case, or
+//!   `#[service(name = "...")]`) is the name of the queue its servers consume.
+//! - The [`Client`] publishes each call to that queue with a fresh [`CallId`] and a deadline, and
+//!   waits for the reply on direct reply-to (or its own reply queue). The budget travels as the
+//!   message `expiration` and the `x-warren-timeout-ms` header, so neither the broker nor the
+//!   server works on a call nobody waits for. See [`wire`] for the exact protocol.
+//! - The [`Server`] consumes the queue with a prefetch equal to its concurrency, runs handlers
+//!   concurrently, replies, then acks. Handlers see their call through [`Context::current`].
+//! - Errors: a method's own error type `E` reaches the caller as a value; everything the
+//!   framework can fail with is an [`Error`], which says whether it [is
+//!   retryable](Error::is_retryable).
+//!
+//! # Attributes of `#[service]`
+//!
+//! On the trait: `#[service(name = "...")]` sets the service name.
+//! On a method, `#[warren(...)]` with any of:
+//! - `idempotent`: running it twice is harmless ([`MethodSpec::idempotent`]);
+//! - `oneway`: the caller gets no reply, only the broker's confirmation (the method must return
+//!   `()`);
+//! - `timeout_ms = N`: the method's default budget, overriding the client's.
+//!
+//! # De-duplication
+//!
+//! Servers remember the replies of executed call ids in a [`ReplyCache`] (by default an
+//! in-process [`MemoryReplyCache`]) and answer a repeated id from it, so a call resent after a
+//! timeout or a redelivery runs once. That memory is per server process: across replicas, make
+//! handlers idempotent or implement [`ReplyCache`] over a shared store.
 #![deny(missing_docs)]
+
+mod client;
+mod context;
+mod dedup;
+mod error;
+mod in_flight;
+mod server;
+mod service;
+pub mod wire;
+
+pub use client::{CallOptions, Client, ClientBuilder, ReplyQueue};
+pub use context::{CallId, Context};
+pub use dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
+pub use error::{Error, FaultCode};
+pub use server::{Server, ServerBuilder};
+pub use service::{Dispatch, Fault, MethodSpec, Outcome, Request, Service};
+pub use wire::Codec;
+
+/// Turns a trait into a Warren service: generates `{Trait}Client` and `{Trait}Server`.
+///
+/// See the [crate documentation](crate) for the attributes it accepts.
+pub use warren_rpc_macros::service;
+
+/// Items the generated code uses. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+    pub use std::sync::Arc;
+    pub use std::time::Duration;
+}

@@ -1,0 +1,147 @@
+//! The call context a handler can see: call id, method, attempt and deadline.
+//!
+//! The server runs each handler inside a task-local scope holding its [`Context`], so a handler
+//! reads it with [`Context::current`] without an extra parameter in the service trait. A
+//! [`Client`](crate::Client) call made from inside a handler inherits the handler's deadline
+//! when it is sooner than the call's own, so a chain of calls never outlives its caller.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The id of one call: a UUID string, the same on every attempt of that call. It is the
+/// request's `correlation_id` and `message_id`, and what servers de-duplicate on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(String);
+
+impl CallId {
+    /// A fresh random (v4 UUID) call id.
+    pub fn random() -> Self {
+        CallId(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Wraps a call id received from the wire.
+    pub fn from_wire(id: impl Into<String>) -> Self {
+        CallId(id.into())
+    }
+
+    /// The id as sent on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a handler knows about the call it is serving.
+///
+/// ```
+/// # use warren_rpc::Context;
+/// async fn handler() -> u32 {
+///     // Outside a Warren server there is no context.
+///     Context::current().map(|cx| cx.attempt()).unwrap_or(0)
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub(crate) call_id: CallId,
+    pub(crate) service: String,
+    pub(crate) method: String,
+    pub(crate) attempt: u32,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) deadline_unix_ms: Option<i64>,
+    pub(crate) redelivered: bool,
+}
+
+tokio::task_local! {
+    static CURRENT: Context;
+}
+
+impl Context {
+    /// The context of the call the current task is serving, or `None` outside a handler.
+    pub fn current() -> Option<Context> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// The call id (`message_id` / `correlation_id`).
+    pub fn call_id(&self) -> &CallId {
+        &self.call_id
+    }
+
+    /// The service (queue) the request was consumed from.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The method name (the request's `type`).
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The attempt number from `x-warren-attempt` (1 when absent).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When the caller stops waiting: the receive time plus `x-warren-timeout-ms`. `None` for
+    /// a request that carried no budget.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The caller's deadline as absolute Unix milliseconds (`x-warren-deadline`), for logs.
+    pub fn deadline_unix_ms(&self) -> Option<i64> {
+        self.deadline_unix_ms
+    }
+
+    /// The time left before the deadline (zero once it passed), or `None` without a deadline.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the broker delivered this request before (to this or another server).
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// Runs `fut` with this context as [`Context::current`].
+    pub(crate) fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, fut)
+    }
+}
+
+/// Milliseconds since the Unix epoch, for the `x-warren-deadline` header.
+pub(crate) fn unix_millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn current_is_scoped_to_the_handler() {
+        assert!(Context::current().is_none());
+        let cx = Context {
+            call_id: CallId::from_wire("id-1"),
+            service: "svc".into(),
+            method: "m".into(),
+            attempt: 2,
+            deadline: Some(Instant::now() + Duration::from_secs(5)),
+            deadline_unix_ms: None,
+            redelivered: false,
+        };
+        let seen = cx
+            .scope(async { Context::current().map(|c| (c.call_id().clone(), c.attempt())) })
+            .await;
+        assert_eq!(seen, Some((CallId::from_wire("id-1"), 2)));
+        assert!(Context::current().is_none());
+    }
+}

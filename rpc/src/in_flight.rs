@@ -1,0 +1,166 @@
+//! The client's correlation map: pending calls by call id, waiting for their reply.
+//!
+//! One small type with one lock, held briefly: [`InFlight::register`] adds a call and returns
+//! a [`PendingReply`] (dropping it removes the entry, so a call abandoned at its deadline or
+//! cancelled by its caller leaves nothing behind), [`InFlight::complete`] hands a reply to its
+//! caller, and [`InFlight::fail_all`] ends every pending call at once with the same error when
+//! the connection dies, so nothing hangs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+use crate::context::CallId;
+use crate::error::Error;
+
+/// A raw reply as it came off the reply queue.
+#[derive(Debug)]
+pub(crate) struct ReplyMessage {
+    pub(crate) content_type: Option<String>,
+    pub(crate) body: Vec<u8>,
+}
+
+type Slot = oneshot::Sender<Result<ReplyMessage, Error>>;
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<CallId, Slot>,
+    /// Set once the map has failed everything; later registrations fail at once.
+    closed: Option<Error>,
+}
+
+/// Pending calls by id.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    state: Mutex<State>,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the map inconsistent (each operation is
+        // a single insert or remove), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a call; its reply arrives through the returned [`PendingReply`].
+    pub(crate) fn register(self: &Arc<Self>, id: CallId) -> Result<PendingReply, Error> {
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.lock();
+        if let Some(err) = &state.closed {
+            return Err(err.clone());
+        }
+        state.pending.insert(id.clone(), tx);
+        Ok(PendingReply {
+            map: Arc::clone(self),
+            id,
+            rx,
+        })
+    }
+
+    /// Hands a reply to its caller. Returns false for an id nobody waits for (a late reply to a
+    /// call that already timed out, or a stray message).
+    pub(crate) fn complete(&self, id: &CallId, reply: ReplyMessage) -> bool {
+        let slot = self.lock().pending.remove(id);
+        match slot {
+            Some(tx) => tx.send(Ok(reply)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Removes a call without completing it.
+    fn cancel(&self, id: &CallId) {
+        self.lock().pending.remove(id);
+    }
+
+    /// Fails every pending call with `err`, and every later registration too.
+    pub(crate) fn fail_all(&self, err: Error) {
+        let pending = {
+            let mut state = self.lock();
+            if state.closed.is_none() {
+                state.closed = Some(err.clone());
+            }
+            std::mem::take(&mut state.pending)
+        };
+        for (_, tx) in pending {
+            let _ = tx.send(Err(err.clone()));
+        }
+    }
+
+    /// How many calls wait for a reply.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().pending.len()
+    }
+}
+
+/// The receiving end of one registered call. Dropping it unregisters the call.
+pub(crate) struct PendingReply {
+    map: Arc<InFlight>,
+    id: CallId,
+    rx: oneshot::Receiver<Result<ReplyMessage, Error>>,
+}
+
+impl PendingReply {
+    /// Waits for the reply, or the error that failed every call.
+    pub(crate) async fn wait(&mut self) -> Result<ReplyMessage, Error> {
+        match (&mut self.rx).await {
+            Ok(result) => result,
+            // The map dropped the slot without an answer: it only does so when it is dropped
+            // itself, i.e. the client is gone.
+            Err(_) => Err(Error::Shutdown),
+        }
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        self.map.cancel(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(body: &[u8]) -> ReplyMessage {
+        ReplyMessage {
+            content_type: None,
+            body: body.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn complete_reaches_the_caller_and_unknown_ids_are_ignored() {
+        let map = Arc::new(InFlight::default());
+        let id = CallId::random();
+        let mut pending = map.register(id.clone()).unwrap();
+        assert!(!map.complete(&CallId::random(), reply(b"stray")));
+        assert!(map.complete(&id, reply(b"x")));
+        assert_eq!(pending.wait().await.unwrap().body, b"x");
+        assert!(!map.complete(&id, reply(b"again")));
+    }
+
+    #[tokio::test]
+    async fn dropping_a_pending_call_unregisters_it() {
+        let map = Arc::new(InFlight::default());
+        let pending = map.register(CallId::random()).unwrap();
+        assert_eq!(map.len(), 1);
+        drop(pending);
+        assert_eq!(map.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn fail_all_ends_every_call_and_later_ones() {
+        let map = Arc::new(InFlight::default());
+        let mut a = map.register(CallId::random()).unwrap();
+        let mut b = map.register(CallId::random()).unwrap();
+        map.fail_all(Error::Shutdown);
+        assert!(matches!(a.wait().await, Err(Error::Shutdown)));
+        assert!(matches!(b.wait().await, Err(Error::Shutdown)));
+        assert!(matches!(
+            map.register(CallId::random()),
+            Err(Error::Shutdown)
+        ));
+        assert_eq!(map.len(), 0);
+    }
+}

@@ -1,0 +1,533 @@
+//! The server: consumes a service's queue and answers its requests.
+//!
+//! One connection and channel per [`Server`]. The server declares the service queue, sets the
+//! channel's prefetch to its concurrency, and runs each delivery in a task of its own:
+//! decode the request -> skip it if its deadline passed -> consult the [`ReplyCache`] (replay,
+//! wait for a running duplicate, or execute) -> run the handler inside its [`Context`] with
+//! panics caught and the deadline enforced -> publish the reply -> ack. Shutdown cancels the
+//! consumer, lets the requests in flight finish within a grace period, and closes.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::context::{unix_millis, CallId, Context};
+use crate::dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
+use crate::error::{Error, FaultCode};
+use crate::service::{Fault, Outcome, Request, Service};
+use crate::wire::{self, Codec};
+
+/// Builds and starts a [`Server`].
+pub struct ServerBuilder {
+    concurrency: u16,
+    durable: bool,
+    queue_type: Option<String>,
+    queue_name: Option<String>,
+    cache: Arc<dyn ReplyCache>,
+    shutdown_grace: Duration,
+    connection_name: String,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("concurrency", &self.concurrency)
+            .field("durable", &self.durable)
+            .field("queue_type", &self.queue_type)
+            .field("queue_name", &self.queue_name)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            concurrency: 32,
+            durable: false,
+            queue_type: None,
+            queue_name: None,
+            cache: Arc::new(MemoryReplyCache::default()),
+            shutdown_grace: Duration::from_secs(10),
+            connection_name: "warren-server".to_owned(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// How many requests run at once (32 unless set); also the channel's prefetch count.
+    pub fn concurrency(mut self, concurrency: u16) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Declare the service queue durable (false unless set). Quorum queues must be durable.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// The queue type (`x-queue-type`), e.g. `"quorum"` on a RabbitMQ cluster. Unset means the
+    /// broker's default (classic).
+    pub fn queue_type(mut self, queue_type: impl Into<String>) -> Self {
+        self.queue_type = Some(queue_type.into());
+        self
+    }
+
+    /// Consume from this queue instead of the service's name (clients then address it with
+    /// [`CallOptions::service`](crate::CallOptions::service)).
+    pub fn queue_name(mut self, name: impl Into<String>) -> Self {
+        self.queue_name = Some(name.into());
+        self
+    }
+
+    /// Where replies are kept for de-duplication (an in-memory [`MemoryReplyCache`] unless
+    /// set).
+    pub fn reply_cache(mut self, cache: impl ReplyCache) -> Self {
+        self.cache = Arc::new(cache);
+        self
+    }
+
+    /// How long [`Server::shutdown`] waits for requests in flight (10 s unless set).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The connection name shown in the broker's management tools.
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    /// Connects to `url`, declares the service queue and starts serving `service`.
+    pub async fn serve<S: Service>(self, url: &str, service: S) -> Result<Server, Error> {
+        let queue = self
+            .queue_name
+            .clone()
+            .unwrap_or_else(|| service.name().to_owned());
+        let queue_name = ShortString::try_new(queue.clone()).map_err(|e| Error::Config {
+            reason: format!("queue name: {e}"),
+        })?;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.clone().into());
+        let connection = Connection::connect(url, properties)
+            .await
+            .map_err(Error::connection)?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(Error::connection)?;
+
+        let mut arguments = FieldTable::default();
+        if let Some(queue_type) = &self.queue_type {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(queue_type.as_str().into()),
+            );
+        }
+        channel
+            .queue_declare(
+                queue_name.clone(),
+                QueueDeclareOptions {
+                    durable: self.durable,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+            .map_err(Error::connection)?;
+        channel
+            .basic_qos(self.concurrency, BasicQosOptions::default())
+            .await
+            .map_err(Error::connection)?;
+        let consumer = channel
+            .basic_consume(
+                queue_name,
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::connection)?;
+
+        let shared = Arc::new(Shared {
+            service: Box::new(service),
+            queue: queue.clone(),
+            channel: channel.clone(),
+            cache: self.cache,
+        });
+        let permits = Arc::new(Semaphore::new(usize::from(self.concurrency)));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(
+            consume(
+                shared,
+                consumer,
+                Arc::clone(&permits),
+                stop_rx,
+                usize::from(self.concurrency),
+                self.shutdown_grace,
+            )
+            .instrument(tracing::info_span!("warren.server", queue = %queue)),
+        );
+        tracing::info!(%queue, concurrency = self.concurrency, "warren server serving");
+        Ok(Server {
+            queue,
+            connection,
+            channel,
+            stop: stop_tx,
+            task,
+        })
+    }
+}
+
+/// A running server for one service. Stop it with [`Server::shutdown`].
+#[derive(Debug)]
+pub struct Server {
+    queue: String,
+    connection: Connection,
+    channel: Channel,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// A builder for a server with non-default settings.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// Serves `service` with default settings.
+    pub async fn serve<S: Service>(url: &str, service: S) -> Result<Server, Error> {
+        ServerBuilder::default().serve(url, service).await
+    }
+
+    /// The queue this server consumes.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Whether the server stopped consuming (shut down, or its connection failed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops taking requests, lets those in flight finish (within the grace period), replies,
+    /// acks, and closes the connection.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        let _ = self.channel.close(200, "server shutdown".into()).await;
+        let _ = self.connection.close(200, "server shutdown".into()).await;
+    }
+}
+
+struct Shared {
+    service: Box<dyn Service>,
+    queue: String,
+    channel: Channel,
+    cache: Arc<dyn ReplyCache>,
+}
+
+/// The consume loop: one task per delivery, at most `concurrency` at once.
+async fn consume(
+    shared: Arc<Shared>,
+    mut consumer: Consumer,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    concurrency: usize,
+    grace: Duration,
+) {
+    loop {
+        let delivery = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            delivery = consumer.next() => delivery,
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                // The budget runs from here: time spent waiting for a free slot counts.
+                let received = Instant::now();
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    break;
+                };
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    handle(&shared, delivery, received).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(err)) => {
+                tracing::error!(%err, "consumer failed; the server stops serving");
+                break;
+            }
+            None => {
+                tracing::warn!("consumer cancelled by the broker; the server stops serving");
+                break;
+            }
+        }
+    }
+    // Stop new deliveries, then drain: requests in flight hold permits until replied and acked.
+    let _ = shared
+        .channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await;
+    let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+    match tokio::time::timeout(grace, permits.acquire_many(all)).await {
+        Ok(_) => tracing::debug!("drained"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            "requests still running after the shutdown grace period"
+        ),
+    }
+}
+
+/// A request as read off a delivery, before any decision about it.
+struct Incoming {
+    call_id: Option<CallId>,
+    method: Option<String>,
+    reply_to: Option<ShortString>,
+    correlation_id: Option<ShortString>,
+    codec: Option<Codec>,
+    protocol: Option<i64>,
+    context: Context,
+}
+
+impl Incoming {
+    fn parse(queue: &str, delivery: &Delivery, received: Instant) -> Incoming {
+        let props = &delivery.properties;
+        let headers = props.headers().as_ref();
+        let call_id = props
+            .message_id()
+            .as_ref()
+            .or(props.correlation_id().as_ref())
+            .map(|id| CallId::from_wire(id.as_str()));
+        let budget_ms = wire::header_i64(headers, wire::HEADER_TIMEOUT_MS);
+        let deadline = budget_ms.map(|ms| received + Duration::from_millis(ms.max(0) as u64));
+        let attempt = wire::header_i64(headers, wire::HEADER_ATTEMPT)
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(1);
+        let method = props.kind().as_ref().map(|m| m.as_str().to_owned());
+        Incoming {
+            call_id: call_id.clone(),
+            reply_to: props.reply_to().clone().filter(|r| !r.as_str().is_empty()),
+            correlation_id: props.correlation_id().clone(),
+            codec: Codec::from_content_type(props.content_type().as_ref().map(|c| c.as_str())),
+            protocol: wire::header_i64(headers, wire::HEADER_PROTOCOL),
+            context: Context {
+                call_id: call_id.unwrap_or_else(|| CallId::from_wire("")),
+                service: queue.to_owned(),
+                method: method.clone().unwrap_or_default(),
+                attempt,
+                deadline,
+                deadline_unix_ms: wire::header_i64(headers, wire::HEADER_DEADLINE)
+                    .or_else(|| budget_ms.map(|ms| unix_millis(SystemTime::now()) + ms.max(0))),
+                redelivered: delivery.redelivered,
+            },
+            method,
+        }
+    }
+
+    /// The first reason, if any, to fail the request without running it.
+    fn invalid(&self) -> Option<Fault> {
+        let bad = |message: String| {
+            Some(Fault {
+                code: FaultCode::BadRequest,
+                message,
+            })
+        };
+        if let Some(version) = self.protocol {
+            if version != wire::PROTOCOL_VERSION {
+                return bad(format!(
+                    "unsupported protocol version {version}; this server speaks {}",
+                    wire::PROTOCOL_VERSION
+                ));
+            }
+        }
+        if self.codec.is_none() {
+            return bad(
+                "unsupported content_type; use application/msgpack or application/json".into(),
+            );
+        }
+        if self.method.as_deref().unwrap_or("").is_empty() {
+            return bad("the request has no `type` property naming the method".into());
+        }
+        None
+    }
+}
+
+/// Handles one delivery from start to ack.
+async fn handle(shared: &Shared, delivery: Delivery, received: Instant) {
+    let incoming = Incoming::parse(&shared.queue, &delivery, received);
+    let span = tracing::info_span!(
+        "warren.handle",
+        service = %shared.queue,
+        method = incoming.method.as_deref().unwrap_or(""),
+        call_id = %incoming.context.call_id,
+        attempt = incoming.context.attempt,
+    );
+    async {
+        if let Some(deadline) = incoming.context.deadline {
+            if deadline <= Instant::now() {
+                tracing::debug!("deadline passed before the request was taken; skipped");
+                ack(&delivery).await;
+                return;
+            }
+        }
+        let codec = incoming.codec.unwrap_or_default();
+        let reply = match incoming.invalid() {
+            Some(fault) => Some(CachedReply {
+                content_type: codec.content_type().to_owned(),
+                body: Outcome::Fault(fault).into_body(codec),
+            }),
+            None => execute_once(shared, &incoming, codec, &delivery.data).await,
+        };
+        if let (Some(reply), Some(reply_to)) = (reply, &incoming.reply_to) {
+            send_reply(shared, reply_to, incoming.correlation_id.clone(), reply).await;
+        }
+        ack(&delivery).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs the request unless the cache says it already ran; returns the reply to send, or `None`
+/// when there is none (the call was abandoned at its deadline).
+async fn execute_once(
+    shared: &Shared,
+    incoming: &Incoming,
+    codec: Codec,
+    body: &[u8],
+) -> Option<CachedReply> {
+    let deadline = incoming.context.deadline;
+    let Some(call_id) = incoming.call_id.clone() else {
+        // Without an id there is nothing to de-duplicate on.
+        return run(shared, incoming, codec, body).await;
+    };
+    let keep_for = deadline
+        .map(|d| d.saturating_duration_since(Instant::now()))
+        .unwrap_or_default();
+    match shared.cache.begin(&call_id, keep_for) {
+        CacheLookup::Replay(reply) => {
+            tracing::debug!("duplicate of an executed call; replaying its reply");
+            Some(reply)
+        }
+        CacheLookup::Wait(waiter) => {
+            tracing::debug!("duplicate of a running call; waiting for its reply");
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), waiter)
+                    .await
+                    .ok()
+                    .flatten(),
+                None => waiter.await,
+            }
+        }
+        CacheLookup::Execute => {
+            let reply = run(shared, incoming, codec, body).await;
+            match &reply {
+                Some(reply) => shared.cache.finish(&call_id, reply.clone()),
+                None => shared.cache.abandon(&call_id),
+            }
+            reply
+        }
+    }
+}
+
+/// Runs the handler with its context, its deadline and a panic guard.
+async fn run(
+    shared: &Shared,
+    incoming: &Incoming,
+    codec: Codec,
+    body: &[u8],
+) -> Option<CachedReply> {
+    let request = Request::new(incoming.context.method.clone(), codec, body);
+    let context = incoming.context.clone();
+    // Decoding the arguments happens inside dispatch: guard it as well as the handler.
+    let handler =
+        match std::panic::catch_unwind(AssertUnwindSafe(|| shared.service.dispatch(request))) {
+            Ok(dispatch) => AssertUnwindSafe(context.scope(dispatch)).catch_unwind(),
+            Err(panic) => return Some(panicked(codec, panic)),
+        };
+    let outcome = match incoming.context.deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline.into(), handler).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::warn!("handler cancelled at the call's deadline");
+                return None;
+            }
+        },
+        None => handler.await,
+    };
+    match outcome {
+        Ok(outcome) => {
+            if let Outcome::Fault(fault) = &outcome {
+                tracing::debug!(%fault, "call failed");
+            }
+            Some(CachedReply {
+                content_type: codec.content_type().to_owned(),
+                body: outcome.into_body(codec),
+            })
+        }
+        Err(panic) => Some(panicked(codec, panic)),
+    }
+}
+
+fn panicked(codec: Codec, panic: Box<dyn Any + Send>) -> CachedReply {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned());
+    tracing::error!(panic = %detail, "handler panicked");
+    CachedReply {
+        content_type: codec.content_type().to_owned(),
+        body: Outcome::Fault(Fault {
+            code: FaultCode::HandlerPanicked,
+            message: format!("the handler panicked: {detail}"),
+        })
+        .into_body(codec),
+    }
+}
+
+async fn send_reply(
+    shared: &Shared,
+    reply_to: &ShortString,
+    correlation_id: Option<ShortString>,
+    reply: CachedReply,
+) {
+    let mut properties = BasicProperties::default().with_content_type(reply.content_type.into());
+    if let Some(id) = correlation_id {
+        properties = properties.with_correlation_id(id);
+    }
+    let published = shared
+        .channel
+        .basic_publish(
+            "".into(),
+            reply_to.clone(),
+            BasicPublishOptions::default(),
+            &reply.body,
+            properties,
+        )
+        .await;
+    if let Err(err) = published {
+        tracing::warn!(%err, "could not publish the reply");
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
+        tracing::warn!(%err, "could not ack the request");
+    }
+}

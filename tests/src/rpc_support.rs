@@ -1,0 +1,307 @@
+//! Support for the RPC end-to-end tests (`tests/rpc.rs`): a probe service with slow, panicking,
+//! one-way and introspective methods, servers on per-test queues, and a raw wire-protocol
+//! caller that speaks to a service with plain lapin, as another language would.
+//!
+//! Every server here consumes a unique queue (see [`crate::unique`]) because one RabbitMQ
+//! serves all tests at once; clients address it with `CallOptions::service`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use serde::{Deserialize, Serialize};
+use warren_examples::{Calc, CalculatorClient, CalculatorServer};
+use warren_rpc::{CallOptions, Client, Context, Server, ServerBuilder, Service};
+
+use crate::{Target, WAIT};
+
+/// What a handler saw of its call, returned by [`Probe::context`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallInfo {
+    /// The call id.
+    pub call_id: String,
+    /// The attempt number.
+    pub attempt: u32,
+    /// The budget left when the handler ran, in milliseconds.
+    pub remaining_ms: Option<u64>,
+}
+
+/// A service for exercising the framework rather than computing anything.
+#[warren_rpc::service(name = "probe")]
+pub trait Probe {
+    /// Returns its argument.
+    async fn echo(&self, text: String) -> String;
+
+    /// Sleeps `ms` milliseconds, then returns `ms`.
+    async fn sleep(&self, ms: u64) -> u64;
+
+    /// Panics with `message`.
+    async fn explode(&self, message: String) -> String;
+
+    /// Records `value`; one-way, so the caller gets no reply.
+    #[warren(oneway)]
+    async fn record(&self, value: i64);
+
+    /// The values recorded so far, in arrival order.
+    async fn recorded(&self) -> Vec<i64>;
+
+    /// Counts one execution, sleeps `ms`, and returns the count.
+    async fn count_slowly(&self, ms: u64) -> u64;
+
+    /// The call context the handler sees.
+    async fn context(&self) -> CallInfo;
+}
+
+/// The probe implementation.
+#[derive(Debug, Default)]
+pub struct ProbeImpl {
+    recorded: Mutex<Vec<i64>>,
+    executions: AtomicU64,
+}
+
+impl ProbeImpl {
+    /// How many times `count_slowly` ran.
+    pub fn executions(&self) -> u64 {
+        self.executions.load(Ordering::SeqCst)
+    }
+}
+
+impl Probe for ProbeImpl {
+    async fn echo(&self, text: String) -> String {
+        text
+    }
+
+    async fn sleep(&self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    }
+
+    async fn explode(&self, message: String) -> String {
+        panic!("{message}")
+    }
+
+    async fn record(&self, value: i64) {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(value);
+    }
+
+    async fn recorded(&self) -> Vec<i64> {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn count_slowly(&self, ms: u64) -> u64 {
+        let count = self.executions.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        count
+    }
+
+    async fn context(&self) -> CallInfo {
+        let cx = Context::current().expect("handlers run with a context");
+        CallInfo {
+            call_id: cx.call_id().to_string(),
+            attempt: cx.attempt(),
+            remaining_ms: cx.remaining().map(|d| d.as_millis() as u64),
+        }
+    }
+}
+
+/// A server on a fresh queue of `target`, and the queue's name.
+pub async fn serve<S: Service>(
+    target: &Target,
+    builder: ServerBuilder,
+    service: S,
+) -> (Server, String) {
+    let queue = crate::unique(service.name());
+    let server = builder
+        .queue_name(queue.clone())
+        .serve(target.url(), service)
+        .await
+        .unwrap_or_else(|e| panic!("{target}: server failed to start: {e}"));
+    (server, queue)
+}
+
+/// A calculator server on a fresh queue.
+pub async fn serve_calculator(target: &Target, builder: ServerBuilder) -> (Server, String) {
+    serve(target, builder, CalculatorServer::new(Calc::new())).await
+}
+
+/// A client of `target` with default settings.
+pub async fn client(target: &Target) -> Client {
+    Client::builder()
+        .timeout(WAIT)
+        .connect(target.url())
+        .await
+        .unwrap_or_else(|e| panic!("{target}: client failed to connect: {e}"))
+}
+
+/// A calculator client addressing `queue`.
+pub fn calculator(client: &Client, queue: &str) -> CalculatorClient {
+    CalculatorClient::new(client.clone()).with_options(CallOptions::new().service(queue))
+}
+
+/// A probe client addressing `queue`.
+pub fn probe(client: &Client, queue: &str) -> ProbeClient {
+    ProbeClient::new(client.clone()).with_options(CallOptions::new().service(queue))
+}
+
+/// A request built by hand, as any AMQP client could send it.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    /// The `type` property (method name), if any.
+    pub method: Option<String>,
+    /// The `content_type` property, if any.
+    pub content_type: Option<String>,
+    /// The call id (`message_id` and `correlation_id`).
+    pub call_id: String,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The `x-warren-timeout-ms` header, if any.
+    pub timeout_ms: Option<i64>,
+}
+
+impl RawRequest {
+    /// A JSON request for `method` with a fresh call id and a 5 s budget.
+    pub fn json(method: &str, body: &str) -> Self {
+        RawRequest {
+            method: Some(method.to_owned()),
+            content_type: Some("application/json".to_owned()),
+            call_id: uuid::Uuid::new_v4().to_string(),
+            body: body.as_bytes().to_vec(),
+            timeout_ms: Some(WAIT.as_millis() as i64),
+        }
+    }
+
+    /// A MessagePack request for `method` with a fresh call id and a 5 s budget.
+    pub fn msgpack(method: &str, args: &impl Serialize) -> Self {
+        RawRequest {
+            content_type: Some("application/msgpack".to_owned()),
+            body: rmp_serde::to_vec_named(args).expect("encodable arguments"),
+            ..RawRequest::json(method, "")
+        }
+    }
+}
+
+/// A reply as it arrived.
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    /// Its `content_type`.
+    pub content_type: Option<String>,
+    /// Its `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    /// The body decoded by its content type (JSON or MessagePack) into a JSON value.
+    pub fn json(&self) -> serde_json::Value {
+        match self.content_type.as_deref() {
+            Some("application/json") => serde_json::from_slice(&self.body)
+                .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {:?}", self.body)),
+            _ => rmp_serde::from_slice(&self.body)
+                .unwrap_or_else(|e| panic!("reply is not MessagePack ({e}): {:?}", self.body)),
+        }
+    }
+}
+
+/// Publishes raw requests to `queue` over direct reply-to and collects one reply per request,
+/// in arrival order. Uses only lapin and the wire protocol.
+pub async fn raw_calls(target: &Target, queue: &str, requests: &[RawRequest]) -> Vec<RawReply> {
+    let (conn, channel) = target.open().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{target}: confirm.select: {e}"));
+    let mut replies = channel
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{target}: consume direct reply-to: {e}"));
+    for request in requests {
+        let mut headers = FieldTable::default();
+        headers.insert("x-warren-protocol".into(), AMQPValue::LongLongInt(1));
+        headers.insert("x-warren-attempt".into(), AMQPValue::LongLongInt(1));
+        if let Some(ms) = request.timeout_ms {
+            headers.insert("x-warren-timeout-ms".into(), AMQPValue::LongLongInt(ms));
+        }
+        let mut props = BasicProperties::default()
+            .with_correlation_id(request.call_id.as_str().into())
+            .with_message_id(request.call_id.as_str().into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_headers(headers);
+        if let Some(method) = &request.method {
+            props = props.with_type(method.as_str().into());
+        }
+        if let Some(ct) = &request.content_type {
+            props = props.with_content_type(ct.as_str().into());
+        }
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &request.body,
+                props,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{target}: publish: {e}"))
+            .await
+            .unwrap_or_else(|e| panic!("{target}: confirm: {e}"));
+    }
+    let mut out = Vec::new();
+    while out.len() < requests.len() {
+        let delivery = tokio::time::timeout(WAIT, replies.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{target}: only {} of {} raw replies arrived",
+                    out.len(),
+                    requests.len()
+                )
+            })
+            .unwrap_or_else(|| panic!("{target}: reply consumer ended"))
+            .unwrap_or_else(|e| panic!("{target}: reply consumer failed: {e}"));
+        out.push(RawReply {
+            content_type: delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.to_string()),
+            correlation_id: delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.to_string()),
+            body: delivery.data,
+        });
+    }
+    crate::close(conn).await;
+    out
+}
+
+/// One raw call.
+pub async fn raw_call(target: &Target, queue: &str, request: RawRequest) -> RawReply {
+    raw_calls(target, queue, &[request])
+        .await
+        .pop()
+        .expect("one reply")
+}
