@@ -182,6 +182,16 @@ impl BrokerBuilder {
         for v in &self.vhosts {
             state.add_vhost(v);
         }
+        if let Some(dir) = &self.data_dir {
+            let (store, defs, recovered) =
+                crate::store::Store::open(dir).map_err(|source| BrokerError::DataDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+            let n = recovered.len();
+            state.attach_store(Arc::new(store), defs, recovered);
+            tracing::info!(dir = %dir.display(), messages = n, "recovered from data directory");
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             config: Config {

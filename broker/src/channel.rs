@@ -9,7 +9,7 @@ use crate::exchange::Destination;
 use crate::frame::{self, RawFrame};
 use crate::queue::{parse_expiration, ChannelKey, ConnId, Message};
 use crate::state::{
-    ConsumeOptions, ExchangeDeclare, Outbox, QueueDeclare, State, Unacked, REPLY_TO,
+    ConsumeOptions, ExchangeDeclare, Outbox, QueueDeclare, SettleOp, State, Unacked, REPLY_TO,
 };
 use amq_protocol::frame::parsing::parse_content_header;
 use amq_protocol::protocol::basic::{self, AMQPProperties};
@@ -46,7 +46,7 @@ struct Pending {
 /// A settled-in-transaction ack or reject, applied on commit.
 struct TxSettle {
     taken: Vec<(u64, Unacked)>,
-    requeue: bool,
+    op: SettleOp,
 }
 
 #[derive(Default)]
@@ -286,6 +286,7 @@ impl Channel {
             return Ok(());
         }
         let routed = state.publish(ctx.vhost, msg.clone());
+        let store = state.store().cloned();
         drop(state);
         if routed.queues == 0 && p.publish.mandatory {
             self.send_return(ctx, msg);
@@ -293,13 +294,29 @@ impl Channel {
         if self.confirm {
             let tag = self.next_publish_seq;
             self.next_publish_seq += 1;
-            ctx.outbox.method(
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            let method = if routed.rejected > 0 {
+                basic::AMQPMethod::Nack(basic::Nack {
                     delivery_tag: tag,
                     multiple: false,
-                })),
-            );
+                    requeue: false,
+                })
+            } else {
+                basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: tag,
+                    multiple: false,
+                })
+            };
+            match store {
+                // Confirm a persisted message only once it is on disk.
+                Some(store) if routed.persisted => {
+                    let outbox = ctx.outbox.clone();
+                    let id = self.id;
+                    store.after_sync(Box::new(move || {
+                        outbox.method(id, AMQPClass::Basic(method));
+                    }));
+                }
+                _ => ctx.outbox.method(self.id, AMQPClass::Basic(method)),
+            }
         }
         Ok(())
     }
@@ -505,10 +522,12 @@ impl Channel {
         let mut state = ctx.state.lock().expect("state lock");
         if let Some(tx) = self.tx.as_mut() {
             let taken = state.take_unacked(key, tag, multiple)?;
-            tx.settles.push(TxSettle {
-                taken,
-                requeue: reject_requeue.unwrap_or(false),
-            });
+            let op = match reject_requeue {
+                None => SettleOp::Ack,
+                Some(true) => SettleOp::Requeue,
+                Some(false) => SettleOp::Discard,
+            };
+            tx.settles.push(TxSettle { taken, op });
             return Ok(());
         }
         match reject_requeue {
@@ -536,20 +555,32 @@ impl Channel {
                     return Err(AmqpError::precondition("channel is not transactional"));
                 };
                 let mut returns = Vec::new();
-                {
+                let mut persisted = false;
+                let store = {
                     let mut state = ctx.state.lock().expect("state lock");
                     for (msg, mandatory) in t.publishes {
                         let routed = state.publish(ctx.vhost, msg.clone());
+                        persisted |= routed.persisted;
                         if routed.queues == 0 && mandatory {
                             returns.push(msg);
                         }
                     }
                     for s in t.settles {
-                        state.settle_taken(key, s.taken, s.requeue);
+                        state.settle_taken(key, s.taken, s.op);
                     }
-                }
+                    state.store().cloned()
+                };
                 for msg in returns {
                     self.send_return(ctx, msg);
+                }
+                if let (true, Some(store)) = (persisted, store) {
+                    // commit-ok only once the committed messages are on disk.
+                    let outbox = ctx.outbox.clone();
+                    let id = self.id;
+                    store.after_sync(Box::new(move || {
+                        outbox.method(id, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+                    }));
+                    return Ok(());
                 }
                 tx::AMQPMethod::CommitOk(tx::CommitOk {})
             }

@@ -23,10 +23,13 @@ mod args;
 mod broker;
 mod channel;
 mod connection;
+mod deadletter;
+mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod frame;
 pub mod queue;
 pub mod state;
+pub mod store;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle, Limits};

@@ -74,6 +74,50 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// When it expires, from the queue's and the message's TTL.
     pub expires_at: Option<Instant>,
+    /// Effective priority in a priority queue (0 elsewhere).
+    pub priority: u8,
+    /// Where the message is persisted, for a persistent message in a durable queue.
+    pub stored: Option<crate::store::StoreRef>,
+}
+
+impl QueuedMessage {
+    /// Position key: higher priority first, then publication order.
+    fn order(&self) -> (std::cmp::Reverse<u8>, u64) {
+        (std::cmp::Reverse(self.priority), self.seq)
+    }
+}
+
+/// What a queue does when it is full (x-overflow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest messages.
+    DropHead,
+    /// Refuse new messages (nack to confirming publishers).
+    RejectPublish,
+    /// Refuse new messages and dead-letter them.
+    RejectPublishDlx,
+}
+
+/// Why a message is dead-lettered, as written in x-death.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    /// Rejected or nacked without requeue.
+    Rejected,
+    /// Its TTL passed.
+    Expired,
+    /// The queue was over its length limit.
+    Maxlen,
+}
+
+impl DeathReason {
+    /// The reason as RabbitMQ writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::Maxlen => "maxlen",
+        }
+    }
 }
 
 /// A consumer of a queue.
@@ -93,6 +137,8 @@ pub struct Consumer {
     pub unacked: u32,
     /// Consumer priority (x-priority), higher first.
     pub priority: i64,
+    /// Order of registration, for single-active-consumer queues.
+    pub order: u64,
 }
 
 /// A queue.
@@ -124,6 +170,37 @@ pub struct Queue {
     pub message_ttl: Option<Duration>,
     /// Ready bytes (bodies).
     pub ready_bytes: usize,
+    /// x-max-priority.
+    pub max_priority: Option<u8>,
+    /// x-max-length.
+    pub max_length: Option<usize>,
+    /// x-max-length-bytes.
+    pub max_length_bytes: Option<usize>,
+    /// x-overflow.
+    pub overflow: Overflow,
+    /// x-single-active-consumer.
+    pub single_active: bool,
+    /// x-expires: deleted after this long unused.
+    pub expires: Option<Duration>,
+    /// Last time it was declared, consumed from or got from.
+    pub last_used: Instant,
+    /// x-dead-letter-exchange.
+    pub dlx: Option<String>,
+    /// x-dead-letter-routing-key.
+    pub dlrk: Option<String>,
+    next_consumer_order: u64,
+}
+
+fn arg_int(args: &FieldTable, key: &str) -> Option<i128> {
+    args.inner().get(key).and_then(crate::exchange::value_int)
+}
+
+fn arg_str(args: &FieldTable, key: &str) -> Option<String> {
+    match args.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
 }
 
 impl Queue {
@@ -136,12 +213,32 @@ impl Queue {
         auto_delete: bool,
         args: FieldTable,
     ) -> Self {
-        let message_ttl = args
-            .inner()
-            .get("x-message-ttl")
-            .and_then(crate::exchange::value_int)
+        let message_ttl = arg_int(&args, "x-message-ttl")
             .filter(|v| *v >= 0)
             .map(|v| Duration::from_millis(v as u64));
+        let max_priority = arg_int(&args, "x-max-priority")
+            .filter(|v| (0..=255).contains(v))
+            .map(|v| v as u8);
+        let max_length = arg_int(&args, "x-max-length")
+            .filter(|v| *v >= 0)
+            .map(|v| v as usize);
+        let max_length_bytes = arg_int(&args, "x-max-length-bytes")
+            .filter(|v| *v >= 0)
+            .map(|v| v as usize);
+        let overflow = match arg_str(&args, "x-overflow").as_deref() {
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            _ => Overflow::DropHead,
+        };
+        let single_active = matches!(
+            args.inner().get("x-single-active-consumer"),
+            Some(AMQPValue::Boolean(true))
+        );
+        let expires = arg_int(&args, "x-expires")
+            .filter(|v| *v > 0)
+            .map(|v| Duration::from_millis(v as u64));
+        let dlx = arg_str(&args, "x-dead-letter-exchange");
+        let dlrk = arg_str(&args, "x-dead-letter-routing-key");
         Queue {
             id,
             name,
@@ -156,29 +253,90 @@ impl Queue {
             had_consumer: false,
             message_ttl,
             ready_bytes: 0,
+            max_priority,
+            max_length,
+            max_length_bytes,
+            overflow,
+            single_active,
+            expires,
+            last_used: Instant::now(),
+            dlx,
+            dlrk,
+            next_consumer_order: 0,
+        }
+    }
+
+    /// Whether a new message of `len` body bytes must be refused (reject-publish overflow).
+    pub fn rejects_publish(&self, len: usize) -> bool {
+        if self.overflow == Overflow::DropHead {
+            return false;
+        }
+        self.max_length.is_some_and(|m| self.messages.len() >= m)
+            || self
+                .max_length_bytes
+                .is_some_and(|m| self.ready_bytes + len > m)
+    }
+
+    /// Drops messages from the head until the queue is within its limits (drop-head overflow);
+    /// returns them for dead-lettering.
+    pub fn enforce_limits(&mut self) -> Vec<QueuedMessage> {
+        let mut dropped = Vec::new();
+        loop {
+            let over = self.max_length.is_some_and(|m| self.messages.len() > m)
+                || self.max_length_bytes.is_some_and(|m| self.ready_bytes > m);
+            if !over {
+                return dropped;
+            }
+            match self.messages.pop_front() {
+                Some(m) => {
+                    self.ready_bytes -= m.msg.body_len();
+                    dropped.push(m);
+                }
+                None => return dropped,
+            }
+        }
+    }
+
+    fn insert_ordered(&mut self, m: QueuedMessage) {
+        self.ready_bytes += m.msg.body_len();
+        let key = m.order();
+        if self.messages.back().is_none_or(|b| b.order() < key) {
+            self.messages.push_back(m);
+        } else {
+            let pos = self.messages.partition_point(|x| x.order() < key);
+            self.messages.insert(pos, m);
         }
     }
 
     /// Appends a newly routed message.
-    pub fn push(&mut self, msg: Arc<Message>, now: Instant) {
+    pub fn push(
+        &mut self,
+        msg: Arc<Message>,
+        now: Instant,
+        stored: Option<crate::store::StoreRef>,
+    ) {
         let ttl = match (self.message_ttl, msg.expiration()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready_bytes += msg.body_len();
-        self.messages.push_back(QueuedMessage {
+        let priority = match self.max_priority {
+            Some(max) => msg.properties.priority().unwrap_or(0).min(max),
+            None => 0,
+        };
+        self.insert_ordered(QueuedMessage {
             seq,
             msg,
             redelivered: false,
             expires_at: ttl.map(|t| now + t),
+            priority,
+            stored,
         });
     }
 
-    /// Takes the next message off the head, dropping expired ones.
-    pub fn pop(&mut self, now: Instant) -> Option<QueuedMessage> {
-        self.drop_expired(now);
+    /// Takes the next message off the head (the caller drops expired ones first).
+    pub fn pop(&mut self) -> Option<QueuedMessage> {
         let m = self.messages.pop_front()?;
         self.ready_bytes -= m.msg.body_len();
         Some(m)
@@ -187,33 +345,34 @@ impl Queue {
     /// Puts a delivered message back at its original position, marked redelivered.
     pub fn requeue(&mut self, mut m: QueuedMessage) {
         m.redelivered = true;
-        self.ready_bytes += m.msg.body_len();
-        let pos = self.messages.partition_point(|x| x.seq < m.seq);
-        self.messages.insert(pos, m);
+        self.insert_ordered(m);
     }
 
-    /// Drops expired messages at the head (RabbitMQ expires at the head); returns how many.
-    pub fn drop_expired(&mut self, now: Instant) -> usize {
-        let mut n = 0;
+    /// Drops expired messages at the head (RabbitMQ expires at the head) and returns them.
+    pub fn drop_expired(&mut self, now: Instant) -> Vec<QueuedMessage> {
+        let mut dropped = Vec::new();
         while let Some(head) = self.messages.front() {
             match head.expires_at {
-                Some(t) if t <= now => {
+                Some(t) if t < now => {
                     let m = self.messages.pop_front().expect("front exists");
                     self.ready_bytes -= m.msg.body_len();
-                    n += 1;
+                    dropped.push(m);
                 }
                 _ => break,
             }
         }
-        n
+        dropped
     }
 
-    /// Removes every ready message; returns how many there were.
-    pub fn purge(&mut self) -> u32 {
-        let n = self.messages.len() as u32;
-        self.messages.clear();
+    /// Removes every ready message and returns them.
+    pub fn purge(&mut self) -> Vec<QueuedMessage> {
         self.ready_bytes = 0;
-        n
+        self.messages.drain(..).collect()
+    }
+
+    /// Whether a message must be persisted in this queue.
+    pub fn persists(&self, msg: &Message) -> bool {
+        self.durable && *msg.properties.delivery_mode() == Some(2)
     }
 
     /// Ready messages.
@@ -234,7 +393,9 @@ impl Queue {
     }
 
     /// Adds a consumer, keeping higher priorities first (stable within one priority).
-    pub fn add_consumer(&mut self, consumer: Consumer) {
+    pub fn add_consumer(&mut self, mut consumer: Consumer) {
+        consumer.order = self.next_consumer_order;
+        self.next_consumer_order += 1;
         let pos = self
             .consumers
             .partition_point(|c| c.priority >= consumer.priority);
@@ -282,10 +443,10 @@ mod tests {
         let now = Instant::now();
         let mut q = Queue::new(1, "q".into(), false, None, false, FieldTable::default());
         for _ in 0..3 {
-            q.push(msg(), now);
+            q.push(msg(), now, None);
         }
-        let a = q.pop(now).unwrap();
-        let b = q.pop(now).unwrap();
+        let a = q.pop().unwrap();
+        let b = q.pop().unwrap();
         q.requeue(b);
         q.requeue(a);
         let seqs: Vec<u64> = q.messages.iter().map(|m| m.seq).collect();

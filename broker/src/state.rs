@@ -8,7 +8,10 @@
 
 use crate::error::{AmqpError, AmqpResult, Code};
 use crate::exchange::{self, Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::{ChannelKey, ConnId, Consumer, Message, Queue, QueuedMessage};
+use crate::queue::{
+    ChannelKey, ConnId, Consumer, DeathReason, Message, Overflow, Queue, QueuedMessage,
+};
+use crate::store::{Recovered, Store};
 use amq_protocol::protocol::AMQPClass;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -205,9 +208,31 @@ impl Vhost {
     }
 }
 
+/// A message leaving a queue for its dead-letter exchange.
+#[derive(Debug)]
+struct Dead {
+    vhost: String,
+    queue: String,
+    message: QueuedMessage,
+    reason: DeathReason,
+}
+
+/// How deliveries taken off a channel are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleOp {
+    /// basic.ack: done with.
+    Ack,
+    /// Rejected with requeue: back to the queue.
+    Requeue,
+    /// Rejected without requeue: dead-lettered or dropped.
+    Discard,
+}
+
 /// Everything the broker knows, behind one lock.
 pub struct State {
     vhosts: HashMap<String, Vhost>,
+    store: Option<Arc<Store>>,
+    dead: Vec<Dead>,
     channels: HashMap<ChannelKey, ChannelSlot>,
     conns: HashMap<ConnId, ConnSlot>,
     reply_names: HashMap<String, ChannelKey>,
@@ -219,6 +244,10 @@ pub struct State {
 pub struct Routed {
     /// Queues (or reply consumers) the message reached.
     pub queues: usize,
+    /// Queues that refused it (x-overflow reject-publish): the publisher gets a nack.
+    pub rejected: usize,
+    /// It was written to disk: confirm only after the next fsync.
+    pub persisted: bool,
 }
 
 /// Options of basic.consume.
@@ -344,11 +373,78 @@ impl State {
         vhosts.insert("/".to_string(), Vhost::new("/"));
         State {
             vhosts,
+            store: None,
+            dead: Vec::new(),
             channels: HashMap::new(),
             conns: HashMap::new(),
             reply_names: HashMap::new(),
             next_queue_id: 1,
         }
+    }
+
+    /// Attaches a message store, restoring the definitions and messages it recovered.
+    pub fn attach_store(
+        &mut self,
+        store: Arc<Store>,
+        defs: Option<serde_json::Value>,
+        recovered: Vec<Recovered>,
+    ) {
+        if let Some(defs) = defs {
+            crate::definitions::restore(self, &defs);
+        }
+        let now = Instant::now();
+        let mut orphans = 0usize;
+        for r in recovered {
+            match self
+                .vhosts
+                .get_mut(&r.vhost)
+                .and_then(|v| v.queues.get_mut(&r.queue))
+            {
+                Some(q) => q.push(Arc::new(r.message), now, Some(r.at)),
+                None => {
+                    orphans += 1;
+                    store.remove(r.at);
+                }
+            }
+        }
+        if orphans > 0 {
+            tracing::warn!(
+                orphans,
+                "dropped recovered messages whose queue no longer exists"
+            );
+        }
+        self.store = Some(store);
+    }
+
+    /// The message store, when the broker has a data directory.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// Records that a message copy is gone for good.
+    fn forget(&self, m: &QueuedMessage) {
+        if let (Some(store), Some(at)) = (&self.store, m.stored) {
+            store.remove(at);
+        }
+    }
+
+    /// Writes the durable definitions, if a store is attached.
+    fn save_definitions(&self) {
+        if let Some(store) = &self.store {
+            store.save_definitions(&crate::definitions::snapshot(&self.vhosts));
+        }
+    }
+
+    /// All vhosts.
+    pub(crate) fn vhosts_mut(&mut self) -> &mut HashMap<String, Vhost> {
+        &mut self.vhosts
+    }
+
+    /// Allocates a queue id (for queues restored from definitions).
+    pub(crate) fn next_queue_id(&mut self) -> u64 {
+        let id = self.next_queue_id;
+        self.next_queue_id += 1;
+        id
     }
 
     /// Whether a vhost exists.
@@ -471,15 +567,13 @@ impl State {
     }
 
     fn requeue_unacked(&mut self, vhost: &str, u: Unacked) {
-        let Some(q) = self
+        match self
             .vhosts
             .get_mut(vhost)
             .and_then(|v| v.queues.get_mut(&u.queue))
-        else {
-            return;
-        };
-        if q.id == u.queue_id {
-            q.requeue(u.message);
+        {
+            Some(q) if q.id == u.queue_id => q.requeue(u.message),
+            _ => self.forget(&u.message),
         }
     }
 
@@ -583,10 +677,14 @@ impl State {
                 ),
             ));
         }
+        let durable = d.durable;
         vh.exchanges.insert(
             d.name.clone(),
             Exchange::new(d.name, kind, d.durable, d.auto_delete, d.internal, d.args),
         );
+        if durable {
+            self.save_definitions();
+        }
         Ok(())
     }
 
@@ -622,7 +720,12 @@ impl State {
         let Some(vh) = self.vhosts.get_mut(vhost) else {
             return;
         };
-        vh.exchanges.remove(name);
+        if vh.exchanges.remove(name).is_some_and(|x| x.durable) {
+            self.save_definitions();
+        }
+        let Some(vh) = self.vhosts.get_mut(vhost) else {
+            return;
+        };
         let dest = Destination::Exchange(name.to_string());
         let mut sources = Vec::new();
         for x in vh.exchanges.values_mut() {
@@ -696,7 +799,9 @@ impl State {
         if x.kind == ExchangeKind::Headers {
             exchange::validate_headers_binding(&args).map_err(AmqpError::precondition)?;
         }
-        x.bind(Binding::new(destination, key.to_string(), args));
+        if x.bind(Binding::new(destination, key.to_string(), args)) && x.durable {
+            self.save_definitions();
+        }
         Ok(())
     }
 
@@ -735,6 +840,9 @@ impl State {
             return Err(AmqpError::no_exchange(source, vhost));
         };
         if x.unbind(&destination, key, args) {
+            if x.durable {
+                self.save_definitions();
+            }
             self.maybe_auto_delete_exchange(vhost, source);
         }
         Ok(())
@@ -772,7 +880,7 @@ impl State {
             d.name.clone()
         };
         let durable = d.durable && !d.exclusive;
-        if let Some(q) = vh.queues.get(&name) {
+        if let Some(q) = vh.queues.get_mut(&name) {
             if q.owner.is_some_and(|o| o != conn) || (q.owner.is_none() && d.exclusive) {
                 return Err(AmqpError::locked(&name, vhost));
             }
@@ -810,6 +918,7 @@ impl State {
                     )));
                 }
             }
+            q.last_used = Instant::now();
             return Ok((name, q.message_count(), q.consumer_count()));
         }
         if name.starts_with("amq.") && !d.name.is_empty() {
@@ -824,6 +933,9 @@ impl State {
         let owner = d.exclusive.then_some(conn);
         let q = Queue::new(id, name.clone(), durable, owner, d.auto_delete, d.args);
         vh.queues.insert(name.clone(), q);
+        if durable {
+            self.save_definitions();
+        }
         Ok((name, 0, 0))
     }
 
@@ -841,7 +953,11 @@ impl State {
 
     /// queue.purge: returns the number of messages removed.
     pub fn queue_purge(&mut self, vhost: &str, conn: ConnId, name: &str) -> AmqpResult<u32> {
-        Ok(self.queue_mut(vhost, name, conn)?.purge())
+        let purged = self.queue_mut(vhost, name, conn)?.purge();
+        for m in &purged {
+            self.forget(m);
+        }
+        Ok(purged.len() as u32)
     }
 
     /// queue.delete: returns the number of messages deleted.
@@ -879,6 +995,7 @@ impl State {
         let Some(q) = vh.queues.remove(name) else {
             return 0;
         };
+        let durable = q.durable;
         let dest = Destination::Queue(name.to_string());
         let mut sources = Vec::new();
         for x in vh.exchanges.values_mut() {
@@ -908,6 +1025,12 @@ impl State {
         }
         for s in sources {
             self.maybe_auto_delete_exchange(vhost, &s);
+        }
+        for m in &q.messages {
+            self.forget(m);
+        }
+        if durable {
+            self.save_definitions();
         }
         q.message_count()
     }
@@ -986,7 +1109,9 @@ impl State {
             prefetch,
             unacked: 0,
             priority,
+            order: 0,
         });
+        q.last_used = Instant::now();
         let slot = self.channels.get_mut(&key).expect("open channel");
         slot.consumers.insert(tag.clone(), queue.to_string());
         Ok(tag)
@@ -1041,7 +1166,15 @@ impl State {
         else {
             return;
         };
-        pump_queue(q, &mut self.channels, Instant::now());
+        pump_queue(
+            vhost,
+            q,
+            &mut self.channels,
+            &mut self.dead,
+            self.store.as_deref(),
+            Instant::now(),
+        );
+        self.flush_dead_letters();
     }
 
     fn pump_all(&mut self, vhost: &str) {
@@ -1051,26 +1184,115 @@ impl State {
         let now = Instant::now();
         for q in vh.queues.values_mut() {
             if !q.messages.is_empty() && !q.consumers.is_empty() {
-                pump_queue(q, &mut self.channels, now);
+                pump_queue(
+                    vhost,
+                    q,
+                    &mut self.channels,
+                    &mut self.dead,
+                    self.store.as_deref(),
+                    now,
+                );
             }
         }
+        self.flush_dead_letters();
     }
 
-    /// Drops expired messages at the head of every queue, and delivers what became deliverable.
+    /// Drops expired messages at the head of every queue (dead-lettering them), and deletes
+    /// queues unused for longer than their x-expires.
     pub fn expire_tick(&mut self) {
         let now = Instant::now();
+        let mut idle = Vec::new();
         for vh in self.vhosts.values_mut() {
             for q in vh.queues.values_mut() {
-                q.drop_expired(now);
+                for m in q.drop_expired(now) {
+                    self.dead.push(Dead {
+                        vhost: vh.name.clone(),
+                        queue: q.name.clone(),
+                        message: m,
+                        reason: DeathReason::Expired,
+                    });
+                }
+                if let Some(exp) = q.expires {
+                    if q.consumers.is_empty() && now.duration_since(q.last_used) >= exp {
+                        idle.push((vh.name.clone(), q.name.clone()));
+                    }
+                }
             }
         }
+        for (vh, q) in idle {
+            tracing::debug!(queue = %q, "queue expired (x-expires)");
+            self.delete_queue_inner(&vh, &q);
+        }
+        self.flush_dead_letters();
+    }
+
+    /// Publishes dead letters to their queues' dead-letter exchanges, until none are left
+    /// (dead-lettering can cause more of it).
+    fn flush_dead_letters(&mut self) {
+        let mut rounds = 0;
+        while !self.dead.is_empty() && rounds < 16 {
+            rounds += 1;
+            let batch = std::mem::take(&mut self.dead);
+            for d in batch {
+                self.forget(&d.message);
+                let Some(q) = self
+                    .vhosts
+                    .get(&d.vhost)
+                    .and_then(|v| v.queues.get(&d.queue))
+                else {
+                    continue;
+                };
+                let Some(dlx) = q.dlx.clone() else {
+                    continue;
+                };
+                let dlrk = q.dlrk.clone();
+                let msg = crate::deadletter::dead_letter(
+                    &d.message.msg,
+                    &d.queue,
+                    d.reason,
+                    &dlx,
+                    dlrk.as_deref(),
+                );
+                if d.reason != DeathReason::Rejected && crate::deadletter::is_cycle(&msg, &d.queue)
+                {
+                    // RabbitMQ drops a message cycling back without a rejection in between.
+                    let vh = self.vhosts.get(&d.vhost).expect("vhost");
+                    if route(vh, &msg).contains(&d.queue) {
+                        continue;
+                    }
+                }
+                let vhost = d.vhost.clone();
+                self.publish_inner(&vhost, Arc::new(msg));
+            }
+        }
+        self.dead.clear();
     }
 
     /// basic.get: returns whether a message was sent (get-ok) or not (caller sends get-empty).
     pub fn get(&mut self, key: ChannelKey, queue: &str, no_ack: bool) -> AmqpResult<bool> {
         let vhost = self.channels.get(&key).expect("open channel").vhost.clone();
         let q = self.queue_mut(&vhost, queue, key.conn)?;
-        let Some(m) = q.pop(Instant::now()) else {
+        q.last_used = Instant::now();
+        let expired = q.drop_expired(Instant::now());
+        let popped = q.pop();
+        if !expired.is_empty() {
+            let name = q.name.clone();
+            self.dead.extend(expired.into_iter().map(|m| Dead {
+                vhost: vhost.clone(),
+                queue: name.clone(),
+                message: m,
+                reason: DeathReason::Expired,
+            }));
+            self.flush_dead_letters();
+        }
+        let Some(q) = self
+            .vhosts
+            .get_mut(&vhost)
+            .and_then(|v| v.queues.get_mut(queue))
+        else {
+            return Ok(false);
+        };
+        let Some(m) = popped else {
             return Ok(false);
         };
         let (queue_id, count) = (q.id, q.message_count());
@@ -1084,7 +1306,11 @@ impl State {
             message_count: count,
             msg: m.msg.clone(),
         });
-        if !no_ack {
+        if no_ack {
+            if let (Some(s), Some(at)) = (&self.store, m.stored) {
+                s.remove(at);
+            }
+        } else {
             slot.unacked.insert(
                 tag,
                 Unacked {
@@ -1145,7 +1371,7 @@ impl State {
     /// basic.ack.
     pub fn ack(&mut self, key: ChannelKey, tag: u64, multiple: bool) -> AmqpResult<()> {
         let settled = self.take_unacked(key, tag, multiple)?;
-        self.settle_taken(key, settled, false);
+        self.settle_taken(key, settled, SettleOp::Ack);
         Ok(())
     }
 
@@ -1158,7 +1384,12 @@ impl State {
         requeue: bool,
     ) -> AmqpResult<()> {
         let settled = self.take_unacked(key, tag, multiple)?;
-        self.settle_taken(key, settled, requeue);
+        let op = if requeue {
+            SettleOp::Requeue
+        } else {
+            SettleOp::Discard
+        };
+        self.settle_taken(key, settled, op);
         Ok(())
     }
 
@@ -1166,7 +1397,7 @@ impl State {
     pub fn recover(&mut self, key: ChannelKey) {
         let slot = self.channels.get_mut(&key).expect("open channel");
         let all: Vec<(u64, Unacked)> = std::mem::take(&mut slot.unacked).into_iter().collect();
-        self.settle_taken(key, all, true);
+        self.settle_taken(key, all, SettleOp::Requeue);
     }
 
     /// Puts deliveries taken by a transaction that was rolled back back into the unacked set.
@@ -1177,18 +1408,26 @@ impl State {
     }
 
     /// Settles taken deliveries: acknowledged (dropped) or requeued.
-    pub fn settle_taken(&mut self, key: ChannelKey, settled: Vec<(u64, Unacked)>, requeue: bool) {
+    pub fn settle_taken(&mut self, key: ChannelKey, settled: Vec<(u64, Unacked)>, op: SettleOp) {
         let vhost = self.channels.get(&key).expect("open channel").vhost.clone();
         let mut touched: Vec<String> = Vec::new();
+        let store = self.store.clone();
         for (_, u) in settled.into_iter().rev() {
+            let gone = |u: &Unacked| {
+                if let (Some(s), Some(at)) = (&store, u.message.stored) {
+                    s.remove(at);
+                }
+            };
             let Some(q) = self
                 .vhosts
                 .get_mut(&vhost)
                 .and_then(|v| v.queues.get_mut(&u.queue))
             else {
+                gone(&u);
                 continue;
             };
             if q.id != u.queue_id {
+                gone(&u);
                 continue;
             }
             if let Some(tag) = &u.consumer {
@@ -1196,8 +1435,15 @@ impl State {
                     q.consumers[i].unacked = q.consumers[i].unacked.saturating_sub(1);
                 }
             }
-            if requeue {
-                q.requeue(u.message);
+            match op {
+                SettleOp::Requeue => q.requeue(u.message),
+                SettleOp::Discard => self.dead.push(Dead {
+                    vhost: vhost.clone(),
+                    queue: u.queue.clone(),
+                    message: u.message,
+                    reason: DeathReason::Rejected,
+                }),
+                SettleOp::Ack => gone(&u),
             }
             if touched.last() != Some(&u.queue) {
                 touched.push(u.queue);
@@ -1219,6 +1465,7 @@ impl State {
         for q in touched {
             self.pump(&vhost, &q);
         }
+        self.flush_dead_letters();
     }
 
     // ----- publishing ----------------------------------------------------------------------
@@ -1249,6 +1496,12 @@ impl State {
 
     /// Routes a message and enqueues it in every matching queue, delivering where possible.
     pub fn publish(&mut self, vhost: &str, msg: Arc<Message>) -> Routed {
+        let routed = self.publish_inner(vhost, msg);
+        self.flush_dead_letters();
+        routed
+    }
+
+    fn publish_inner(&mut self, vhost: &str, msg: Arc<Message>) -> Routed {
         let now = Instant::now();
         let mut routed = Routed::default();
         if msg.exchange.is_empty() && msg.routing_key.starts_with(REPLY_TO) {
@@ -1275,10 +1528,51 @@ impl State {
         let queues = route(vh, &msg);
         for name in queues {
             if let Some(q) = vh.queues.get_mut(&name) {
-                q.push(msg.clone(), now);
+                if q.rejects_publish(msg.body_len()) {
+                    routed.rejected += 1;
+                    if q.overflow == Overflow::RejectPublishDlx {
+                        self.dead.push(Dead {
+                            vhost: vhost.to_string(),
+                            queue: name.clone(),
+                            message: QueuedMessage {
+                                seq: 0,
+                                msg: msg.clone(),
+                                redelivered: false,
+                                expires_at: None,
+                                priority: 0,
+                                stored: None,
+                            },
+                            reason: DeathReason::Maxlen,
+                        });
+                    }
+                    continue;
+                }
+                let stored = match &self.store {
+                    Some(store) if q.persists(&msg) => {
+                        routed.persisted = true;
+                        Some(store.append(vhost, &name, &msg))
+                    }
+                    _ => None,
+                };
+                q.push(msg.clone(), now, stored);
                 routed.queues += 1;
                 if !q.consumers.is_empty() {
-                    pump_queue(q, &mut self.channels, now);
+                    pump_queue(
+                        vhost,
+                        q,
+                        &mut self.channels,
+                        &mut self.dead,
+                        self.store.as_deref(),
+                        now,
+                    );
+                }
+                for m in q.enforce_limits() {
+                    self.dead.push(Dead {
+                        vhost: vhost.to_string(),
+                        queue: name.clone(),
+                        message: m,
+                        reason: DeathReason::Maxlen,
+                    });
                 }
             }
         }
@@ -1336,16 +1630,39 @@ fn route(vh: &Vhost, msg: &Message) -> Vec<String> {
 }
 
 /// Delivers from `q` while it has messages and some consumer has credit.
-fn pump_queue(q: &mut Queue, channels: &mut HashMap<ChannelKey, ChannelSlot>, now: Instant) {
+fn pump_queue(
+    vhost: &str,
+    q: &mut Queue,
+    channels: &mut HashMap<ChannelKey, ChannelSlot>,
+    dead: &mut Vec<Dead>,
+    store: Option<&Store>,
+    now: Instant,
+) {
     loop {
         if q.consumers.is_empty() {
             return;
         }
-        q.drop_expired(now);
+        for m in q.drop_expired(now) {
+            dead.push(Dead {
+                vhost: vhost.to_string(),
+                queue: q.name.clone(),
+                message: m,
+                reason: DeathReason::Expired,
+            });
+        }
         if q.messages.is_empty() {
             return;
         }
         let n = q.consumers.len();
+        // Single active consumer: only the earliest registered consumer gets messages.
+        let sac = q.single_active.then(|| {
+            q.consumers
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.order)
+                .map(|(i, _)| i)
+                .unwrap_or(0)
+        });
         // Highest priority group first; round robin within the group that has credit.
         let mut chosen = None;
         let mut i = 0;
@@ -1363,6 +1680,9 @@ fn pump_queue(q: &mut Queue, channels: &mut HashMap<ChannelKey, ChannelSlot>, no
             };
             for k in 0..len {
                 let idx = i + (start - i + k) % len;
+                if sac.is_some_and(|a| a != idx) {
+                    continue;
+                }
                 let c = &q.consumers[idx];
                 let Some(slot) = channels.get(&c.channel) else {
                     continue;
@@ -1384,7 +1704,7 @@ fn pump_queue(q: &mut Queue, channels: &mut HashMap<ChannelKey, ChannelSlot>, no
             return;
         };
         q.cursor = idx + 1;
-        let m = q.pop(now).expect("checked non-empty");
+        let m = q.pop().expect("checked non-empty");
         let c = &mut q.consumers[idx];
         let slot = channels.get_mut(&c.channel).expect("checked above");
         let delivery_tag = slot.next_tag;
@@ -1396,7 +1716,11 @@ fn pump_queue(q: &mut Queue, channels: &mut HashMap<ChannelKey, ChannelSlot>, no
             redelivered: m.redelivered,
             msg: m.msg.clone(),
         });
-        if !c.no_ack {
+        if c.no_ack {
+            if let (Some(s), Some(at)) = (store, m.stored) {
+                s.remove(at);
+            }
+        } else {
             c.unacked += 1;
             slot.unacked.insert(
                 delivery_tag,
