@@ -1,0 +1,240 @@
+//! Connection handshake compatibility: protocol header, server properties, tune values,
+//! authentication and vhost errors, connection close, as RabbitMQ does them.
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{self as proto, AMQPClass};
+use lapin::types::FieldTable;
+use lapin::{types::AMQPValue, Connection, ConnectionProperties};
+use warren_tests::{close, table, table_str, targets, RawEvent};
+
+#[tokio::test]
+async fn server_properties_and_mechanisms() {
+    for target in targets().await {
+        let mut raw = target.raw().await;
+        raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+        let start = match raw.recv_method(0).await {
+            AMQPClass::Connection(proto::connection::AMQPMethod::Start(s)) => s,
+            other => panic!("{target}: expected connection.start, got {other:?}"),
+        };
+        assert_eq!(
+            (start.version_major, start.version_minor),
+            (0, 9),
+            "{target}: protocol version in connection.start"
+        );
+        let mechanisms = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
+        let mut mechs: Vec<&str> = mechanisms.split(' ').collect();
+        mechs.sort();
+        assert_eq!(mechs, ["AMQPLAIN", "PLAIN"], "{target}: mechanisms");
+        assert_eq!(
+            String::from_utf8_lossy(start.locales.as_bytes()),
+            "en_US",
+            "{target}: locales"
+        );
+        let props = &start.server_properties;
+        if target.is_rabbitmq() {
+            assert_eq!(
+                table_str(props, "product").as_deref(),
+                Some("RabbitMQ"),
+                "{target}: product"
+            );
+        }
+        for key in ["product", "version", "platform", "copyright", "information"] {
+            assert!(
+                table_str(props, key).is_some(),
+                "{target}: server property {key} (a long string) missing: {props:?}"
+            );
+        }
+        let caps = match props.inner().get("capabilities") {
+            Some(AMQPValue::FieldTable(t)) => t.clone(),
+            other => panic!("{target}: capabilities is not a table: {other:?}"),
+        };
+        let expected = [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "consumer_priorities",
+            "authentication_failure_close",
+            "per_consumer_qos",
+            "direct_reply_to",
+        ];
+        for cap in expected {
+            assert_eq!(
+                caps.inner().get(cap),
+                Some(&AMQPValue::Boolean(true)),
+                "{target}: capability {cap}"
+            );
+        }
+        assert_eq!(
+            caps.inner().len(),
+            expected.len(),
+            "{target}: exactly RabbitMQ's nine capabilities: {caps:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tune_values() {
+    for target in targets().await {
+        let mut raw = target.raw().await;
+        raw.handshake_until_open("guest", "guest", FieldTable::default())
+            .await;
+        let tune = raw.finish_tune().await;
+        assert_eq!(
+            (tune.channel_max, tune.frame_max, tune.heartbeat),
+            (2047, 131072, 60),
+            "{target}: connection.tune channel_max/frame_max/heartbeat"
+        );
+
+        // lapin negotiates the same values.
+        let conn = target.connect().await;
+        let cfg = conn.configuration();
+        assert_eq!(
+            (cfg.channel_max(), cfg.frame_max(), cfg.heartbeat()),
+            (2047, 131072, 60),
+            "{target}: negotiated by lapin"
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn open_ok_and_clean_close() {
+    for target in targets().await {
+        let mut raw = target.raw().await;
+        raw.handshake().await;
+        raw.send_method(
+            0,
+            AMQPClass::Connection(proto::connection::AMQPMethod::Close(
+                proto::connection::Close {
+                    reply_code: 200,
+                    reply_text: "bye".into(),
+                    class_id: 0,
+                    method_id: 0,
+                },
+            )),
+        )
+        .await;
+        match raw.recv_frame().await {
+            AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(proto::connection::AMQPMethod::CloseOk(_)),
+            ) => {}
+            other => panic!("{target}: expected connection.close-ok, got {other:?}"),
+        }
+        // RabbitMQ leaves closing the socket to the client after close-ok (it only times out
+        // after 30 s), so nothing more is asserted here.
+    }
+}
+
+#[tokio::test]
+async fn wrong_protocol_header_gets_091_header_back() {
+    for target in targets().await {
+        for header in [
+            &b"AMQP\x00\x00\x0a\x00"[..], // 0-10
+            &b"AMQP\x03\x01\x00\x00"[..], // AMQP 1.0 SASL
+            &b"HTTP/1.1"[..],
+        ] {
+            let mut raw = target.raw().await;
+            raw.send_bytes(header).await;
+            match raw.recv().await {
+                RawEvent::Header(h) => assert_eq!(
+                    &h, b"AMQP\x00\x00\x09\x01",
+                    "{target}: header sent back for {header:?}"
+                ),
+                other => panic!("{target}: for header {header:?} expected AMQP0091, got {other:?}"),
+            }
+            raw.expect_eof().await;
+        }
+        target.assert_healthy().await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: sends connection.close 403 to clients without authentication_failure_close"]
+async fn bad_credentials_access_refused() {
+    for target in targets().await {
+        // A client that advertises authentication_failure_close gets connection.close 403.
+        let mut raw = target.raw().await;
+        let caps = table(vec![(
+            "capabilities",
+            AMQPValue::FieldTable(table(vec![(
+                "authentication_failure_close",
+                AMQPValue::Boolean(true),
+            )])),
+        )]);
+        raw.handshake_until_open("guest", "wrong-password", caps)
+            .await;
+        let close = raw.expect_connection_close().await;
+        assert_eq!(
+            (close.code, close.text.as_str()),
+            (
+                403,
+                "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. \
+                 For details see the broker logfile."
+            ),
+            "{target}: bad password close"
+        );
+
+        // One that does not just sees the socket closed, without connection.close.
+        let mut raw = target.raw().await;
+        raw.handshake_until_open("guest", "wrong-password", FieldTable::default())
+            .await;
+        match raw.recv().await {
+            RawEvent::Eof => {}
+            other => {
+                panic!("{target}: bad password without capability: expected EOF, got {other:?}")
+            }
+        }
+
+        let url = target.url_with("nobody", "guest", "/");
+        let res = Connection::connect(&url, ConnectionProperties::default()).await;
+        assert!(res.is_err(), "{target}: lapin with unknown user must fail");
+        target.assert_healthy().await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_vhost_not_allowed() {
+    for target in targets().await {
+        let mut raw = target.raw().await;
+        raw.handshake_until_open("guest", "guest", FieldTable::default())
+            .await;
+        raw.finish_tune().await;
+        raw.send_method(
+            0,
+            AMQPClass::Connection(proto::connection::AMQPMethod::Open(
+                proto::connection::Open {
+                    virtual_host: "no-such-vhost".into(),
+                },
+            )),
+        )
+        .await;
+        let close = raw.expect_connection_close().await;
+        assert_eq!(
+            (close.code, close.text.as_str()),
+            (530, "NOT_ALLOWED - vhost no-such-vhost not found"),
+            "{target}: unknown vhost"
+        );
+        assert_eq!(
+            (close.class_id, close.method_id),
+            (10, 40),
+            "{target}: unknown vhost blames connection.open"
+        );
+
+        let url = target.url_with("guest", "guest", "no-such-vhost");
+        let res = Connection::connect(&url, ConnectionProperties::default()).await;
+        match res {
+            Ok(_) => panic!("{target}: lapin connect to unknown vhost succeeded"),
+            Err(e) => {
+                let code = warren_tests::amqp_error(&e).map(|(c, _)| c);
+                assert!(
+                    code.is_none() || code == Some(530),
+                    "{target}: lapin error for unknown vhost: {e:?}"
+                );
+            }
+        }
+        target.assert_healthy().await;
+    }
+}

@@ -1,0 +1,302 @@
+//! Direct reply-to compatibility (`amq.rabbitmq.reply-to`), the path Warren's RPC uses by
+//! default: no-ack consumers only, reply_to rewritten per channel, replies routed back to the
+//! caller's channel, and the errors RabbitMQ gives for misuse.
+
+use lapin::{
+    options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions},
+    types::FieldTable,
+    BasicProperties, Confirmation,
+};
+use warren_tests::{
+    close, declare_exclusive, expect_error, get, next_delivery, publish_confirmed, publish_with,
+    targets, unique,
+};
+
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+fn no_ack() -> BasicConsumeOptions {
+    BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn request_reply_round_trip() {
+    for t in targets().await {
+        // The server side: a plain queue.
+        let (server_conn, server_ch) = t.open_confirm().await;
+        let service = declare_exclusive(&t, &server_ch).await;
+
+        // The caller consumes the pseudo-queue (no-ack) and publishes with reply_to set.
+        let (caller_conn, caller_ch) = t.open_confirm().await;
+        let mut replies = caller_ch
+            .basic_consume(
+                REPLY_TO.into(),
+                "replies".into(),
+                no_ack(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{t}: consume {REPLY_TO}: {e}"));
+        let props = BasicProperties::default()
+            .with_reply_to(REPLY_TO.into())
+            .with_correlation_id("call-1".into());
+        publish_confirmed(&t, &caller_ch, "", &service, b"ping", props).await;
+
+        let request = get(&t, &server_ch, &service, true).await.expect("request");
+        let reply_to = request
+            .delivery
+            .properties
+            .reply_to()
+            .clone()
+            .unwrap_or_else(|| panic!("{t}: request lost its reply_to"));
+        assert!(
+            reply_to.as_str().starts_with("amq.rabbitmq.reply-to.")
+                && reply_to.as_str().len() > REPLY_TO.len() + 1,
+            "{t}: reply_to rewritten to a per-channel name: {reply_to}"
+        );
+        assert_eq!(
+            request
+                .delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.as_str()),
+            Some("call-1"),
+            "{t}: correlation id untouched"
+        );
+
+        // The replier publishes to the default exchange with the rewritten name. (Not
+        // mandatory: RabbitMQ 3.10 delivers a mandatory reply and also returns it NO_ROUTE.)
+        publish_confirmed(
+            &t,
+            &server_ch,
+            "",
+            reply_to.as_str(),
+            b"pong",
+            BasicProperties::default().with_correlation_id("call-1".into()),
+        )
+        .await;
+        let reply = next_delivery(&t, &mut replies).await;
+        assert_eq!(reply.data, b"pong", "{t}: reply body");
+        assert_eq!(reply.exchange.as_str(), "", "{t}: reply exchange");
+        assert_eq!(
+            reply.routing_key.as_str(),
+            reply_to.as_str(),
+            "{t}: reply routing key is the rewritten name"
+        );
+        assert_eq!(
+            reply
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.as_str()),
+            Some("call-1"),
+            "{t}: reply correlation id"
+        );
+
+        // Two requests from the same channel carry the same rewritten name.
+        publish_confirmed(
+            &t,
+            &caller_ch,
+            "",
+            &service,
+            b"again",
+            BasicProperties::default().with_reply_to(REPLY_TO.into()),
+        )
+        .await;
+        let second = get(&t, &server_ch, &service, true)
+            .await
+            .expect("second request");
+        assert_eq!(
+            second.delivery.properties.reply_to().as_ref(),
+            Some(&reply_to),
+            "{t}: stable per channel"
+        );
+
+        // Once the caller's channel is gone, replies to its name are unroutable.
+        close(caller_conn).await;
+        let c = publish_with(
+            &t,
+            &server_ch,
+            "",
+            reply_to.as_str(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"late",
+            BasicProperties::default(),
+        )
+        .await;
+        assert!(
+            matches!(c, Confirmation::Ack(Some(ref r)) if r.reply_code == 312 && r.reply_text.as_str() == "NO_ROUTE"),
+            "{t}: reply to a closed caller is returned NO_ROUTE: {c:?}"
+        );
+        close(server_conn).await;
+    }
+}
+
+#[tokio::test]
+async fn reply_consumer_must_be_no_ack() {
+    for t in targets().await {
+        let (conn, ch) = t.open().await;
+        let res = ch
+            .basic_consume(
+                REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map(|_| ());
+        expect_error(
+            &t,
+            "ack-mode consume of reply-to",
+            res,
+            406,
+            "PRECONDITION_FAILED - reply consumer cannot acknowledge",
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn reply_consumer_only_once_per_channel() {
+    for t in targets().await {
+        let (conn, ch) = t.open().await;
+        let _first = ch
+            .basic_consume(REPLY_TO.into(), "a".into(), no_ack(), FieldTable::default())
+            .await
+            .expect("first reply consumer");
+        let res = ch
+            .basic_consume(REPLY_TO.into(), "b".into(), no_ack(), FieldTable::default())
+            .await
+            .map(|_| ());
+        expect_error(
+            &t,
+            "second reply consumer on a channel",
+            res,
+            406,
+            "PRECONDITION_FAILED - reply consumer already set",
+        );
+        // Another channel may have its own.
+        let ch2 = conn.create_channel().await.expect("channel");
+        ch2.basic_consume(REPLY_TO.into(), "c".into(), no_ack(), FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("{t}: reply consumer on another channel: {e}"));
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn publish_with_reply_to_without_consumer_fails() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let pending = ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                Default::default(),
+                b"x",
+                BasicProperties::default().with_reply_to(REPLY_TO.into()),
+            )
+            .await
+            .expect("publish is asynchronous");
+        expect_error(
+            &t,
+            "reply_to without a reply consumer",
+            pending.await,
+            406,
+            "PRECONDITION_FAILED - fast reply consumer does not exist",
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn reply_consumer_on_another_channel_does_not_count() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let other = conn.create_channel().await.expect("channel");
+        let _c = other
+            .basic_consume(REPLY_TO.into(), "".into(), no_ack(), FieldTable::default())
+            .await
+            .expect("reply consumer on another channel");
+        let pending = ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                Default::default(),
+                b"x",
+                BasicProperties::default().with_reply_to(REPLY_TO.into()),
+            )
+            .await
+            .expect("publish is asynchronous");
+        expect_error(
+            &t,
+            "reply consumer on a different channel",
+            pending.await,
+            406,
+            "PRECONDITION_FAILED - fast reply consumer does not exist",
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn reply_to_other_values_are_left_alone() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let mine = unique("replies");
+        publish_confirmed(
+            &t,
+            &ch,
+            "",
+            &q,
+            b"x",
+            BasicProperties::default().with_reply_to(mine.as_str().into()),
+        )
+        .await;
+        let m = get(&t, &ch, &q, true).await.expect("message");
+        assert_eq!(
+            m.delivery
+                .properties
+                .reply_to()
+                .as_ref()
+                .map(|s| s.as_str()),
+            Some(mine.as_str()),
+            "{t}: ordinary reply_to untouched"
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: passive declare of amq.rabbitmq.reply-to is 404"]
+async fn reply_to_pseudo_queue_declare() {
+    for t in targets().await {
+        let (conn, ch) = t.open().await;
+        let q = ch
+            .queue_declare(
+                REPLY_TO.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{t}: passive declare of {REPLY_TO}: {e}"));
+        assert_eq!(
+            (q.name().as_str(), q.message_count(), q.consumer_count()),
+            (REPLY_TO, 0, 1),
+            "{t}: the pseudo-queue always exists and reports one consumer"
+        );
+        close(conn).await;
+    }
+}
