@@ -26,6 +26,15 @@ impl Errors {
         }
     }
 
+    /// An error spanning all of `tokens` (first to last token, also on stable Rust).
+    pub(crate) fn push_tokens(
+        &mut self,
+        tokens: impl quote::ToTokens,
+        message: impl std::fmt::Display,
+    ) {
+        self.push_error(syn::Error::new_spanned(tokens, message));
+    }
+
     pub(crate) fn push_error(&mut self, err: syn::Error) {
         match &mut self.0 {
             Some(all) => all.combine(err),
@@ -63,14 +72,17 @@ pub(crate) fn parse_service_args(args: TokenStream, errors: &mut Errors) -> Serv
         match &meta {
             Meta::NameValue(nv) if nv.path.is_ident("name") => match string_literal(&nv.value) {
                 Some(name) if out.name.is_none() => out.name = Some((name, nv.value.span())),
-                Some(_) => errors.push(meta.span(), "the service name is given twice; keep one `name = \"...\"`"),
-                None => errors.push(
-                    nv.value.span(),
+                Some(_) => errors.push_tokens(
+                    &meta,
+                    "the service name is given twice; keep one `name = \"...\"`",
+                ),
+                None => errors.push_tokens(
+                    &nv.value,
                     "the service name must be a string literal: `#[service(name = \"calculator\")]`",
                 ),
             },
-            _ => errors.push(
-                meta.span(),
+            _ => errors.push_tokens(
+                &meta,
                 "unknown service option; the only option is `name = \"...\"`",
             ),
         }
@@ -125,24 +137,11 @@ pub(crate) struct Arg {
 /// What the method returns, and so what the reply carries.
 pub(crate) enum Output {
     /// `()`, written or implied.
-    Unit(Span),
+    Unit,
     /// A plain value, replied as `{"ok": value}`.
     Value(Box<Type>),
     /// `Result<T, E>`: `{"ok": t}` or `{"err": e}`.
-    Result {
-        ok: Box<Type>,
-        err: Box<Type>,
-        span: Span,
-    },
-}
-
-impl Output {
-    pub(crate) fn span(&self) -> Span {
-        match self {
-            Output::Unit(span) | Output::Result { span, .. } => *span,
-            Output::Value(ty) => ty.span(),
-        }
-    }
+    Result { ok: Box<Type>, err: Box<Type> },
 }
 
 /// `#[warren(...)]` on a method.
@@ -166,8 +165,8 @@ impl Service {
                         methods.push(method);
                     }
                 }
-                other => errors.push(
-                    other.span(),
+                other => errors.push_tokens(
+                    other,
                     "a service trait contains only methods (`async fn name(&self, ...) -> T;`); \
                      move this item out of the trait",
                 ),
@@ -201,21 +200,21 @@ impl Method {
         let receiver_ok = match inputs.next() {
             Some(FnArg::Receiver(r)) => {
                 if r.colon_token.is_some() {
-                    errors.push(
-                        r.span(),
+                    errors.push_tokens(
+                        r,
                         "service methods take `&self`; write `&self` instead of a typed `self`",
                     );
                     false
                 } else if r.reference.is_none() {
-                    errors.push(
-                        r.span(),
+                    errors.push_tokens(
+                        r,
                         "service methods take `&self`, not `self` by value: the server calls \
                          one value for every request; write `&self`",
                     );
                     false
                 } else if r.mutability.is_some() {
-                    errors.push(
-                        r.span(),
+                    errors.push_tokens(
+                        r,
                         "service methods take `&self`, not `&mut self`: requests run \
                          concurrently; keep state behind a Mutex or an atomic and write `&self`",
                     );
@@ -225,8 +224,8 @@ impl Method {
                 }
             }
             Some(FnArg::Typed(first)) => {
-                errors.push(
-                    first.span(),
+                errors.push_tokens(
+                    first,
                     "service methods take `&self` as their first parameter; add `&self, ` before this one",
                 );
                 // Keep checking the arguments, this one included.
@@ -255,18 +254,19 @@ impl Method {
                         ty: (*typed.ty).clone(),
                     });
                 }
-                Pat::Ident(pat) if pat.mutability.is_some() || pat.by_ref.is_some() => errors.push(
-                    typed.pat.span(),
+                Pat::Ident(pat) if pat.mutability.is_some() || pat.by_ref.is_some() => errors
+                    .push_tokens(
+                    &typed.pat,
                     "write the argument as a plain name (`name: Type`); `mut` and `ref` belong \
                      in the impl, not in the service trait",
                 ),
-                Pat::Wild(_) => errors.push(
-                    typed.pat.span(),
+                Pat::Wild(_) => errors.push_tokens(
+                    &typed.pat,
                     "give this argument a name (`name: Type`): the name is its key in the \
                      request's arguments map",
                 ),
-                _ => errors.push(
-                    typed.pat.span(),
+                _ => errors.push_tokens(
+                    &typed.pat,
                     "write the argument as a plain name (`name: Type`), not a pattern: the name \
                      is its key in the request's arguments map",
                 ),
@@ -287,12 +287,12 @@ impl Method {
 
 fn parse_output(output: &ReturnType) -> Output {
     let ty = match output {
-        ReturnType::Default => return Output::Unit(Span::call_site()),
+        ReturnType::Default => return Output::Unit,
         ReturnType::Type(_, ty) => &**ty,
     };
     if let Type::Tuple(tuple) = ty {
         if tuple.elems.is_empty() {
-            return Output::Unit(ty.span());
+            return Output::Unit;
         }
     }
     if let Type::Path(path) = ty {
@@ -312,7 +312,6 @@ fn parse_output(output: &ReturnType) -> Output {
                             return Output::Result {
                                 ok: Box::new(types[0].clone()),
                                 err: Box::new(types[1].clone()),
-                                span: ty.span(),
                             };
                         }
                     }
@@ -369,8 +368,8 @@ fn parse_method_options(attrs: &[Attribute], errors: &mut Errors) -> MethodOptio
                                 errors.push(span, "`timeout_ms` is given twice; keep one");
                             }
                         }
-                        None => errors.push(
-                            nv.value.span(),
+                        None => errors.push_tokens(
+                            &nv.value,
                             "`timeout_ms` takes a whole number of milliseconds: `timeout_ms = 500`",
                         ),
                     }

@@ -7,7 +7,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
-use syn::{Attribute, Ident, ItemTrait, LitStr, TraitItem};
+use syn::{Attribute, FnArg, Ident, ItemTrait, LitStr, Pat, TraitItem};
 
 use crate::ast::{Method, Output, Service};
 
@@ -36,7 +36,7 @@ fn doc_attrs(attrs: &[Attribute]) -> Vec<&Attribute> {
 
 fn return_type(output: &Output) -> TokenStream {
     match output {
-        Output::Unit(_) => quote!(()),
+        Output::Unit => quote!(()),
         Output::Value(ty) => quote!(#ty),
         Output::Result { ok, err, .. } => {
             quote!(::core::result::Result<#ok, #err>)
@@ -122,7 +122,7 @@ fn expand_client(service: &Service) -> TokenStream {
             (quote!(()), quote!(notify))
         } else {
             match &m.output {
-                Output::Unit(_) => (quote!(()), quote!(call)),
+                Output::Unit => (quote!(()), quote!(call)),
                 Output::Value(ty) => (quote!(#ty), quote!(call)),
                 Output::Result { ok, err, .. } => (
                     quote!(::core::result::Result<#ok, #err>),
@@ -213,7 +213,7 @@ fn expand_server(service: &Service) -> TokenStream {
         let names: Vec<&Ident> = m.args.iter().map(|a| &a.ident).collect();
         let run = match &m.output {
             Output::Result { .. } => quote!(::warren_rpc::Dispatch::result),
-            Output::Unit(_) | Output::Value(_) => quote!(::warren_rpc::Dispatch::value),
+            Output::Unit | Output::Value(_) => quote!(::warren_rpc::Dispatch::value),
         };
         quote! {
             #wire_name => {
@@ -228,7 +228,7 @@ fn expand_server(service: &Service) -> TokenStream {
                         return ::warren_rpc::Dispatch::fault(fault);
                     }
                 };
-                let __warren_service = ::warren_rpc::__private::Arc::clone(&self.service);
+                let __warren_service = ::core::clone::Clone::clone(&self.service);
                 #run(__warren_codec, async move {
                     __warren_service.#name(#(#names),*).await
                 })
@@ -258,7 +258,7 @@ fn expand_server(service: &Service) -> TokenStream {
         impl<S> ::core::clone::Clone for #server<S> {
             fn clone(&self) -> Self {
                 Self {
-                    service: ::warren_rpc::__private::Arc::clone(&self.service),
+                    service: ::core::clone::Clone::clone(&self.service),
                 }
             }
         }
@@ -297,6 +297,17 @@ pub(crate) fn fallback(item: &ItemTrait, service: &Service) -> TokenStream {
     for trait_item in &mut item.items {
         if let TraitItem::Fn(f) = trait_item {
             f.attrs.retain(|a| !a.path().is_ident("warren"));
+            // Patterns are not allowed in a declaration without a body: name them, so the only
+            // error the user sees about them is ours.
+            for (index, input) in f.sig.inputs.iter_mut().enumerate() {
+                if let FnArg::Typed(typed) = input {
+                    if !matches!(&*typed.pat, Pat::Ident(p) if p.by_ref.is_none() && p.mutability.is_none() && p.subpat.is_none())
+                    {
+                        let name = format_ident!("__warren_arg{}", index);
+                        *typed.pat = syn::parse_quote!(#name);
+                    }
+                }
+            }
         }
     }
     let vis = &service.vis;

@@ -16,15 +16,18 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     let args = proc_macro2::TokenStream::from(args);
-    let item = match syn::parse::<syn::ItemTrait>(input) {
+    let input = proc_macro2::TokenStream::from(input);
+    let item = match syn::parse2::<syn::ItemTrait>(input.clone()) {
         Ok(item) => item,
-        Err(err) => {
-            let mut err = err;
-            err.combine(syn::Error::new(
-                proc_macro2::Span::call_site(),
+        Err(_) => {
+            let err = syn::Error::new_spanned(
+                &input,
                 "#[service] applies to a trait: `#[service] pub trait Name { async fn m(&self, a: A) -> R; }`",
-            ));
-            return err.to_compile_error().into();
+            );
+            let mut tokens = err.to_compile_error();
+            // Keep the item, so that code using it does not fail too.
+            tokens.extend(input);
+            return tokens.into();
         }
     };
     let mut errors = ast::Errors::default();

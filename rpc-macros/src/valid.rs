@@ -2,7 +2,8 @@
 //!
 //! Each broken rule is an error at the offending span with a sentence saying what to write.
 
-use proc_macro2::Span;
+use proc_macro2::TokenStream;
+use quote::ToTokens;
 use syn::spanned::Spanned;
 use syn::{GenericArgument, PathArguments, ReturnType, Type};
 
@@ -19,8 +20,8 @@ pub(crate) fn check(service: &Service, errors: &mut Errors) {
         );
     }
     if !service.generics.params.is_empty() {
-        errors.push(
-            service.generics.params.span(),
+        errors.push_tokens(
+            &service.generics,
             "a service trait cannot be generic: every server and client must agree on the types; \
              use concrete types in its methods",
         );
@@ -75,8 +76,8 @@ fn check_method(method: &Method, errors: &mut Errors) {
         errors.push(variadic.span(), "service methods cannot be variadic");
     }
     if !sig.generics.params.is_empty() {
-        errors.push(
-            sig.generics.params.span(),
+        errors.push_tokens(
+            &sig.generics,
             "service methods cannot be generic: the wire format needs concrete types; \
              use concrete argument and return types",
         );
@@ -108,24 +109,24 @@ fn check_method(method: &Method, errors: &mut Errors) {
                 "names starting with `__warren` are reserved for generated code; rename this argument",
             );
         }
-        if let Some((span, problem)) = unsupported_type(&arg.ty) {
-            errors.push(
-                span,
+        if let Some((tokens, problem)) = unsupported_type(&arg.ty) {
+            errors.push_tokens(
+                tokens,
                 format!("{problem} in an argument: {}", problem_help(problem)),
             );
         }
     }
     if let ReturnType::Type(_, ty) = &sig.output {
-        if let Some((span, problem)) = unsupported_type(ty) {
-            errors.push(
-                span,
+        if let Some((tokens, problem)) = unsupported_type(ty) {
+            errors.push_tokens(
+                tokens,
                 format!("{problem} in the return type: {}", problem_help(problem)),
             );
         }
     }
-    if method.options.oneway.is_some() && !matches!(method.output, Output::Unit(_)) {
-        errors.push(
-            method.output.span(),
+    if method.options.oneway.is_some() && !matches!(method.output, Output::Unit) {
+        errors.push_tokens(
+            &sig.output,
             "a `oneway` method gets no reply, so it returns nothing; remove the return type",
         );
     }
@@ -143,17 +144,18 @@ fn problem_help(problem: &str) -> &'static str {
     }
 }
 
-/// The first construct in `ty` that cannot travel over the wire, with its span.
-fn unsupported_type(ty: &Type) -> Option<(Span, &'static str)> {
+/// The first construct in `ty` that cannot travel over the wire, as its tokens.
+fn unsupported_type(ty: &Type) -> Option<(TokenStream, &'static str)> {
+    let found = |tokens: &dyn ToTokens, problem| Some((tokens.to_token_stream(), problem));
     match ty {
-        Type::Reference(r) => Some((r.span(), "a reference")),
-        Type::Ptr(p) => Some((p.span(), "a raw pointer")),
-        Type::ImplTrait(i) => Some((i.span(), "`impl Trait`")),
-        Type::TraitObject(t) => Some((t.span(), "a trait object")),
-        Type::BareFn(f) => Some((f.span(), "a function pointer")),
-        Type::Infer(i) => Some((i.span(), "an inferred type `_`")),
-        Type::Macro(m) => Some((m.span(), "a type macro")),
-        Type::Never(n) => Some((n.span(), "the never type `!`")),
+        Type::Reference(r) => found(r, "a reference"),
+        Type::Ptr(p) => found(p, "a raw pointer"),
+        Type::ImplTrait(i) => found(i, "`impl Trait`"),
+        Type::TraitObject(t) => found(t, "a trait object"),
+        Type::BareFn(f) => found(f, "a function pointer"),
+        Type::Infer(i) => found(i, "an inferred type `_`"),
+        Type::Macro(m) => found(m, "a type macro"),
+        Type::Never(n) => found(n, "the never type `!`"),
         Type::Array(a) => unsupported_type(&a.elem),
         Type::Slice(s) => unsupported_type(&s.elem),
         Type::Group(g) => unsupported_type(&g.elem),
@@ -161,11 +163,10 @@ fn unsupported_type(ty: &Type) -> Option<(Span, &'static str)> {
         Type::Tuple(t) => t.elems.iter().find_map(unsupported_type),
         Type::Path(p) => {
             if p.qself.is_some() {
-                return Some((p.span(), "a qualified path type"));
+                return found(p, "a qualified path type");
             }
-            if p.path.is_ident("Self") || p.path.segments.first().is_some_and(|s| s.ident == "Self")
-            {
-                return Some((p.span(), "`Self`"));
+            if p.path.segments.first().is_some_and(|s| s.ident == "Self") {
+                return found(p, "`Self`");
             }
             p.path
                 .segments
@@ -174,14 +175,14 @@ fn unsupported_type(ty: &Type) -> Option<(Span, &'static str)> {
                     PathArguments::AngleBracketed(args) => {
                         args.args.iter().find_map(|arg| match arg {
                             GenericArgument::Type(t) => unsupported_type(t),
-                            GenericArgument::Lifetime(l) => Some((l.span(), "a reference")),
+                            GenericArgument::Lifetime(l) => found(l, "a reference"),
                             _ => None,
                         })
                     }
-                    PathArguments::Parenthesized(p) => Some((p.span(), "a function trait")),
+                    PathArguments::Parenthesized(p) => found(p, "a function trait"),
                     PathArguments::None => None,
                 })
         }
-        _ => Some((ty.span(), "an unsupported type")),
+        _ => found(ty, "an unsupported type"),
     }
 }

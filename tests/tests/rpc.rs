@@ -513,3 +513,56 @@ async fn shutdown_drains_calls_in_flight() {
         target.delete_queues(&[&queue]).await;
     }
 }
+
+/// Whether `python3` with pika and msgpack is available. In CI (env `CI` set) it must be.
+fn python_ready() -> bool {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import pika, msgpack"])
+        .output();
+    let ready = matches!(&probe, Ok(out) if out.status.success());
+    if !ready {
+        let why = match &probe {
+            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Err(e) => format!("python3: {e}"),
+        };
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs python3 with pika and msgpack (pip install pika msgpack): {why}"
+        );
+        println!("skipped: python3 with pika and msgpack not available ({why})");
+    }
+    ready
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_speaks_the_wire_protocol() {
+    if !python_ready() {
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/python/calculator_client.py"
+    );
+    for target in targets().await {
+        let (server, queue) = serve_calculator(&target, Server::builder()).await;
+        let run = tokio::process::Command::new("python3")
+            .arg(script)
+            .args(["--url", target.url(), "--service", &queue])
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| panic!("{target}: the Python client hung"))
+            .unwrap_or_else(|e| panic!("{target}: cannot run python3: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{target}: the Python client failed ({}):\n{stdout}\n{stderr}",
+            output.status
+        );
+        assert!(stdout.contains("DivisionByZero"), "{target}: {stdout}");
+        assert!(stdout.trim_end().ends_with("ok"), "{target}: {stdout}");
+        cleanup(&target, server, &queue).await;
+    }
+}

@@ -1,0 +1,116 @@
+//! Run with: cargo run -p warren-examples --example calculator
+//!
+//! Everything in one process: starts the bundled broker on a free port, a calculator server and
+//! a client, then shows results, an application error, a timeout and an unavailable service.
+
+use std::time::{Duration, Instant};
+
+use warren_examples::{Calc, CalculatorClient, CalculatorServer};
+use warren_rpc::{CallOptions, Client, Error, Server};
+
+/// A service with one slow method, to show what a deadline does.
+#[warren_rpc::service(name = "reports")]
+pub trait Reports {
+    /// Takes `delay_ms` milliseconds to write a report.
+    async fn slow_report(&self, delay_ms: u64) -> String;
+}
+
+struct Reporter;
+
+impl Reports for Reporter {
+    async fn slow_report(&self, delay_ms: u64) -> String {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        format!("report written in {delay_ms}ms")
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+
+    let started = Instant::now();
+    let broker = warren_broker::Broker::builder()
+        .listen("127.0.0.1:0".parse()?)
+        .start()
+        .await?;
+    let url = broker.amqp_url();
+    println!(
+        "broker   listening at {url} (ready in {:?})",
+        started.elapsed()
+    );
+
+    let calculator = Server::builder()
+        .concurrency(16)
+        .serve(&url, CalculatorServer::new(Calc::new()))
+        .await?;
+    let reports = Server::serve(&url, ReportsServer::new(Reporter)).await?;
+    println!(
+        "servers  serving `{}` and `{}`",
+        calculator.queue(),
+        reports.queue()
+    );
+
+    let client = Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect(&url)
+        .await?;
+    println!("client   replies via {}", client.reply_to());
+    let calc = CalculatorClient::new(client.clone());
+
+    println!();
+    println!("add(2, 3)          = {}", calc.add(2, 3).await?);
+    println!("sub(10, 4)         = {}", calc.sub(10, 4).await?);
+    println!("mul(6, 7)          = {}", calc.mul(6, 7).await?);
+    match calc.div(84, 2).await? {
+        Ok(q) => println!("div(84, 2)         = {q}"),
+        Err(e) => println!("div(84, 2)         -> application error: {e}"),
+    }
+    // An application error is a value of the method's error type, not a framework error.
+    match calc.div(1, 0).await? {
+        Ok(q) => println!("div(1, 0)          = {q} (unexpected)"),
+        Err(e) => println!("div(1, 0)          -> application error: {e} ({e:?})"),
+    }
+    println!("memory_add(10)     = {}", calc.memory_add(10).await?);
+    println!("memory_add(32)     = {}", calc.memory_add(32).await?);
+    println!("memory_recall()    = {}", calc.memory_recall().await?);
+
+    // A deadline shorter than the work: the caller gets a timeout by its deadline.
+    let quick = ReportsClient::new(client.clone()).with_timeout(Duration::from_millis(200));
+    let asked = Instant::now();
+    match quick.slow_report(2_000).await {
+        Ok(report) => println!("slow_report(2000)  = {report} (unexpected)"),
+        Err(e @ Error::DeadlineExceeded { .. }) => println!(
+            "slow_report(2000)  -> {e} after {}ms (retryable: {})",
+            asked.elapsed().as_millis(),
+            e.is_retryable()
+        ),
+        Err(e) => return Err(e.into()),
+    }
+    let patient = ReportsClient::new(client.clone());
+    println!("slow_report(50)    = {}", patient.slow_report(50).await?);
+
+    // No queue for the service: the broker returns the request and the caller knows at once.
+    let nobody =
+        CalculatorClient::new(client.clone()).with_options(CallOptions::new().service("abacus"));
+    let asked = Instant::now();
+    match nobody.add(1, 1).await {
+        Ok(sum) => println!("abacus.add(1, 1)   = {sum} (unexpected)"),
+        Err(e) => println!(
+            "abacus.add(1, 1)   -> {e} after {}ms (retryable: {})",
+            asked.elapsed().as_millis(),
+            e.is_retryable()
+        ),
+    }
+
+    println!();
+    client.close().await;
+    calculator.shutdown().await;
+    reports.shutdown().await;
+    broker.shutdown().await;
+    println!("done in {:?}", started.elapsed());
+    Ok(())
+}

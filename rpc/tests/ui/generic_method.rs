@@ -1,0 +1,6 @@
+#[warren_rpc::service]
+pub trait Store {
+    async fn put<T: serde::Serialize>(&self, value: T);
+}
+
+fn main() {}

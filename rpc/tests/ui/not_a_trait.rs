@@ -1,0 +1,4 @@
+#[warren_rpc::service]
+pub struct Calculator;
+
+fn main() {}
