@@ -10,6 +10,37 @@ fn invalid(arg: &str, queue: &str, vhost: &str, reason: String) -> AmqpError {
     ))
 }
 
+/// Erlang's name for a field value's type, as RabbitMQ prints it.
+fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+fn not_integer(v: &AMQPValue) -> String {
+    format!("\"expected integer, got {}\"", type_name(v))
+}
+
+fn unacceptable(v: &AMQPValue) -> String {
+    format!("{{unacceptable_type,{}}}", type_name(v))
+}
+
 fn as_str(v: &AMQPValue) -> Option<String> {
     match v {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
@@ -24,47 +55,22 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
         let k = k.as_str();
         match k {
             "x-message-ttl" | "x-max-length" | "x-max-length-bytes" => match value_int(v) {
-                None => {
-                    return Err(invalid(
-                        k,
-                        queue,
-                        vhost,
-                        format!("{{unacceptable_type,{v:?}}}"),
-                    ))
-                }
+                None => return Err(invalid(k, queue, vhost, not_integer(v))),
                 Some(n) if n < 0 => {
                     return Err(invalid(k, queue, vhost, format!("{{value_negative,{n}}}")))
                 }
                 _ => {}
             },
             "x-expires" => match value_int(v) {
-                None => {
-                    return Err(invalid(
-                        k,
-                        queue,
-                        vhost,
-                        format!("{{unacceptable_type,{v:?}}}"),
-                    ))
-                }
-                Some(n) if n <= 0 => {
-                    return Err(invalid(
-                        k,
-                        queue,
-                        vhost,
-                        format!("{{value_zero_or_less,{n}}}"),
-                    ))
+                None => return Err(invalid(k, queue, vhost, not_integer(v))),
+                Some(0) => return Err(invalid(k, queue, vhost, "{value_zero,0}".into())),
+                Some(n) if n < 0 => {
+                    return Err(invalid(k, queue, vhost, format!("{{value_negative,{n}}}")))
                 }
                 _ => {}
             },
             "x-max-priority" => match value_int(v) {
-                None => {
-                    return Err(invalid(
-                        k,
-                        queue,
-                        vhost,
-                        format!("{{unacceptable_type,{v:?}}}"),
-                    ))
-                }
+                None => return Err(invalid(k, queue, vhost, not_integer(v))),
                 Some(n) if n < 0 => {
                     return Err(invalid(k, queue, vhost, format!("{{value_negative,{n}}}")))
                 }
@@ -74,39 +80,15 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
                 _ => {}
             },
             "x-dead-letter-exchange" | "x-dead-letter-routing-key" if as_str(v).is_none() => {
-                return Err(invalid(
-                    k,
-                    queue,
-                    vhost,
-                    format!("{{unacceptable_type,{v:?}}}"),
-                ));
+                return Err(invalid(k, queue, vhost, unacceptable(v)));
             }
             "x-overflow" => match as_str(v).as_deref() {
                 Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
-                Some(other) => {
-                    return Err(invalid(
-                        k,
-                        queue,
-                        vhost,
-                        format!("{{invalid_overflow,<<\"{other}\">>}}"),
-                    ))
-                }
-                None => {
-                    return Err(invalid(
-                        k,
-                        queue,
-                        vhost,
-                        format!("{{unacceptable_type,{v:?}}}"),
-                    ))
-                }
+                Some(_) => return Err(invalid(k, queue, vhost, "invalid_overflow".into())),
+                None => return Err(invalid(k, queue, vhost, unacceptable(v))),
             },
             "x-single-active-consumer" if !matches!(v, AMQPValue::Boolean(_)) => {
-                return Err(invalid(
-                    k,
-                    queue,
-                    vhost,
-                    format!("{{unacceptable_type,{v:?}}}"),
-                ));
+                return Err(invalid(k, queue, vhost, unacceptable(v)));
             }
             "x-queue-type" => match as_str(v).as_deref() {
                 Some("classic") => {}
@@ -125,14 +107,7 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
                         format!("\"unsupported queue type '{other}'\""),
                     ))
                 }
-                None => {
-                    return Err(invalid(
-                        k,
-                        queue,
-                        vhost,
-                        format!("{{unacceptable_type,{v:?}}}"),
-                    ))
-                }
+                None => return Err(invalid(k, queue, vhost, unacceptable(v))),
             },
             _ => {}
         }

@@ -67,6 +67,28 @@ pub(crate) struct Channel {
     last_queue: Option<String>,
 }
 
+/// A reply text as RabbitMQ sends it: over 255 bytes, cut to 252 and ended with "...".
+pub(crate) fn reply_text(s: &str) -> ShortString {
+    if s.len() <= 255 {
+        return short(s);
+    }
+    let mut end = 252;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    short(&format!("{}...", &s[..end]))
+}
+
+/// Releases what a closing channel holds in an open transaction: acks that were never
+/// committed are undone, so the messages count as unacked again (and get requeued).
+pub(crate) fn release_tx(ch: &mut Channel, state: &mut State, key: ChannelKey) {
+    if let Some(tx) = ch.tx.take() {
+        for s in tx.settles {
+            state.restore_unacked(key, s.taken);
+        }
+    }
+}
+
 /// Encodes a short string, cutting it at 255 bytes (on a char boundary) rather than panicking.
 pub(crate) fn short(s: &str) -> ShortString {
     let mut end = s.len().min(255);
@@ -205,14 +227,14 @@ impl Channel {
                 )
             });
         };
-        if p.received + payload.len() as u64 > p.body_size {
-            return Err(AmqpError::new(
-                Code::FrameError,
-                "content body frame exceeds remaining content size",
-            )
-            .on(60, 40));
-        }
+        // Like RabbitMQ 3.x: a body longer than announced is swallowed and the channel keeps
+        // waiting for content (the next method frame is then an UNEXPECTED_FRAME error).
+        let overflow = p.received + payload.len() as u64 > p.body_size;
         p.received += payload.len() as u64;
+        if overflow {
+            p.parts.clear();
+            return Ok(());
+        }
         if !payload.is_empty() {
             p.parts.push(payload);
         }
@@ -480,9 +502,11 @@ impl Channel {
                 if !r.requeue {
                     return Err(AmqpError::new(Code::NotImplemented, "requeue=false"));
                 }
-                ctx.state.lock().expect("state lock").recover(key);
+                // recover-ok first: clients expect the redeliveries after it (as RabbitMQ's
+                // queues redeliver asynchronously after the channel replied).
                 ctx.outbox
                     .method(self.id, AMQPClass::Basic(B::RecoverOk(basic::RecoverOk {})));
+                ctx.state.lock().expect("state lock").recover(key);
                 Ok(())
             }
             AMQPClass::Basic(B::RecoverAsync(r)) => {
@@ -752,9 +776,8 @@ fn expiration_error(s: &str) -> Result<(), String> {
     let number = &s[..digits_end];
     match number.parse::<i64>() {
         Err(_) => Err("no_integer".to_string()),
-        Ok(n) if digits_end < s.len() => {
-            let _ = n;
-            Err(format!("{{leftover_chars,\"{}\"}}", &s[digits_end..]))
+        Ok(_) if digits_end < s.len() => {
+            Err(format!("{{leftover_string,\"{}\"}}", &s[digits_end..]))
         }
         Ok(n) if n < 0 => Err(format!("{{value_negative,{n}}}")),
         Ok(_) => Err("no_integer".to_string()),
@@ -772,7 +795,7 @@ mod tests {
         assert_eq!(expiration_error("-5").unwrap_err(), "{value_negative,-5}");
         assert_eq!(
             expiration_error("10x").unwrap_err(),
-            "{leftover_chars,\"x\"}"
+            "{leftover_string,\"x\"}"
         );
     }
 

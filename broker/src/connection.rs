@@ -6,7 +6,7 @@
 //! possible.
 
 use crate::broker::Shared;
-use crate::channel::{short, Channel, Ctx};
+use crate::channel::{release_tx, reply_text, Channel, Ctx};
 use crate::error::{AmqpError, Code};
 use crate::frame::{self, next_frame, RawFrame, FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use crate::queue::{ChannelKey, ConnId};
@@ -90,11 +90,17 @@ pub(crate) async fn serve(
     };
     let result = conn.run(read_half, buf, hs.heartbeat, shutdown).await;
     tracing::debug!(%peer, ?result, "connection closed");
-    shared
-        .state
-        .lock()
-        .expect("state lock")
-        .remove_connection(conn_id);
+    {
+        let mut state = shared.state.lock().expect("state lock");
+        for (id, ch) in conn.channels.iter_mut() {
+            let key = ChannelKey {
+                conn: conn_id,
+                channel: *id,
+            };
+            release_tx(ch, &mut state, key);
+        }
+        state.remove_connection(conn_id);
+    }
     conn.outbox.send(Out::Close);
     drop(conn);
     let _ = writer.await;
@@ -183,7 +189,7 @@ async fn close_handshake(stream: &mut TcpStream, err: AmqpError) {
 fn close_method(err: &AmqpError) -> AMQPClass {
     AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
         reply_code: err.code as u16,
-        reply_text: short(&err.text),
+        reply_text: reply_text(&err.text),
         class_id: err.class_id,
         method_id: err.method_id,
     }))
@@ -261,6 +267,13 @@ async fn handshake(
         return Ok(None);
     }
     let creds = credentials(mechanism, start_ok.response.as_bytes());
+    let failure_close = match start_ok.client_properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(caps)) => matches!(
+            caps.inner().get("authentication_failure_close"),
+            Some(AMQPValue::Boolean(true))
+        ),
+        _ => false,
+    };
     let user = creds.and_then(|(u, p)| shared.config.authenticate(&u, &p, peer.ip()).then_some(u));
     let Some(user) = user else {
         tracing::warn!(%peer, "login refused");
@@ -271,7 +284,10 @@ async fn handshake(
             ),
         )
         .on(10, 11);
-        close_handshake(stream, err).await;
+        if failure_close {
+            close_handshake(stream, err).await;
+        }
+        // Without the capability, RabbitMQ just closes the socket.
         return Ok(None);
     };
     let cancel_notify = match start_ok.client_properties.inner().get("capabilities") {
@@ -423,11 +439,13 @@ impl Connection {
         self.outbox.method(0, close_method(&err));
         self.closing = Some(Instant::now() + CLOSE_TIMEOUT);
         let mut state = self.shared.state.lock().expect("state lock");
-        for ch in self.channels.keys() {
-            state.close_channel(ChannelKey {
+        for (id, ch) in self.channels.iter_mut() {
+            let key = ChannelKey {
                 conn: self.id,
-                channel: *ch,
-            });
+                channel: *id,
+            };
+            release_tx(ch, &mut state, key);
+            state.close_channel(key);
         }
         self.channels.clear();
     }
@@ -450,11 +468,18 @@ impl Connection {
             ));
             return Err(Stop::Done);
         }
+        if f.kind == frame::FRAME_HEARTBEAT && !f.payload.is_empty() {
+            let (which, snip) = frame::snippet(&f.payload);
+            self.fatal(AmqpError::new(
+                Code::FrameError,
+                format!("type 8, {which} octets = {snip}: unknown_frame"),
+            ));
+            return Err(Stop::Done);
+        }
         let method = if f.kind == frame::FRAME_METHOD {
             match parse_class(&f.payload[..]) {
                 Ok((_, m)) => Some(m),
                 Err(_) => {
-                    let (which, snip) = frame::snippet(&f.payload);
                     let ids = if f.payload.len() >= 4 {
                         (
                             u16::from_be_bytes([f.payload[0], f.payload[1]]),
@@ -463,12 +488,15 @@ impl Connection {
                     } else {
                         (0, 0)
                     };
+                    if !frame::is_known_method(ids.0, ids.1) {
+                        // RabbitMQ cannot even name an unknown method: it drops the socket.
+                        tracing::warn!(conn = self.id, ?ids, "unknown method; closing socket");
+                        return Err(Stop::Gone);
+                    }
+                    let args = frame::erlang_binary(&f.payload[4..], false);
                     self.fatal(
-                        AmqpError::new(
-                            Code::FrameError,
-                            format!("type 1, {which} octets = {snip}: cannot decode method"),
-                        )
-                        .on(ids.0, ids.1),
+                        AmqpError::new(Code::FrameError, format!("cannot decode {args}"))
+                            .on(ids.0, ids.1),
                     );
                     return Err(Stop::Done);
                 }
@@ -555,7 +583,7 @@ impl Connection {
         let Some(ch) = self.channels.get_mut(&id) else {
             match method {
                 Some(AMQPClass::Channel(channel::AMQPMethod::Open(_))) => {
-                    if id > self.channel_max {
+                    if self.channels.len() >= self.channel_max as usize {
                         self.start_close(
                             AmqpError::new(
                                 Code::NotAllowed,
@@ -565,7 +593,6 @@ impl Connection {
                                     self.channel_max
                                 ),
                             )
-                            .on(20, 10),
                         );
                         return;
                     }
@@ -608,22 +635,17 @@ impl Connection {
             }
             return;
         }
-        match method {
-            Some(AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
-                self.shared
-                    .state
-                    .lock()
-                    .expect("state lock")
-                    .close_channel(key);
-                self.channels.remove(&id);
-                self.outbox.method(
-                    id,
-                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
-                );
-                return;
-            }
-            Some(AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => return,
-            _ => {}
+        if let Some(AMQPClass::Channel(channel::AMQPMethod::Close(_))) = method {
+            let mut state = self.shared.state.lock().expect("state lock");
+            release_tx(ch, &mut state, key);
+            state.close_channel(key);
+            drop(state);
+            self.channels.remove(&id);
+            self.outbox.method(
+                id,
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+            );
+            return;
         }
         let ctx = Ctx {
             state: &self.shared.state,
@@ -643,16 +665,14 @@ impl Connection {
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
                         reply_code: err.code as u16,
-                        reply_text: short(&err.text),
+                        reply_text: reply_text(&err.text),
                         class_id: err.class_id,
                         method_id: err.method_id,
                     })),
                 );
-                self.shared
-                    .state
-                    .lock()
-                    .expect("state lock")
-                    .close_channel(key);
+                let mut state = self.shared.state.lock().expect("state lock");
+                release_tx(ch, &mut state, key);
+                state.close_channel(key);
             }
         }
     }

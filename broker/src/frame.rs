@@ -87,15 +87,69 @@ impl FramingError {
     }
 }
 
-/// Formats at most 16 payload octets the way Erlang prints a binary, as RabbitMQ's errors do.
+/// Formats at most 16 payload octets the way RabbitMQ's errors print them (Erlang's `~tp`).
 pub fn snippet(payload: &[u8]) -> (&'static str, String) {
     let (which, bytes) = if payload.len() <= 16 {
         ("all", payload)
     } else {
         ("first 16", &payload[..16])
     };
+    (which, erlang_binary(bytes, true))
+}
+
+/// Prints a binary like Erlang: `<<"text">>` when `pretty` and printable, else `<<1,2,3>>`.
+pub fn erlang_binary(bytes: &[u8], pretty: bool) -> String {
+    if pretty && !bytes.is_empty() {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            let printable = text.chars().all(|c| {
+                matches!(c, '\n' | '\r' | '\t' | '\x0b' | '\x08' | '\x0c' | '\x1b')
+                    || (c >= ' ' && c != '\x7f' && !('\u{80}'..='\u{9f}').contains(&c))
+            });
+            if printable {
+                let mut out = String::from("<<\"");
+                for c in text.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        '\x0b' => out.push_str("\\v"),
+                        '\x08' => out.push_str("\\b"),
+                        '\x0c' => out.push_str("\\f"),
+                        '\x1b' => out.push_str("\\e"),
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+                if !text.is_ascii() {
+                    out.push_str("/utf8");
+                }
+                out.push_str(">>");
+                return out;
+            }
+        }
+    }
     let inner: Vec<String> = bytes.iter().map(|b| b.to_string()).collect();
-    (which, format!("<<{}>>", inner.join(",")))
+    format!("<<{}>>", inner.join(","))
+}
+
+/// Whether (class, method) is a method of AMQP 0-9-1.
+pub fn is_known_method(class: u16, method: u16) -> bool {
+    let methods: &[u16] = match class {
+        10 => &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51, 60, 61, 70, 71],
+        20 => &[10, 11, 20, 21, 40, 41],
+        30 => &[10, 11],
+        40 => &[10, 11, 20, 21, 30, 31, 40, 51],
+        50 => &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51],
+        60 => &[
+            10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120,
+        ],
+        85 => &[10, 11],
+        90 => &[10, 11, 20, 21, 30, 31],
+        _ => &[],
+    };
+    methods.contains(&method)
 }
 
 /// Takes one complete frame off the front of `buf`, if there is one.

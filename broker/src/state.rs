@@ -585,7 +585,9 @@ impl State {
         if global {
             slot.global_prefetch = prefetch_count;
         } else {
+            // As RabbitMQ: a per-consumer qos also lifts the channel-wide limit.
             slot.consumer_prefetch = prefetch_count;
+            slot.global_prefetch = 0;
         }
         let vhost = slot.vhost.clone();
         self.pump_all(&vhost);
@@ -858,7 +860,7 @@ impl State {
         d: QueueDeclare,
     ) -> AmqpResult<(String, u32, u32)> {
         if d.name.starts_with(REPLY_TO) {
-            return if self.reply_names.contains_key(&d.name) {
+            return if d.name == REPLY_TO || self.reply_names.contains_key(&d.name) {
                 Ok((d.name, 0, 1))
             } else {
                 Err(AmqpError::no_queue(&d.name, vhost))
