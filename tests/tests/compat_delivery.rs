@@ -889,3 +889,247 @@ async fn reply_text_helper_truncates_like_rabbitmq() {
     assert!(reply_text(&long).ends_with("..."));
     assert_eq!(reply_text("short"), "short");
 }
+
+#[tokio::test]
+async fn cancelled_consumer_deliveries_stay_ackable() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        fill(&t, &ch, &q, 2).await;
+        let cch = conn.create_channel().await.expect("channel");
+        let mut c = consume(&t, &cch, &q, "c", false).await;
+        let ds = take(&t, &mut c, 2).await;
+        cch.basic_cancel("c".into(), BasicCancelOptions::default())
+            .await
+            .expect("cancel");
+        cch.basic_ack(ds[0].delivery_tag, BasicAckOptions::default())
+            .await
+            .expect("ack after cancel");
+        // A round trip proves the ack was accepted (an unknown tag would close the channel).
+        cch.basic_qos(1, BasicQosOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{t}: ack after cancel refused: {e}"));
+        drop(ds);
+        cch.close(200, "bye".into()).await.expect("close");
+        let left: Vec<(String, bool)> = {
+            let mut v = Vec::new();
+            while let Some(m) = get(&t, &ch, &q, true).await {
+                v.push((body(&m.delivery), m.delivery.redelivered));
+            }
+            v
+        };
+        assert_eq!(
+            left,
+            [("m1".to_string(), true)],
+            "{t}: only the unacked one came back"
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn ack_multiple_with_tag_zero_acks_everything() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        fill(&t, &ch, &q, 3).await;
+        let cch = conn.create_channel().await.expect("channel");
+        for _ in 0..3 {
+            get(&t, &cch, &q, false).await.expect("message");
+        }
+        cch.basic_ack(0, BasicAckOptions { multiple: true })
+            .await
+            .expect("ack all");
+        cch.close(200, "bye".into()).await.expect("close");
+        assert!(
+            drain(&t, &ch, &q).await.is_empty(),
+            "{t}: ack(0, multiple) acked all three"
+        );
+
+        fill(&t, &ch, &q, 2).await;
+        let cch = conn.create_channel().await.expect("channel");
+        for _ in 0..2 {
+            get(&t, &cch, &q, false).await.expect("message");
+        }
+        cch.basic_nack(
+            0,
+            BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            },
+        )
+        .await
+        .expect("nack all");
+        let again: Vec<bool> = {
+            let mut v = Vec::new();
+            while let Some(m) = get(&t, &ch, &q, true).await {
+                v.push(m.delivery.redelivered);
+            }
+            v
+        };
+        assert_eq!(again, [true, true], "{t}: nack(0, multiple) requeued both");
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn delivery_tags_count_per_channel_across_get_and_consume() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        fill(&t, &ch, &q, 4).await;
+        let cch = conn.create_channel().await.expect("channel");
+        let a = get(&t, &cch, &q, false).await.expect("a");
+        let b = get(&t, &cch, &q, true).await.expect("b");
+        let mut c = consume(&t, &cch, &q, "c", false).await;
+        let ds = take(&t, &mut c, 2).await;
+        let tags = [
+            a.delivery.delivery_tag,
+            b.delivery.delivery_tag,
+            ds[0].delivery_tag,
+            ds[1].delivery_tag,
+        ];
+        assert_eq!(
+            tags,
+            [1, 2, 3, 4],
+            "{t}: one tag sequence per channel, no-ack gets included"
+        );
+        let other = conn.create_channel().await.expect("channel");
+        fill(&t, &ch, &q, 1).await;
+        drop(c);
+        cch.close(200, "bye".into()).await.expect("close");
+        let m = get(&t, &other, &q, false).await.expect("message");
+        assert_eq!(m.delivery.delivery_tag, 1, "{t}: a new channel starts at 1");
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn no_local_is_ignored() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let mut c = ch
+            .basic_consume(
+                q.as_str().into(),
+                "c".into(),
+                BasicConsumeOptions {
+                    no_local: true,
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        fill(&t, &ch, &q, 1).await;
+        let d = next_delivery(&t, &mut c).await;
+        assert_eq!(
+            body(&d),
+            "m0",
+            "{t}: RabbitMQ delivers own messages despite no_local"
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn immediate_publish_is_not_implemented() {
+    for t in targets().await {
+        let mut raw = t.raw_open().await;
+        let mut bytes = warren_tests::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(proto::basic::AMQPMethod::Publish(proto::basic::Publish {
+                exchange: "".into(),
+                routing_key: "q".into(),
+                mandatory: false,
+                immediate: true,
+            })),
+        ));
+        bytes.extend(warren_tests::encode(&AMQPFrame::Header(
+            1,
+            amq_protocol::frame::AMQPContentHeader {
+                class_id: 60,
+                body_size: 1,
+                properties: BasicProperties::default(),
+            },
+        )));
+        bytes.extend(warren_tests::encode(&AMQPFrame::Body(1, b"x".to_vec())));
+        raw.send_bytes(&bytes).await;
+        let close = raw.expect_connection_close().await;
+        assert_eq!(
+            (
+                close.code,
+                close.text.as_str(),
+                close.class_id,
+                close.method_id
+            ),
+            (540, "NOT_IMPLEMENTED - immediate=true", 60, 40),
+            "{t}: basic.publish immediate=true"
+        );
+        t.assert_healthy().await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: channel.flow active=false not refused with 540"]
+async fn channel_flow() {
+    for t in targets().await {
+        let mut raw = t.raw_open().await;
+        let reply = raw
+            .call(
+                1,
+                AMQPClass::Channel(proto::channel::AMQPMethod::Flow(proto::channel::Flow {
+                    active: true,
+                })),
+            )
+            .await;
+        assert!(
+            matches!(reply, AMQPClass::Channel(proto::channel::AMQPMethod::FlowOk(ref ok)) if ok.active),
+            "{t}: channel.flow active=true: {reply:?}"
+        );
+        raw.send_method(
+            1,
+            AMQPClass::Channel(proto::channel::AMQPMethod::Flow(proto::channel::Flow {
+                active: false,
+            })),
+        )
+        .await;
+        let close = raw.expect_connection_close().await;
+        assert_eq!(
+            (
+                close.code,
+                close.text.as_str(),
+                close.class_id,
+                close.method_id
+            ),
+            (540, "NOT_IMPLEMENTED - active=false", 20, 20),
+            "{t}: channel.flow active=false"
+        );
+    }
+}
+
+#[tokio::test]
+async fn basic_recover_async_and_requeue_false() {
+    for t in targets().await {
+        let mut raw = t.raw_open().await;
+        raw.send_method(
+            1,
+            AMQPClass::Basic(proto::basic::AMQPMethod::Recover(proto::basic::Recover {
+                requeue: false,
+            })),
+        )
+        .await;
+        let close = raw.expect_connection_close().await;
+        assert_eq!(
+            (
+                close.code,
+                close.text.as_str(),
+                close.class_id,
+                close.method_id
+            ),
+            (540, "NOT_IMPLEMENTED - requeue=false", 60, 110),
+            "{t}: basic.recover requeue=false"
+        );
+    }
+}

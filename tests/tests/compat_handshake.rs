@@ -238,3 +238,133 @@ async fn unknown_vhost_not_allowed() {
         target.assert_healthy().await;
     }
 }
+
+/// The AMQPLAIN response: a field table without its length prefix.
+fn amqplain(user: &str, password: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in [("LOGIN", user), ("PASSWORD", password)] {
+        out.push(k.len() as u8);
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'S');
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+async fn start_ok(raw: &mut warren_tests::RawConn, mechanism: &str, response: Vec<u8>) {
+    raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+    match raw.recv_method(0).await {
+        AMQPClass::Connection(proto::connection::AMQPMethod::Start(_)) => {}
+        other => panic!("{}: expected connection.start, got {other:?}", raw.target()),
+    }
+    raw.send_method(
+        0,
+        AMQPClass::Connection(proto::connection::AMQPMethod::StartOk(
+            proto::connection::StartOk {
+                client_properties: warren_tests::client_properties(),
+                mechanism: mechanism.into(),
+                response: response.into(),
+                locale: "en_US".into(),
+            },
+        )),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn amqplain_login() {
+    for target in targets().await {
+        let mut raw = target.raw().await;
+        start_ok(&mut raw, "AMQPLAIN", amqplain("guest", "guest")).await;
+        let tune = raw.finish_tune().await;
+        assert_eq!(
+            tune.frame_max, 131072,
+            "{target}: AMQPLAIN login reaches tune"
+        );
+
+        let mut raw = target.raw().await;
+        start_ok(&mut raw, "AMQPLAIN", amqplain("guest", "nope")).await;
+        let close = raw.expect_connection_close().await;
+        assert_eq!(
+            (close.code, close.text.as_str()),
+            (
+                403,
+                "ACCESS_REFUSED - Login was refused using authentication mechanism AMQPLAIN. \
+                 For details see the broker logfile."
+            ),
+            "{target}: AMQPLAIN with a bad password"
+        );
+    }
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: sends connection.close 503 instead of dropping the socket"]
+async fn unknown_auth_mechanism() {
+    for target in targets().await {
+        let mut raw = target.raw().await;
+        start_ok(&mut raw, "CRAM-MD5", b"whatever".to_vec()).await;
+        // RabbitMQ 3.10 drops the socket without a connection.close here, even for clients
+        // that advertise authentication_failure_close.
+        match raw.recv().await {
+            RawEvent::Eof => {}
+            other => {
+                panic!("{target}: unknown mechanism: expected the socket closed, got {other:?}")
+            }
+        }
+        target.assert_healthy().await;
+    }
+}
+
+#[tokio::test]
+async fn silent_client_is_dropped_after_missed_heartbeats() {
+    for target in targets().await {
+        let mut raw = target.raw().await;
+        raw.handshake_until_open("guest", "guest", warren_tests::client_properties())
+            .await;
+        let tune = match raw.recv_method(0).await {
+            AMQPClass::Connection(proto::connection::AMQPMethod::Tune(t)) => t,
+            other => panic!("{target}: expected tune, got {other:?}"),
+        };
+        raw.send_method(
+            0,
+            AMQPClass::Connection(proto::connection::AMQPMethod::TuneOk(
+                proto::connection::TuneOk {
+                    channel_max: tune.channel_max,
+                    frame_max: tune.frame_max,
+                    heartbeat: 1,
+                },
+            )),
+        )
+        .await;
+        raw.send_method(
+            0,
+            AMQPClass::Connection(proto::connection::AMQPMethod::Open(
+                proto::connection::Open {
+                    virtual_host: "/".into(),
+                },
+            )),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        // Read (and ignore) the broker's heartbeats, never sending any: the broker must give up.
+        loop {
+            match raw.recv_within(std::time::Duration::from_secs(6)).await {
+                RawEvent::Eof => break,
+                RawEvent::Timeout => {
+                    panic!("{target}: still connected after 6 s of client silence")
+                }
+                RawEvent::Frame(f) => {
+                    if let Some((_, true, info)) = warren_tests::close_of(&f) {
+                        panic!("{target}: expected the socket dropped without connection.close, got {info:?}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(1000),
+            "{target}: dropped before a single heartbeat interval passed"
+        );
+    }
+}
