@@ -23,6 +23,31 @@ pub struct Limits {
     pub max_message_size: u64,
     /// Most simultaneous connections; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Above this resident memory (bytes) publishers are blocked (connection.blocked) until it
+    /// drops again. RabbitMQ's default is 40% of RAM; so is ours.
+    pub memory_high_watermark: u64,
+    /// Below this much free disk space in the data directory publishers are blocked.
+    /// RabbitMQ's default is 50 MB.
+    pub disk_free_limit: u64,
+}
+
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(8 << 30, |kb| kb * 1024)
+}
+
+/// The process's resident set size in bytes (0 where it cannot be read).
+pub(crate) fn resident_memory() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
 }
 
 impl Default for Limits {
@@ -33,6 +58,8 @@ impl Default for Limits {
             heartbeat: 60,
             max_message_size: 128 * 1024 * 1024,
             max_connections: 65_536,
+            memory_high_watermark: total_memory() / 10 * 4,
+            disk_free_limit: 50_000_000,
         }
     }
 }
@@ -64,6 +91,37 @@ impl Config {
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) config: Config,
+    /// Resource alarm: true while publishers must be blocked.
+    pub(crate) alarm: watch::Sender<bool>,
+    /// The memory watermark in force (adjustable at run time).
+    pub(crate) memory_high_watermark: AtomicU64,
+    pub(crate) data_dir: Option<PathBuf>,
+}
+
+impl Shared {
+    /// Re-evaluates the memory and disk alarms.
+    fn check_alarms(&self) {
+        let mem = resident_memory();
+        let limit = self.memory_high_watermark.load(Ordering::Relaxed);
+        let mem_alarm = mem > limit;
+        let disk_alarm = self.data_dir.as_ref().is_some_and(|d| {
+            fs4::available_space(d).is_ok_and(|free| free < self.config.limits.disk_free_limit)
+        });
+        let alarm = mem_alarm || disk_alarm;
+        if *self.alarm.borrow() != alarm {
+            if alarm {
+                tracing::warn!(
+                    resident = mem,
+                    watermark = limit,
+                    disk_alarm,
+                    "resource alarm: blocking publishers"
+                );
+            } else {
+                tracing::info!("resource alarm cleared: unblocking publishers");
+            }
+            self.alarm.send_replace(alarm);
+        }
+    }
 }
 
 /// Errors starting the broker.
@@ -192,17 +250,23 @@ impl BrokerBuilder {
             state.attach_store(Arc::new(store), defs, recovered);
             tracing::info!(dir = %dir.display(), messages = n, "recovered from data directory");
         }
+        let watermark = self.limits.memory_high_watermark;
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             config: Config {
                 users,
                 limits: self.limits,
             },
+            alarm: watch::Sender::new(false),
+            memory_high_watermark: AtomicU64::new(watermark),
+            data_dir: self.data_dir.clone(),
         });
+        shared.check_alarms();
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
         tracing::info!(%local_addr, "warren-broker ready");
         Ok(BrokerHandle {
+            shared: shared.clone(),
             local_addr,
             stop: stop_tx,
             task: Arc::new(Mutex::new(Some(task))),
@@ -222,6 +286,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             _ = stop.changed() => break,
             _ = ticker.tick() => {
                 shared.state.lock().expect("state lock").expire_tick();
+                shared.check_alarms();
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => {
@@ -256,11 +321,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 }
 
 /// A running broker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BrokerHandle {
+    shared: Arc<Shared>,
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for BrokerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerHandle")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
 }
 
 impl BrokerHandle {
@@ -278,6 +352,20 @@ impl BrokerHandle {
             self.local_addr.ip().to_string()
         };
         format!("amqp://guest:guest@{host}:{}/%2f", self.local_addr.port())
+    }
+
+    /// Changes the memory high watermark at run time (as `rabbitmqctl
+    /// set_vm_memory_high_watermark` does); the alarm is re-evaluated at once.
+    pub fn set_memory_high_watermark(&self, bytes: u64) {
+        self.shared
+            .memory_high_watermark
+            .store(bytes, Ordering::Relaxed);
+        self.shared.check_alarms();
+    }
+
+    /// Whether publishers are currently blocked by a memory or disk alarm.
+    pub fn is_blocked(&self) -> bool {
+        *self.shared.alarm.borrow()
     }
 
     /// Stops accepting, closes every connection with 320 CONNECTION_FORCED, and waits for them.

@@ -87,6 +87,8 @@ pub(crate) async fn serve(
         channel_max: hs.channel_max,
         channels: HashMap::new(),
         closing: None,
+        publisher: false,
+        blocked_capable: hs.blocked_capable,
     };
     let result = conn.run(read_half, buf, hs.heartbeat, shutdown).await;
     tracing::debug!(%peer, ?result, "connection closed");
@@ -107,6 +109,7 @@ pub(crate) async fn serve(
 }
 
 struct Handshake {
+    blocked_capable: bool,
     user: String,
     vhost: String,
     frame_max: u32,
@@ -290,13 +293,14 @@ async fn handshake(
         // Without the capability, RabbitMQ just closes the socket.
         return Ok(None);
     };
-    let cancel_notify = match start_ok.client_properties.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(caps)) => matches!(
-            caps.inner().get("consumer_cancel_notify"),
-            Some(AMQPValue::Boolean(true))
-        ),
+    let capability = |name: &str| match start_ok.client_properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(caps)) => {
+            matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
         _ => false,
     };
+    let cancel_notify = capability("consumer_cancel_notify");
+    let blocked_capable = capability("connection.blocked");
 
     let limits = &shared.config.limits;
     let tune = AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
@@ -348,6 +352,7 @@ async fn handshake(
     let open_ok = AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {}));
     write_frames(stream, |out| frame::write_method(out, 0, open_ok)).await?;
     Ok(Some(Handshake {
+        blocked_capable,
         user,
         vhost,
         frame_max,
@@ -368,6 +373,10 @@ struct Connection {
     channels: HashMap<u16, Channel>,
     /// Set once we sent connection.close: when we give up waiting for close-ok.
     closing: Option<Instant>,
+    /// It has published: a resource alarm blocks it.
+    publisher: bool,
+    /// The client understands connection.blocked / unblocked.
+    blocked_capable: bool,
 }
 
 impl Connection {
@@ -381,7 +390,29 @@ impl Connection {
         // A peer that sends nothing for two heartbeat intervals is gone (as in RabbitMQ).
         let idle_limit = (heartbeat > 0).then(|| Duration::from_secs(heartbeat as u64 * 2));
         let mut last_read = Instant::now();
+        let mut alarm = self.shared.alarm.subscribe();
+        let mut blocked = false;
         loop {
+            // A publishing connection stops being read while a resource alarm is on (as in
+            // RabbitMQ), after being told with connection.blocked; consumers keep going.
+            let should_block =
+                *alarm.borrow_and_update() && self.publisher && self.closing.is_none();
+            if should_block != blocked {
+                blocked = should_block;
+                if self.blocked_capable {
+                    let m = if blocked {
+                        connection::AMQPMethod::Blocked(connection::Blocked {
+                            reason: "low on memory or disk space".into(),
+                        })
+                    } else {
+                        connection::AMQPMethod::Unblocked(connection::Unblocked {})
+                    };
+                    self.outbox.method(0, AMQPClass::Connection(m));
+                }
+                if !blocked {
+                    last_read = Instant::now();
+                }
+            }
             loop {
                 match next_frame(&mut buf, self.frame_max) {
                     Ok(Some(f)) => {
@@ -403,11 +434,12 @@ impl Connection {
             }
             let wake = match (self.closing, idle_limit) {
                 (Some(t), _) => t,
-                (None, Some(limit)) => last_read + limit,
-                (None, None) => Instant::now() + Duration::from_secs(3600),
+                (None, Some(limit)) if !blocked => last_read + limit,
+                (None, _) => Instant::now() + Duration::from_secs(3600),
             };
             tokio::select! {
-                r = reader.read_buf(&mut buf) => match r {
+                _ = alarm.changed() => {}
+                r = reader.read_buf(&mut buf), if !blocked => match r {
                     Ok(0) | Err(_) => return Stop::Gone,
                     Ok(_) => last_read = Instant::now(),
                 },
@@ -415,7 +447,7 @@ impl Connection {
                     if self.closing.is_some() {
                         return Stop::Done;
                     }
-                    if idle_limit.is_some_and(|l| last_read.elapsed() >= l) {
+                    if !blocked && idle_limit.is_some_and(|l| last_read.elapsed() >= l) {
                         tracing::warn!(conn = self.id, "missed heartbeats from client, closing");
                         return Stop::Gone;
                     }
@@ -516,6 +548,11 @@ impl Connection {
         }
         if f.channel == 0 {
             return self.on_channel0(f, method);
+        }
+        if let Some(AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(_))) =
+            &method
+        {
+            self.publisher = true;
         }
         if f.kind == frame::FRAME_HEARTBEAT {
             self.start_close(AmqpError::new(
