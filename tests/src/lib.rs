@@ -354,6 +354,53 @@ pub fn expect_error_prefix<T: fmt::Debug>(
     }
 }
 
+/// Reports why the broker closed a channel, without racing the close.
+///
+/// Asynchronous methods (basic.ack, basic.reject, ...) have no reply: when one is refused, a
+/// later synchronous call on that channel may fail either with the close reason or, if lapin
+/// saw channel.close first, with a bare "channel closing" state error. A consumer registered
+/// beforehand always receives the reason, so [`close_watch`] creates one (on a fresh exclusive
+/// queue) and [`CloseWatch::expect`] waits for it.
+pub struct CloseWatch {
+    consumer: Consumer,
+}
+
+/// Starts watching `ch` for a channel.close (see [`CloseWatch`]).
+pub async fn close_watch(target: &Target, ch: &Channel) -> CloseWatch {
+    let q = declare_exclusive(target, ch).await;
+    let consumer = ch
+        .basic_consume(
+            q.as_str().into(),
+            "warren-tests.close-watch".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{target}: close watch consumer: {e}"));
+    CloseWatch { consumer }
+}
+
+impl CloseWatch {
+    /// Asserts that the channel is closed with exactly this code and text.
+    pub async fn expect(mut self, target: &Target, what: &str, code: u16, text: &str) {
+        match tokio::time::timeout(WAIT, self.consumer.next()).await {
+            Err(_) => panic!("{target}: {what}: channel not closed within {WAIT:?}"),
+            Ok(Some(Err(e))) => match amqp_error(&e) {
+                Some((c, t)) => assert_eq!(
+                    (c, t.as_str()),
+                    (code, text),
+                    "{target}: {what}: wrong close code/text"
+                ),
+                None => panic!("{target}: {what}: expected AMQP error {code} {text:?}, got {e:?}"),
+            },
+            Ok(other) => panic!("{target}: {what}: expected channel.close {code}, got {other:?}"),
+        }
+    }
+}
+
 /// Declares a server-named exclusive queue and returns its name.
 pub async fn declare_exclusive(target: &Target, ch: &Channel) -> String {
     let q = ch

@@ -16,8 +16,8 @@ use lapin::{
     BasicProperties, Channel, Consumer,
 };
 use warren_tests::{
-    close, declare_exclusive, drain, expect_error, expect_no_delivery, get, next_delivery,
-    publish_confirmed, reply_text, targets, unique, Target, WAIT,
+    close, close_watch, declare_exclusive, drain, expect_error, expect_no_delivery, get,
+    next_delivery, publish_confirmed, reply_text, targets, unique, Target, WAIT,
 };
 
 async fn fill(t: &Target, ch: &Channel, queue: &str, n: usize) {
@@ -200,7 +200,6 @@ async fn prefetch_per_consumer_then_global_both_apply() {
 
 /// RabbitMQ quirk: a per-consumer basic.qos clears the channel's global prefetch limit.
 #[tokio::test]
-#[ignore = "bundled broker: per-consumer qos does not clear the global limit"]
 async fn prefetch_global_then_per_consumer_clears_global() {
     for t in targets().await {
         let (conn, ch) = t.open_confirm().await;
@@ -433,7 +432,6 @@ async fn unacked_requeued_when_connection_closes() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: basic.recover does not redeliver"]
 async fn basic_recover_redelivers() {
     for t in targets().await {
         let (conn, ch) = t.open_confirm().await;
@@ -460,18 +458,19 @@ async fn basic_recover_redelivers() {
             "{t}: new tags after recover"
         );
         // The old tags are gone.
+        let watch = close_watch(&t, &cch).await;
         let stale = first[0].delivery_tag;
         cch.basic_ack(stale, BasicAckOptions::default())
             .await
             .expect("ack is async");
-        let res = cch.basic_qos(5, BasicQosOptions::default()).await;
-        expect_error(
-            &t,
-            "ack of a tag from before recover",
-            res,
-            406,
-            &format!("PRECONDITION_FAILED - unknown delivery tag {stale}"),
-        );
+        watch
+            .expect(
+                &t,
+                "ack of a tag from before recover",
+                406,
+                &format!("PRECONDITION_FAILED - unknown delivery tag {stale}"),
+            )
+            .await;
         close(conn).await;
     }
 }
@@ -566,17 +565,18 @@ async fn double_ack_is_unknown_tag() {
         ch.basic_ack(tag, BasicAckOptions::default())
             .await
             .expect("ack");
+        let watch = close_watch(&t, &ch).await;
         ch.basic_ack(tag, BasicAckOptions::default())
             .await
             .expect("ack is async");
-        let res = ch.basic_qos(1, BasicQosOptions::default()).await;
-        expect_error(
-            &t,
-            "second ack",
-            res,
-            406,
-            &format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
-        );
+        watch
+            .expect(
+                &t,
+                "second ack",
+                406,
+                &format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
+            )
+            .await;
         close(conn).await;
     }
 }

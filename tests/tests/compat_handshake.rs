@@ -152,7 +152,6 @@ async fn wrong_protocol_header_gets_091_header_back() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: sends connection.close 403 to clients without authentication_failure_close"]
 async fn bad_credentials_access_refused() {
     for target in targets().await {
         // A client that advertises authentication_failure_close gets connection.close 403.

@@ -357,7 +357,6 @@ async fn tx_commit_and_rollback_of_publishes() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: uncommitted acks applied on channel close"]
 async fn tx_commit_and_rollback_of_acks() {
     for t in targets().await {
         let (conn, ch) = t.open_confirm().await;
@@ -427,7 +426,6 @@ async fn tx_commit_without_select() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: leftover_chars instead of leftover_string"]
 async fn bad_expiration_is_refused() {
     for t in targets().await {
         for (value, text) in [

@@ -446,7 +446,6 @@ async fn invalid_queue_arguments() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: different texts for x-overflow, x-expires 0 and a wrongly typed x-message-ttl"]
 async fn invalid_queue_argument_texts() {
     for t in targets().await {
         let cases: Vec<(FieldTable, String)> = vec![

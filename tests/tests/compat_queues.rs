@@ -151,7 +151,6 @@ async fn passive_declare_of_missing_queue() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: long reply texts cut at 255 without ..."]
 async fn exclusive_queue_is_locked_to_its_connection() {
     for t in targets().await {
         let (owner, ch) = t.open().await;

@@ -277,7 +277,6 @@ async fn reply_to_other_values_are_left_alone() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: passive declare of amq.rabbitmq.reply-to is 404"]
 async fn reply_to_pseudo_queue_declare() {
     for t in targets().await {
         let (conn, ch) = t.open().await;
