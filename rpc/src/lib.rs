@@ -109,6 +109,11 @@ pub use wire::Codec;
 /// See the [crate documentation](crate) for the attributes it accepts.
 pub use warren_rpc_macros::service;
 
+/// The README's example, compiled as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// Items the generated code uses. Not a public API.
 #[doc(hidden)]
 pub mod __private {

@@ -566,3 +566,55 @@ async fn python_client_speaks_the_wire_protocol() {
         cleanup(&target, server, &queue).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_and_quorum_service_queues() {
+    for target in targets().await {
+        // Durable classic queue: everywhere.
+        let (server, queue) = serve_calculator(&target, Server::builder().durable(true)).await;
+        let client = client(&target).await;
+        assert_eq!(
+            calculator(&client, &queue).add(1, 2).await.unwrap(),
+            3,
+            "{target}"
+        );
+        cleanup(&target, server, &queue).await;
+
+        // Quorum queue: RabbitMQ's choice for a cluster. The bundled broker is not clustered and
+        // may refuse the type, but then with an error that says so.
+        let queue = warren_tests::unique("calculator");
+        let started = Server::builder()
+            .durable(true)
+            .queue_type("quorum")
+            .queue_name(queue.clone())
+            .serve(
+                target.url(),
+                warren_examples::CalculatorServer::new(warren_examples::Calc::new()),
+            )
+            .await;
+        match started {
+            Ok(server) => {
+                let calc = calculator(&client, &queue);
+                assert_eq!(
+                    calc.add(20, 22).await.unwrap(),
+                    42,
+                    "{target}: quorum queue"
+                );
+                assert_eq!(
+                    calc.memory_add(1).await.unwrap(),
+                    1,
+                    "{target}: quorum queue"
+                );
+                cleanup(&target, server, &queue).await;
+            }
+            Err(e) => {
+                assert!(!target.is_rabbitmq(), "{target}: quorum queue refused: {e}");
+                assert!(
+                    e.to_string().contains("quorum"),
+                    "{target}: unclear refusal: {e}"
+                );
+                println!("{target}: quorum queues refused: {e}");
+            }
+        }
+    }
+}
