@@ -171,37 +171,41 @@ impl ServerBuilder {
             cache: self.cache,
         });
         let permits = Arc::new(Semaphore::new(usize::from(self.concurrency)));
+        let task_shared = Arc::clone(&shared);
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(
-            consume(
-                shared,
-                consumer,
-                Arc::clone(&permits),
-                stop_rx,
-                usize::from(self.concurrency),
-                self.shutdown_grace,
-            )
+            async move {
+                let shared = task_shared;
+                consume(
+                    Arc::clone(&shared),
+                    consumer,
+                    permits,
+                    stop_rx,
+                    usize::from(self.concurrency),
+                    self.shutdown_grace,
+                )
+                .await;
+                let _ = shared.channel.close(200, "server shutdown".into()).await;
+                let _ = connection.close(200, "server shutdown".into()).await;
+            }
             .instrument(tracing::info_span!("warren.server", queue = %queue)),
         );
         tracing::info!(%queue, concurrency = self.concurrency, "warren server serving");
         Ok(Server {
             queue,
-            connection,
-            channel,
             stop: stop_tx,
-            task,
+            task: Some(task),
         })
     }
 }
 
-/// A running server for one service. Stop it with [`Server::shutdown`].
+/// A running server for one service. Stop it with [`Server::shutdown`]; dropping it starts the
+/// same shutdown in the background.
 #[derive(Debug)]
 pub struct Server {
     queue: String,
-    connection: Connection,
-    channel: Channel,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -222,16 +226,22 @@ impl Server {
 
     /// Whether the server stopped consuming (shut down, or its connection failed).
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Stops taking requests, lets those in flight finish (within the grace period), replies,
     /// acks, and closes the connection.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
-        let _ = self.channel.close(200, "server shutdown".into()).await;
-        let _ = self.connection.close(200, "server shutdown".into()).await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
 
