@@ -26,9 +26,12 @@ impl Reports for Reporter {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // lapin logs every returned message at WARN; here a return is expected (the unavailable
+    // service below) and Warren reports it as an error value, so that log is silenced.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,lapin::returned_messages=error".into()),
         )
         .init();
 
