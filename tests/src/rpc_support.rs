@@ -54,6 +54,10 @@ pub trait Probe {
 
     /// The call context the handler sees.
     async fn context(&self) -> CallInfo;
+
+    /// Calls `context` on the relay probe (see [`ProbeImpl::with_relay`]) and returns what that
+    /// handler saw; `Err` describes a missing relay or a failed call.
+    async fn relay_context(&self) -> Result<CallInfo, String>;
 }
 
 /// The probe implementation.
@@ -61,9 +65,18 @@ pub trait Probe {
 pub struct ProbeImpl {
     recorded: Mutex<Vec<i64>>,
     executions: AtomicU64,
+    relay: Option<ProbeClient>,
 }
 
 impl ProbeImpl {
+    /// A probe whose `relay_context` calls another probe through `relay`.
+    pub fn with_relay(relay: ProbeClient) -> Self {
+        ProbeImpl {
+            relay: Some(relay),
+            ..ProbeImpl::default()
+        }
+    }
+
     /// How many times `count_slowly` ran.
     pub fn executions(&self) -> u64 {
         self.executions.load(Ordering::SeqCst)
@@ -111,6 +124,11 @@ impl Probe for ProbeImpl {
             attempt: cx.attempt(),
             remaining_ms: cx.remaining().map(|d| d.as_millis() as u64),
         }
+    }
+
+    async fn relay_context(&self) -> Result<CallInfo, String> {
+        let relay = self.relay.as_ref().ok_or("this probe has no relay")?;
+        relay.context().await.map_err(|e| e.to_string())
     }
 }
 

@@ -489,6 +489,44 @@ async fn handlers_see_their_call_context() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_by_a_handler_inherit_its_deadline() {
+    for target in targets().await {
+        let (inner, inner_queue) = serve(
+            &target,
+            Server::builder(),
+            ProbeServer::new(ProbeImpl::default()),
+        )
+        .await;
+        // The relay's own client allows 30 s per call; the outer caller allows 1 s.
+        let relay_client = Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect(target.url())
+            .await
+            .unwrap();
+        let (outer, outer_queue) = serve(
+            &target,
+            Server::builder(),
+            ProbeServer::new(ProbeImpl::with_relay(probe(&relay_client, &inner_queue))),
+        )
+        .await;
+        let client = client(&target).await;
+        let info = probe(&client, &outer_queue)
+            .with_timeout(Duration::from_secs(1))
+            .relay_context()
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{target}: relay failed: {e}"));
+        let remaining = info.remaining_ms.expect("a budget");
+        assert!(
+            remaining <= 1000,
+            "{target}: the nested call got {remaining}ms, more than its caller's 1000ms"
+        );
+        cleanup(&target, outer, &outer_queue).await;
+        cleanup(&target, inner, &inner_queue).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_calls_in_flight() {
     for target in targets().await {
         let (server, queue) = serve(
