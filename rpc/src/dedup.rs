@@ -66,6 +66,9 @@ pub trait ReplyCache: Send + Sync + 'static {
     fn abandon(&self, call_id: &CallId);
 }
 
+/// How long "forever" is for a time to live too large to add to an instant.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 enum Slot {
     Running(watch::Sender<Option<CachedReply>>),
     Done(CachedReply),
@@ -176,7 +179,9 @@ impl ReplyCache for MemoryReplyCache {
             call_id.clone(),
             Entry {
                 slot: Slot::Running(tx),
-                expires: now + keep_for.max(self.min_ttl),
+                expires: now
+                    .checked_add(keep_for.max(self.min_ttl))
+                    .unwrap_or(now + FOREVER),
                 generation,
             },
         );

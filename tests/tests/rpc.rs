@@ -396,6 +396,18 @@ async fn wire_format_in_json_and_msgpack() {
             "{target}"
         );
 
+        // A budget too large for the server's clock is no deadline, never a crash.
+        let huge = RawRequest {
+            timeout_ms: Some(i64::MAX),
+            ..RawRequest::json("add", r#"{"a": 1, "b": 1}"#)
+        };
+        let reply = raw_call(&target, &queue, huge).await;
+        assert_eq!(
+            reply.json(),
+            serde_json::json!({"ok": 2}),
+            "{target}: huge budget"
+        );
+
         let reply = raw_call(&target, &queue, RawRequest::json("memory_recall", "{}")).await;
         assert_eq!(reply.json(), serde_json::json!({"ok": 0}), "{target}");
 
