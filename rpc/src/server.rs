@@ -325,7 +325,10 @@ impl Incoming {
             .or(props.correlation_id().as_ref())
             .map(|id| CallId::from_wire(id.as_str()));
         let budget_ms = wire::header_i64(headers, wire::HEADER_TIMEOUT_MS);
-        let deadline = budget_ms.map(|ms| received + Duration::from_millis(ms.max(0) as u64));
+        // A budget too large to represent as an instant is no deadline at all (never a panic).
+        let deadline = budget_ms.and_then(|ms| {
+            received.checked_add(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+        });
         let attempt = wire::header_i64(headers, wire::HEADER_ATTEMPT)
             .and_then(|a| u32::try_from(a).ok())
             .unwrap_or(1);
@@ -342,8 +345,9 @@ impl Incoming {
                 method: method.clone().unwrap_or_default(),
                 attempt,
                 deadline,
-                deadline_unix_ms: wire::header_i64(headers, wire::HEADER_DEADLINE)
-                    .or_else(|| budget_ms.map(|ms| unix_millis(SystemTime::now()) + ms.max(0))),
+                deadline_unix_ms: wire::header_i64(headers, wire::HEADER_DEADLINE).or_else(|| {
+                    budget_ms.map(|ms| unix_millis(SystemTime::now()).saturating_add(ms.max(0)))
+                }),
                 redelivered: delivery.redelivered,
             },
             method,
