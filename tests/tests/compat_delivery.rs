@@ -1133,3 +1133,80 @@ async fn basic_recover_async_and_requeue_false() {
         );
     }
 }
+
+#[tokio::test]
+async fn per_consumer_prefetch_is_fixed_at_consume_time() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let cch = conn.create_channel().await.expect("channel");
+        cch.basic_qos(1, BasicQosOptions { global: false })
+            .await
+            .expect("qos 1");
+        let mut early = consume(&t, &cch, &q, "early", false).await;
+        cch.basic_qos(3, BasicQosOptions { global: false })
+            .await
+            .expect("qos 3");
+        let mut late = consume(&t, &cch, &q, "late", false).await;
+        fill(&t, &ch, &q, 10).await;
+        take(&t, &mut early, 1).await;
+        take(&t, &mut late, 3).await;
+        expect_no_delivery(&t, &mut early, "early consumer keeps prefetch 1").await;
+        expect_no_delivery(&t, &mut late, "late consumer got prefetch 3").await;
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn basic_get_on_another_connections_exclusive_queue() {
+    for t in targets().await {
+        let (owner, ch) = t.open().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let (other, och) = t.open().await;
+        let res = och
+            .basic_get(q.as_str().into(), Default::default())
+            .await
+            .map(|m| m.is_some());
+        expect_error(
+            &t,
+            "basic.get on a locked queue",
+            res,
+            405,
+            &reply_text(&format!(
+                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{q}' in vhost \
+                 '/'. It could be originally declared on another connection or the exclusive \
+                 property value does not match that of the original declaration."
+            )),
+        );
+        close(other).await;
+        close(owner).await;
+    }
+}
+
+#[tokio::test]
+async fn consumer_tags_are_per_channel() {
+    for t in targets().await {
+        let (conn, ch) = t.open().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let _a = consume(&t, &ch, &q, "same-tag", false).await;
+        let ch2 = conn.create_channel().await.expect("channel");
+        let _b = consume(&t, &ch2, &q, "same-tag", false).await;
+        let ok = ch
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare");
+        assert_eq!(
+            ok.consumer_count(),
+            2,
+            "{t}: one tag on two channels is two consumers"
+        );
+        close(conn).await;
+    }
+}

@@ -367,3 +367,121 @@ async fn silent_client_is_dropped_after_missed_heartbeats() {
         );
     }
 }
+
+#[tokio::test]
+async fn other_protocol_versions_get_091_header() {
+    for target in targets().await {
+        for header in [
+            &b"AMQP\x00\x00\x09\x00"[..],
+            &b"AMQP\x00\x00\x08\x00"[..],
+            &b"AMQP\x00\x00\x09\x02"[..],
+            &b"AMQP\x00\x01\x09\x01"[..],
+        ] {
+            let mut raw = target.raw().await;
+            raw.send_bytes(header).await;
+            match raw.recv().await {
+                RawEvent::Header(h) => assert_eq!(
+                    &h, b"AMQP\x00\x00\x09\x01",
+                    "{target}: header sent back for {header:?}"
+                ),
+                other => panic!("{target}: for header {header:?} expected AMQP0091, got {other:?}"),
+            }
+            raw.expect_eof().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn frame_before_protocol_header() {
+    for target in targets().await {
+        let mut raw = target.raw().await;
+        raw.send(amq_protocol::frame::AMQPFrame::Heartbeat).await;
+        raw.send_bytes(&[0; 8]).await;
+        match raw.recv().await {
+            RawEvent::Header(h) => assert_eq!(&h, b"AMQP\x00\x00\x09\x01", "{target}: header"),
+            other => {
+                panic!("{target}: expected AMQP0091 for a frame instead of a header, got {other:?}")
+            }
+        }
+        raw.expect_eof().await;
+    }
+}
+
+#[tokio::test]
+async fn empty_vhost_name_not_allowed() {
+    for target in targets().await {
+        let mut raw = target.raw().await;
+        raw.handshake_until_open("guest", "guest", warren_tests::client_properties())
+            .await;
+        raw.finish_tune().await;
+        raw.send_method(
+            0,
+            AMQPClass::Connection(proto::connection::AMQPMethod::Open(
+                proto::connection::Open {
+                    virtual_host: "".into(),
+                },
+            )),
+        )
+        .await;
+        let close = raw.expect_connection_close().await;
+        assert_eq!(
+            (
+                close.code,
+                close.text.as_str(),
+                close.class_id,
+                close.method_id
+            ),
+            (530, "NOT_ALLOWED - vhost  not found", 10, 40),
+            "{target}: vhost ''"
+        );
+    }
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: sends connection.close 530 (and uses 8192 as the minimum frame_max)"]
+async fn tune_ok_out_of_range_drops_the_connection() {
+    for target in targets().await {
+        // frame_max below the 4096 minimum, frame_max above the server's, channel_max above the
+        // server's: RabbitMQ drops the socket without a connection.close.
+        let cases = [(2047u16, 1024u32), (2047, 262_144), (4000, 131_072)];
+        let runs = cases.iter().map(|&(channel_max, frame_max)| {
+            let target = &target;
+            async move {
+                let mut raw = target.raw().await;
+                raw.handshake_until_open("guest", "guest", warren_tests::client_properties())
+                    .await;
+                match raw.recv_method(0).await {
+                    AMQPClass::Connection(proto::connection::AMQPMethod::Tune(_)) => {}
+                    other => panic!("{target}: expected tune, got {other:?}"),
+                }
+                raw.send_method(
+                    0,
+                    AMQPClass::Connection(proto::connection::AMQPMethod::TuneOk(
+                        proto::connection::TuneOk {
+                            channel_max,
+                            frame_max,
+                            heartbeat: 0,
+                        },
+                    )),
+                )
+                .await;
+                loop {
+                    match raw.recv_within(std::time::Duration::from_secs(6)).await {
+                        RawEvent::Eof => break,
+                        RawEvent::Frame(f) => {
+                            if let Some((_, true, info)) = warren_tests::close_of(&f) {
+                                panic!(
+                                    "{target}: tune-ok {channel_max}/{frame_max}: expected no connection.close, got {info:?}"
+                                );
+                            }
+                        }
+                        other => panic!(
+                            "{target}: tune-ok {channel_max}/{frame_max}: expected the socket dropped, got {other:?}"
+                        ),
+                    }
+                }
+            }
+        });
+        futures::future::join_all(runs).await;
+    }
+}

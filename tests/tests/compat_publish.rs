@@ -690,3 +690,181 @@ async fn frames_after_channel_close_are_ignored_until_close_ok() {
         );
     }
 }
+
+#[tokio::test]
+async fn header_field_types_round_trip() {
+    use lapin::types::{AMQPValue as V, ByteArray, DecimalValue, FieldArray};
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let mut array = FieldArray::default();
+        array.push(V::LongInt(1));
+        array.push(warren_tests::long_str("two"));
+        array.push(V::Boolean(false));
+        let headers = warren_tests::table(vec![
+            ("bool", V::Boolean(true)),
+            ("i8", V::ShortShortInt(-8)),
+            ("u8", V::ShortShortUInt(200)),
+            ("i16", V::ShortInt(-16000)),
+            ("u16", V::ShortUInt(60000)),
+            ("i32", V::LongInt(-2_000_000_000)),
+            ("u32", V::LongUInt(4_000_000_000)),
+            ("i64", V::LongLongInt(-9_000_000_000_000)),
+            ("f32", V::Float(1.5)),
+            ("f64", V::Double(-2.25)),
+            (
+                "decimal",
+                V::DecimalValue(DecimalValue {
+                    scale: 2,
+                    value: 12345,
+                }),
+            ),
+            ("string", warren_tests::long_str("héllo")),
+            ("array", V::FieldArray(array)),
+            ("timestamp", V::Timestamp(1_700_000_000)),
+            (
+                "table",
+                V::FieldTable(warren_tests::table(vec![("inner", V::LongInt(7))])),
+            ),
+            ("bytes", V::ByteArray(ByteArray::from(vec![0u8, 1, 2, 255]))),
+            ("void", V::Void),
+        ]);
+        let props = BasicProperties::default().with_headers(headers.clone());
+        publish_confirmed(&t, &ch, "", &q, b"typed", props).await;
+        let m = get(&t, &ch, &q, true).await.expect("message");
+        let got = m.delivery.properties.headers().clone().unwrap_or_default();
+        for (k, v) in headers.inner() {
+            assert_eq!(
+                got.inner().get(k),
+                Some(v),
+                "{t}: header {k} keeps its type and value"
+            );
+        }
+        assert_eq!(
+            got.inner().len(),
+            headers.inner().len(),
+            "{t}: no headers added"
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn content_header_bytes_pass_through_unchanged() {
+    for t in targets().await {
+        let mut raw = t.raw_open().await;
+        let q = unique("bytes");
+        raw.declare_queue(1, &q, true).await;
+        let props = BasicProperties::default()
+            .with_content_type("application/msgpack".into())
+            .with_headers(warren_tests::table(vec![
+                ("x-warren-protocol", lapin::types::AMQPValue::LongInt(1)),
+                ("traceparent", warren_tests::long_str("00-abc-def-01")),
+            ]))
+            .with_correlation_id("c".into())
+            .with_message_id("m".into())
+            .with_timestamp(42)
+            .with_app_id("warren".into());
+        raw.publish(1, "", &q, props.clone(), b"body").await;
+        let reply = raw
+            .call(
+                1,
+                AMQPClass::Basic(proto::basic::AMQPMethod::Get(proto::basic::Get {
+                    queue: q.as_str().into(),
+                    no_ack: true,
+                })),
+            )
+            .await;
+        assert!(
+            matches!(reply, AMQPClass::Basic(proto::basic::AMQPMethod::GetOk(_))),
+            "{t}: get-ok: {reply:?}"
+        );
+        match raw.recv_frame().await {
+            AMQPFrame::Header(1, h) => {
+                assert_eq!(h.body_size, 4, "{t}: body size");
+                assert_eq!(
+                    h.properties, props,
+                    "{t}: properties delivered as published"
+                );
+                let sent = warren_tests::encode(&AMQPFrame::Header(
+                    1,
+                    amq_protocol::frame::AMQPContentHeader {
+                        class_id: 60,
+                        body_size: 4,
+                        properties: props.clone(),
+                    },
+                ));
+                let got = warren_tests::encode(&AMQPFrame::Header(1, h));
+                assert_eq!(got, sent, "{t}: content header bytes identical");
+            }
+            other => panic!("{t}: expected a content header, got {other:?}"),
+        }
+        match raw.recv_frame().await {
+            AMQPFrame::Body(1, b) => assert_eq!(b, b"body", "{t}: body"),
+            other => panic!("{t}: expected a body, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tx_returns_unroutable_mandatory_at_commit() {
+    for t in targets().await {
+        let mut raw = t.raw_open().await;
+        let reply = raw
+            .call(
+                1,
+                AMQPClass::Tx(proto::tx::AMQPMethod::Select(proto::tx::Select {})),
+            )
+            .await;
+        assert!(
+            matches!(reply, AMQPClass::Tx(proto::tx::AMQPMethod::SelectOk(_))),
+            "{t}: select-ok: {reply:?}"
+        );
+        let key = unique("nowhere");
+        let mut bytes = warren_tests::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(proto::basic::AMQPMethod::Publish(proto::basic::Publish {
+                exchange: "amq.direct".into(),
+                routing_key: key.as_str().into(),
+                mandatory: true,
+                immediate: false,
+            })),
+        ));
+        bytes.extend(warren_tests::encode(&AMQPFrame::Header(
+            1,
+            amq_protocol::frame::AMQPContentHeader {
+                class_id: 60,
+                body_size: 1,
+                properties: BasicProperties::default(),
+            },
+        )));
+        bytes.extend(warren_tests::encode(&AMQPFrame::Body(1, b"x".to_vec())));
+        raw.send_bytes(&bytes).await;
+        raw.expect_silence("no basic.return before tx.commit").await;
+        raw.send_method(
+            1,
+            AMQPClass::Tx(proto::tx::AMQPMethod::Commit(proto::tx::Commit {})),
+        )
+        .await;
+        match raw.recv_frame().await {
+            AMQPFrame::Method(1, AMQPClass::Basic(proto::basic::AMQPMethod::Return(r))) => {
+                assert_eq!(
+                    (r.reply_code, r.reply_text.as_str()),
+                    (312, "NO_ROUTE"),
+                    "{t}: return at commit"
+                );
+            }
+            other => panic!("{t}: expected basic.return at commit, got {other:?}"),
+        }
+        let mut saw_commit_ok = false;
+        for _ in 0..3 {
+            if let AMQPFrame::Method(1, AMQPClass::Tx(proto::tx::AMQPMethod::CommitOk(_))) =
+                raw.recv_frame().await
+            {
+                saw_commit_ok = true;
+                break;
+            }
+        }
+        assert!(saw_commit_ok, "{t}: commit-ok after the returned message");
+    }
+}

@@ -615,3 +615,81 @@ async fn consumer_priority() {
         close(conn).await;
     }
 }
+
+#[tokio::test]
+async fn dead_letter_cycle_counts_deaths() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let a = unique("cycle-a");
+        let b = unique("cycle-b");
+        // a dead-letters into b, b dead-letters back into a.
+        declare(
+            &t,
+            &ch,
+            &a,
+            table(vec![
+                ("x-dead-letter-exchange", long_str("")),
+                ("x-dead-letter-routing-key", long_str(&b)),
+            ]),
+        )
+        .await;
+        declare(
+            &t,
+            &ch,
+            &b,
+            table(vec![
+                ("x-dead-letter-exchange", long_str("")),
+                ("x-dead-letter-routing-key", long_str(&a)),
+            ]),
+        )
+        .await;
+        publish_confirmed(&t, &ch, "", &a, b"loop", BasicProperties::default()).await;
+        for (from, to) in [(&a, &b), (&b, &a), (&a, &b)] {
+            let m = get(&t, &ch, from, false).await.expect("message");
+            m.delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .expect("reject");
+            let _ = to;
+            // Wait until it arrives in `to`, without taking it.
+            let deadline = tokio::time::Instant::now() + warren_tests::WAIT;
+            loop {
+                let q = ch
+                    .queue_declare(
+                        to.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .expect("passive declare");
+                if q.message_count() == 1 {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{t}: dead letter did not arrive"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        let m = get(&t, &ch, &b, true).await.expect("message in b");
+        let deaths = x_death(&m.delivery.properties);
+        let summary: Vec<(String, String, i64)> = deaths
+            .iter()
+            .map(|d| (str_field(d, "queue"), str_field(d, "reason"), count(d)))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (a.clone(), "rejected".to_string(), 2),
+                (b.clone(), "rejected".to_string(), 1)
+            ],
+            "{t}: one x-death entry per queue and reason, most recent first, with counts"
+        );
+        close(conn).await;
+    }
+}
