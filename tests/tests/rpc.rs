@@ -541,23 +541,32 @@ async fn calls_made_by_a_handler_inherit_its_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_calls_in_flight() {
     for target in targets().await {
+        let service = std::sync::Arc::new(ProbeImpl::default());
         let (server, queue) = serve(
             &target,
             Server::builder(),
-            ProbeServer::new(ProbeImpl::default()),
+            ProbeServer::from_arc(std::sync::Arc::clone(&service)),
         )
         .await;
         let client = client(&target).await;
         let probe = probe(&client, &queue);
         let call = tokio::spawn({
             let probe = probe.clone();
-            async move { probe.sleep(300).await }
+            async move { probe.count_slowly(300).await }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Shut down once the handler is running.
+        let started = Instant::now();
+        while service.executions() == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{target}: the call never started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         server.shutdown().await;
         assert_eq!(
             call.await.unwrap().unwrap(),
-            300,
+            1,
             "{target}: the call in flight finished"
         );
         target.delete_queues(&[&queue]).await;
