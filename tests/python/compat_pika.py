@@ -516,6 +516,87 @@ def bad_expiration():
     conn.close()
 
 
+@scenario
+def header_types_round_trip():
+    import datetime
+    import decimal
+
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    headers = {
+        "str": "text",
+        "int": 42,
+        "neg": -7,
+        "big": 2**40,
+        "bool": True,
+        "decimal": decimal.Decimal("3.14"),
+        "time": datetime.datetime(2024, 1, 2, 3, 4, 5),
+        "table": {"nested": {"deep": 1}},
+        "list": [1, "two", False, None],
+        "bytes": b"\x00\xff",
+        "none": None,
+    }
+    ch.basic_publish("", q, b"typed", pika.BasicProperties(headers=headers))
+    _m, props, _b = ch.basic_get(q, auto_ack=True)
+    got = dict(props.headers)
+    if isinstance(got.get("time"), datetime.datetime):
+        got["time"] = got["time"].replace(tzinfo=None)
+    eq(got, headers, "headers round trip")
+    conn.close()
+
+
+@scenario
+def dead_lettering():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    dlq = ch.queue_declare("", exclusive=True).method.queue
+    work = unique("work")
+    ch.queue_declare(work, exclusive=True, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq})
+    ch.basic_publish("", work, b"doomed")
+    m, _p, _b = ch.basic_get(work)
+    ch.basic_reject(m.delivery_tag, requeue=False)
+    deadline = time.time() + 5
+    while True:
+        m, props, body = ch.basic_get(dlq, auto_ack=True)
+        if m is not None or time.time() > deadline:
+            break
+        time.sleep(0.01)
+    assert m is not None, "nothing dead-lettered"
+    eq(body, b"doomed", "dead-lettered body")
+    death = props.headers["x-death"][0]
+    eq((death["reason"], death["queue"], death["count"]), ("rejected", work, 1), "x-death")
+    conn.close()
+
+
+@scenario
+def basic_recover_and_global_qos():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    for i in range(4):
+        ch.basic_publish("", q, f"m{i}".encode())
+    cch = conn.channel()
+    cch.basic_qos(prefetch_count=2, global_qos=True)
+    got = []
+    cch.basic_consume(q, lambda _c, m, _p, body: got.append((body.decode(), m.redelivered)))
+    cch.basic_consume(q, lambda _c, m, _p, body: got.append((body.decode(), m.redelivered)))
+    deadline = time.time() + 5
+    while len(got) < 2 and time.time() < deadline:
+        conn.process_data_events(0.02)
+    conn.process_data_events(0.2)
+    eq(sorted(got), [("m0", False), ("m1", False)], "global prefetch 2 over two consumers")
+    got.clear()
+    cch.basic_recover(requeue=True)
+    while len(got) < 2 and time.time() < deadline:
+        conn.process_data_events(0.02)
+    eq(sorted(got), [("m0", True), ("m1", True)], "recovered and redelivered")
+    conn.close()
+
+
 def main():
     failed = 0
     for fn in SCENARIOS:

@@ -299,3 +299,184 @@ async fn reply_to_pseudo_queue_declare() {
         close(conn).await;
     }
 }
+
+fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn reply_to_names_as_queues() {
+    for t in targets().await {
+        let (server_conn, server_ch) = t.open_confirm().await;
+        let service = declare_exclusive(&t, &server_ch).await;
+        let (caller_conn, caller_ch) = t.open_confirm().await;
+        let _replies = caller_ch
+            .basic_consume(REPLY_TO.into(), "".into(), no_ack(), FieldTable::default())
+            .await
+            .expect("reply consumer");
+        publish_confirmed(
+            &t,
+            &caller_ch,
+            "",
+            &service,
+            b"req",
+            BasicProperties::default().with_reply_to(REPLY_TO.into()),
+        )
+        .await;
+        let request = get(&t, &server_ch, &service, true).await.expect("request");
+        let reply_to = request
+            .delivery
+            .properties
+            .reply_to()
+            .clone()
+            .expect("reply_to");
+
+        // A live rewritten name passes a passive declare, like a queue with one consumer.
+        let q = server_ch
+            .queue_declare(reply_to.clone(), passive(), FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("{t}: passive declare of {reply_to}: {e}"));
+        assert_eq!(
+            (q.name().as_str(), q.message_count(), q.consumer_count()),
+            (reply_to.as_str(), 0, 1),
+            "{t}: passive declare of the rewritten name"
+        );
+        // A made-up one does not exist.
+        let bogus = "amq.rabbitmq.reply-to.bogus";
+        let ch = server_conn.create_channel().await.expect("channel");
+        let res = ch
+            .queue_declare(bogus.into(), passive(), FieldTable::default())
+            .await;
+        expect_error(
+            &t,
+            "passive declare of a bogus reply name",
+            res,
+            404,
+            &format!("NOT_FOUND - no queue '{bogus}' in vhost '/'"),
+        );
+        // The pseudo-queue can be declared (even non-passively) but not read or bound.
+        let ch = server_conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                REPLY_TO.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{t}: declare of {REPLY_TO}: {e}"));
+        assert_eq!(
+            (q.message_count(), q.consumer_count()),
+            (0, 1),
+            "{t}: declare-ok counts"
+        );
+        let res = ch
+            .basic_get(REPLY_TO.into(), Default::default())
+            .await
+            .map(|m| m.is_some());
+        expect_error(
+            &t,
+            "basic.get from the pseudo-queue",
+            res,
+            404,
+            &format!("NOT_FOUND - no queue '{REPLY_TO}' in vhost '/'"),
+        );
+        // Publishing to a bogus reply name, or to the pseudo-queue's own name, routes nowhere.
+        for key in [bogus, REPLY_TO] {
+            let c = publish_with(
+                &t,
+                &server_ch,
+                "",
+                key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                b"x",
+                BasicProperties::default(),
+            )
+            .await;
+            assert!(
+                matches!(c, Confirmation::Ack(Some(ref r)) if r.reply_code == 312),
+                "{t}: publish to {key} is returned NO_ROUTE: {c:?}"
+            );
+        }
+        close(caller_conn).await;
+        close(server_conn).await;
+    }
+}
+
+#[tokio::test]
+async fn cancelled_reply_consumer_no_longer_counts() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let c = ch
+            .basic_consume(
+                REPLY_TO.into(),
+                "replies".into(),
+                no_ack(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("reply consumer");
+        publish_confirmed(
+            &t,
+            &ch,
+            "",
+            &q,
+            b"ok",
+            BasicProperties::default().with_reply_to(REPLY_TO.into()),
+        )
+        .await;
+        ch.basic_cancel(c.tag(), Default::default())
+            .await
+            .expect("cancel");
+        let pending = ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                Default::default(),
+                b"x",
+                BasicProperties::default().with_reply_to(REPLY_TO.into()),
+            )
+            .await
+            .expect("publish is asynchronous");
+        expect_error(
+            &t,
+            "reply_to after cancelling the reply consumer",
+            pending.await,
+            406,
+            "PRECONDITION_FAILED - fast reply consumer does not exist",
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: 403 'cannot bind or unbind to a volatile (direct reply-to) queue' instead of 404"]
+async fn reply_to_pseudo_queue_cannot_be_bound() {
+    for t in targets().await {
+        let (server_conn, _) = t.open().await;
+        let ch = server_conn.create_channel().await.expect("channel");
+        let res = ch
+            .queue_bind(
+                REPLY_TO.into(),
+                "amq.direct".into(),
+                "k".into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await;
+        expect_error(
+            &t,
+            "bind of the pseudo-queue",
+            res,
+            404,
+            &format!("NOT_FOUND - no queue '{REPLY_TO}' in vhost '/'"),
+        );
+        close(server_conn).await;
+    }
+}
