@@ -96,6 +96,12 @@ fn check_method(method: &Method, errors: &mut Errors) {
         );
     }
     let name = method.ident.to_string();
+    if name.len() > 255 {
+        errors.push(
+            method.ident.span(),
+            "the method name travels as the message `type`, at most 255 bytes; shorten it",
+        );
+    }
     if RESERVED.contains(&name.as_str()) {
         errors.push(
             method.ident.span(),
