@@ -693,3 +693,166 @@ async fn dead_letter_cycle_counts_deaths() {
         close(conn).await;
     }
 }
+
+fn quorum() -> FieldTable {
+    table(vec![("x-queue-type", long_str("quorum"))])
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: refuses x-queue-type quorum (not clustered)"]
+async fn quorum_queue_declare_rules() {
+    for t in targets().await {
+        let (conn, ch) = t.open().await;
+        let q = unique("quorum");
+        ch.queue_declare(q.as_str().into(), durable(), quorum())
+            .await
+            .unwrap_or_else(|e| panic!("{t}: declare a quorum queue: {e}"));
+        ch.queue_declare(q.as_str().into(), durable(), quorum())
+            .await
+            .unwrap_or_else(|e| panic!("{t}: redeclare a quorum queue: {e}"));
+        let mut cases: Vec<(QueueDeclareOptions, FieldTable, String)> = vec![
+            (
+                durable(),
+                FieldTable::default(),
+                format!("PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue '{q}' in vhost '/': received none but current is the value 'quorum' of type 'longstr'"),
+            ),
+            (
+                durable(),
+                table(vec![("x-queue-type", long_str("classic"))]),
+                format!("PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue '{q}' in vhost '/': received 'classic' but current is 'quorum'"),
+            ),
+        ];
+        let q2 = unique("quorum-bad");
+        cases.push((
+            QueueDeclareOptions::default(),
+            quorum(),
+            format!("PRECONDITION_FAILED - invalid property 'non-durable' for queue '{q2}' in vhost '/'"),
+        ));
+        cases.push((
+            QueueDeclareOptions { durable: true, exclusive: true, ..Default::default() },
+            quorum(),
+            format!("PRECONDITION_FAILED - invalid property 'exclusive-owner' for queue '{q2}' in vhost '/'"),
+        ));
+        cases.push((
+            QueueDeclareOptions { durable: true, auto_delete: true, ..Default::default() },
+            quorum(),
+            format!("PRECONDITION_FAILED - invalid property 'auto-delete' for queue '{q2}' in vhost '/'"),
+        ));
+        cases.push((
+            durable(),
+            table(vec![("x-queue-type", long_str("bogus"))]),
+            format!("PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue '{q2}' in vhost '/': \"unsupported queue type 'bogus'\""),
+        ));
+        for (opts, args, text) in cases {
+            let name = if text.contains(&q) { &q } else { &q2 };
+            let ch = conn.create_channel().await.expect("channel");
+            let res = ch
+                .queue_declare(name.as_str().into(), opts, args.clone())
+                .await;
+            expect_error(
+                &t,
+                &format!("declare {name} with {opts:?} {args:?}"),
+                res,
+                406,
+                &text,
+            );
+        }
+        let ch = conn.create_channel().await.expect("channel");
+        let res = ch.queue_declare("".into(), durable(), quorum()).await;
+        expect_error(
+            &t,
+            "server-named quorum queue",
+            res,
+            406,
+            "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue",
+        );
+        // A classic queue cannot become a quorum queue.
+        let classic = unique("classic");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.queue_declare(
+            classic.as_str().into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("classic");
+        let res = ch
+            .queue_declare(
+                classic.as_str().into(),
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                quorum(),
+            )
+            .await;
+        expect_error(
+            &t,
+            "classic redeclared as quorum",
+            res,
+            406,
+            &format!("PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue '{classic}' in vhost '/': received the value 'quorum' of type 'longstr' but current is none"),
+        );
+        close(conn).await;
+        t.delete_queues(&[&q, &q2, &classic]).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: refuses x-queue-type quorum (not clustered)"]
+async fn quorum_queue_counts_deliveries() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = unique("quorum");
+        ch.queue_declare(q.as_str().into(), durable(), quorum())
+            .await
+            .unwrap_or_else(|e| panic!("{t}: declare a quorum queue: {e}"));
+        publish_confirmed(&t, &ch, "", &q, b"x", BasicProperties::default()).await;
+        let first = get(&t, &ch, &q, false).await.expect("message");
+        let headers = first
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(
+            headers.inner().get("x-delivery-count"),
+            Some(&AMQPValue::LongLongInt(0)),
+            "{t}: RabbitMQ 3.10 quorum queues send x-delivery-count 0 on a first delivery"
+        );
+        first
+            .delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+            .expect("nack");
+        let again = get(&t, &ch, &q, true).await.expect("redelivery");
+        assert!(again.delivery.redelivered, "{t}: redelivered");
+        let headers = again
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(
+            headers.inner().get("x-delivery-count"),
+            Some(&AMQPValue::LongLongInt(1)),
+            "{t}: x-delivery-count after one requeue"
+        );
+        close(conn).await;
+        t.delete_queues(&[&q]).await;
+    }
+}
