@@ -677,3 +677,70 @@ async fn durable_and_quorum_service_queues() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_calls_a_python_server() {
+    use tokio::io::AsyncBufReadExt;
+
+    if !python_ready() {
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/python/calculator_server.py"
+    );
+    for target in targets().await {
+        let queue = warren_tests::unique("calculator");
+        let mut server = tokio::process::Command::new("python3")
+            .arg(script)
+            .args(["--url", target.url(), "--service", &queue])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{target}: cannot run python3: {e}"));
+        let stdout = server.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{target}: the Python server did not start"));
+        assert_eq!(
+            first.ok().flatten().as_deref(),
+            Some("ready"),
+            "{target}: Python server"
+        );
+
+        let client = client(&target).await;
+        for codec in [Codec::MsgPack, Codec::Json] {
+            let calc = calculator(&client, &queue)
+                .with_options(CallOptions::new().service(queue.as_str()).codec(codec));
+            let t = format!("{target}/{codec}");
+            assert_eq!(calc.add(2, 3).await.unwrap(), 5, "{t}");
+            assert_eq!(calc.div(-7, 2).await.unwrap(), Ok(-3), "{t}");
+            assert_eq!(
+                calc.div(1, 0).await.unwrap(),
+                Err(CalcError::DivisionByZero),
+                "{t}"
+            );
+        }
+        let calc = calculator(&client, &queue);
+        assert_eq!(calc.memory_add(4).await.unwrap(), 4, "{target}");
+        assert_eq!(calc.memory_recall().await.unwrap(), 4, "{target}");
+        let results = join_all((0..300u64).map(|i| {
+            let op = Op::from_seed(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let calc = &calc;
+            async move { (op, op.call(calc).await) }
+        }))
+        .await;
+        for (op, result) in results {
+            assert_eq!(result.unwrap(), op.expected(), "{target}: {op:?}");
+        }
+        let reply = raw_call(&target, &queue, RawRequest::json("sqrt", r#"{"x": 4}"#)).await;
+        assert_eq!(
+            reply.json()["fault"]["code"],
+            "unknown_method",
+            "{target}: Python server fault"
+        );
+        let _ = server.kill().await;
+        target.delete_queues(&[&queue]).await;
+    }
+}
