@@ -30,11 +30,57 @@ pub struct CallInfo {
     pub remaining_ms: Option<u64>,
 }
 
+/// A value with most serde shapes: structs, enums with unit, newtype, tuple and struct
+/// variants, options, sequences, maps, bytes-like vectors and floats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    /// A string.
+    pub title: String,
+    /// An optional sequence.
+    pub tags: Option<Vec<String>>,
+    /// A map with string keys.
+    pub scores: std::collections::BTreeMap<String, f64>,
+    /// Enums of every kind.
+    pub shapes: Vec<Shape>,
+    /// Raw bytes.
+    pub blob: Vec<u8>,
+    /// A unit value.
+    pub nothing: (),
+    /// A large unsigned number.
+    pub big: u64,
+}
+
+/// An enum with every kind of variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Shape {
+    /// Unit variant.
+    Point,
+    /// Newtype variant.
+    Circle(f64),
+    /// Tuple variant.
+    Segment(i32, i32),
+    /// Struct variant.
+    Rect {
+        /// Width.
+        w: u32,
+        /// Height.
+        h: u32,
+    },
+}
+
 /// A service for exercising the framework rather than computing anything.
 #[warren_rpc::service(name = "probe")]
 pub trait Probe {
     /// Returns its argument.
     async fn echo(&self, text: String) -> String;
+
+    /// Returns its arguments, swapped; errs when `fail` is set.
+    async fn swap(
+        &self,
+        document: Document,
+        shape: Shape,
+        fail: bool,
+    ) -> Result<(Shape, Document), Shape>;
 
     /// Sleeps `ms` milliseconds, then returns `ms`.
     async fn sleep(&self, ms: u64) -> u64;
@@ -86,6 +132,19 @@ impl ProbeImpl {
 impl Probe for ProbeImpl {
     async fn echo(&self, text: String) -> String {
         text
+    }
+
+    async fn swap(
+        &self,
+        document: Document,
+        shape: Shape,
+        fail: bool,
+    ) -> Result<(Shape, Document), Shape> {
+        if fail {
+            Err(shape)
+        } else {
+            Ok((shape, document))
+        }
     }
 
     async fn sleep(&self, ms: u64) -> u64 {

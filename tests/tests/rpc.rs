@@ -434,6 +434,48 @@ async fn wire_format_in_json_and_msgpack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serde_shapes_survive_both_codecs() {
+    use warren_tests::rpc_support::{Document, Shape};
+    let document = Document {
+        title: "ünïcode ✓".into(),
+        tags: Some(vec!["a".into(), String::new()]),
+        scores: [("x".to_owned(), 1.5), ("y".to_owned(), -0.25)].into(),
+        shapes: vec![
+            Shape::Point,
+            Shape::Circle(2.5),
+            Shape::Segment(-1, 1),
+            Shape::Rect { w: 3, h: 4 },
+        ],
+        blob: (0..=255).collect(),
+        nothing: (),
+        big: u64::MAX,
+    };
+    for target in targets().await {
+        let (server, queue) = serve(
+            &target,
+            Server::builder(),
+            ProbeServer::new(ProbeImpl::default()),
+        )
+        .await;
+        let client = client(&target).await;
+        for codec in [Codec::MsgPack, Codec::Json] {
+            let probe = probe(&client, &queue)
+                .with_options(CallOptions::new().service(queue.as_str()).codec(codec));
+            let t = format!("{target}/{codec}");
+            let shape = Shape::Rect { w: 1, h: 2 };
+            let swapped = probe
+                .swap(document.clone(), shape.clone(), false)
+                .await
+                .unwrap();
+            assert_eq!(swapped, Ok((shape.clone(), document.clone())), "{t}");
+            let failed = probe.swap(document.clone(), shape.clone(), true).await;
+            assert_eq!(failed.unwrap(), Err(shape), "{t}");
+        }
+        cleanup(&target, server, &queue).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_requests_execute_once() {
     for target in targets().await {
         let (server, queue) = serve(
