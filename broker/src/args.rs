@@ -11,7 +11,7 @@ fn invalid(arg: &str, queue: &str, vhost: &str, reason: String) -> AmqpError {
 }
 
 /// Erlang's name for a field value's type, as RabbitMQ prints it.
-fn type_name(v: &AMQPValue) -> &'static str {
+pub(crate) fn type_name(v: &AMQPValue) -> &'static str {
     match v {
         AMQPValue::Boolean(_) => "bool",
         AMQPValue::ShortShortInt(_) => "byte",

@@ -7,12 +7,12 @@
 use crate::error::{AmqpError, AmqpResult, Code};
 use crate::exchange::Destination;
 use crate::frame::{self, RawFrame};
+use crate::props::PropsView;
 use crate::queue::{parse_expiration, ChannelKey, ConnId, Message};
 use crate::state::{
     ConsumeOptions, ExchangeDeclare, Outbox, QueueDeclare, SettleOp, State, Unacked, REPLY_TO,
 };
-use amq_protocol::frame::parsing::parse_content_header;
-use amq_protocol::protocol::basic::{self, AMQPProperties};
+use amq_protocol::protocol::basic;
 use amq_protocol::protocol::{channel, confirm, exchange, queue, tx, AMQPClass};
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
@@ -37,7 +37,7 @@ pub(crate) struct Ctx<'a> {
 /// A message being received: the publish method, then its header, then its body frames.
 struct Pending {
     publish: basic::Publish,
-    header: Option<(AMQPProperties, Bytes)>,
+    header: Option<Bytes>,
     body_size: u64,
     parts: Vec<Bytes>,
     received: u64,
@@ -170,40 +170,39 @@ impl Channel {
                 )
             });
         };
-        let header = match parse_content_header(&payload[..]) {
-            Ok((_, h)) => h,
-            Err(_) => {
-                let (which, snip) = frame::snippet(&payload);
-                return Err(AmqpError::new(
-                    Code::FrameError,
-                    format!("type 2, {which} octets = {snip}: cannot decode content header"),
-                )
-                .on(60, 40));
-            }
+        let (Some(class_id), Some(body_size)) = (
+            payload.get(0..2).map(|b| u16::from_be_bytes([b[0], b[1]])),
+            frame::header_body_size(&payload),
+        ) else {
+            let (which, snip) = frame::snippet(&payload);
+            return Err(AmqpError::new(
+                Code::FrameError,
+                format!("type 2, {which} octets = {snip}: cannot decode content header"),
+            )
+            .on(60, 40));
         };
-        if header.class_id != 60 {
+        if class_id != 60 {
             return Err(unexpected(
                 format!(
-                    "expected content header for class 60, got one for class {} instead",
-                    header.class_id
+                    "expected content header for class 60, got one for class {class_id} instead"
                 ),
                 60,
                 40,
             ));
         }
-        if header.body_size > ctx.max_message_size.max(1 << 29) {
+        if body_size > ctx.max_message_size.max(1 << 29) {
             return Err(AmqpError::new(
                 Code::FrameError,
                 format!(
                     "content body size {} exceeds maximum allowed size {}",
-                    header.body_size,
+                    body_size,
                     ctx.max_message_size.max(1 << 29)
                 ),
             )
             .on(60, 40));
         }
-        p.body_size = header.body_size;
-        p.header = Some((header.properties, payload));
+        p.body_size = body_size;
+        p.header = Some(payload);
         if p.body_size == 0 {
             return self.complete(ctx);
         }
@@ -247,7 +246,20 @@ impl Channel {
     /// A whole message arrived: validate, then publish (or buffer it in the transaction).
     fn complete(&mut self, ctx: &Ctx<'_>) -> AmqpResult<()> {
         let p = self.pending.take().expect("pending publish");
-        let (mut properties, mut header) = p.header.expect("header received");
+        let mut header = p.header.expect("header received");
+        let Some(view) = PropsView::parse(&header) else {
+            let (which, snip) = frame::snippet(&header);
+            return Err(AmqpError::new(
+                Code::FrameError,
+                format!("type 2, {which} octets = {snip}: cannot decode content header"),
+            )
+            .on(60, 40));
+        };
+        if view.headers.is_some() && view.headers_table(&header).is_none() {
+            return Err(
+                AmqpError::new(Code::SyntaxError, "cannot decode headers table").on(60, 40),
+            );
+        }
         let body = match p.parts.len() {
             0 => Bytes::new(),
             1 => p.parts.into_iter().next().expect("one part"),
@@ -270,39 +282,41 @@ impl Channel {
         let exchange = p.publish.exchange.as_str();
         let mut state = ctx.state.lock().expect("state lock");
         state.check_publish(ctx.vhost, exchange).map_err(fail)?;
-        if properties.reply_to().as_ref().map(|r| r.as_str()) == Some(REPLY_TO) {
+        if PropsView::text(&header, &view.reply_to) == Some(REPLY_TO) {
             let Some(name) = state.reply_name(self.key(ctx)) else {
                 return Err(fail(AmqpError::precondition(
                     "fast reply consumer does not exist",
                 )));
             };
-            properties = properties.with_reply_to(short(name));
-            header = frame::encode_header_payload(p.body_size, &properties);
+            header = Bytes::from(crate::props::with_reply_to(&header, &view, name));
         }
-        if let Some(exp) = properties.expiration() {
-            if let Err(reason) = expiration_error(exp.as_str()) {
+        if let Some(exp) = PropsView::text(&header, &view.expiration) {
+            if let Err(reason) = expiration_error(exp) {
                 return Err(fail(AmqpError::precondition(format!(
-                    "invalid expiration '{}': {reason}",
-                    exp.as_str()
+                    "invalid expiration '{exp}': {reason}"
                 ))));
             }
         }
-        if let Some(uid) = properties.user_id() {
-            if uid.as_str() != ctx.user {
+        if let Some(uid) = PropsView::text(&header, &view.user_id) {
+            if uid != ctx.user {
                 return Err(fail(AmqpError::precondition(format!(
-                    "user_id property set to '{}' but authenticated user was '{}'",
-                    uid.as_str(),
+                    "user_id property set to '{uid}' but authenticated user was '{}'",
                     ctx.user
                 ))));
             }
         }
-        let msg = Arc::new(Message {
-            exchange: exchange.to_string(),
-            routing_key: p.publish.routing_key.to_string(),
-            properties,
+        let Some(msg) = Message::new(
+            exchange.to_string(),
+            p.publish.routing_key.to_string(),
             header,
             body,
-        });
+        ) else {
+            return Err(fail(AmqpError::new(
+                Code::SyntaxError,
+                "cannot decode properties",
+            )));
+        };
+        let msg = Arc::new(msg);
         if let Some(tx) = self.tx.as_mut() {
             tx.publishes.push((msg, p.publish.mandatory));
             return Ok(());
@@ -383,6 +397,10 @@ impl Channel {
                 "second 'channel.open' seen",
             )),
             AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => {
+                if !f.active {
+                    // RabbitMQ 3.x does not implement stopping deliveries with channel.flow.
+                    return Err(AmqpError::new(Code::NotImplemented, "active=false"));
+                }
                 ctx.state.lock().expect("state lock").flow(key, f.active);
                 ctx.outbox.method(
                     self.id,

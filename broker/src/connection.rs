@@ -261,12 +261,8 @@ async fn handshake(
     };
     let mechanism = start_ok.mechanism.as_str();
     if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
-        let err = AmqpError::new(
-            Code::CommandInvalid,
-            format!("unknown authentication mechanism '{mechanism}'"),
-        )
-        .on(10, 11);
-        close_handshake(stream, err).await;
+        // Before the connection is open RabbitMQ reports this only in its log.
+        tracing::warn!(%peer, mechanism, "unknown authentication mechanism");
         return Ok(None);
     }
     let creds = credentials(mechanism, start_ok.response.as_bytes());
@@ -319,22 +315,17 @@ async fn handshake(
     } else {
         tune_ok.frame_max
     };
-    if frame_max < FRAME_MIN_SIZE || frame_max > limits.frame_max {
-        let err = AmqpError::new(
-            Code::NotAllowed,
-            if frame_max < FRAME_MIN_SIZE {
-                format!("frame_max={frame_max} < {FRAME_MIN_SIZE} min size")
-            } else {
-                format!("frame_max={frame_max} > {} max size", limits.frame_max)
-            },
-        )
-        .on(10, 31);
-        close_handshake(stream, err).await;
+    // Out-of-range tune-ok values: RabbitMQ drops the socket without a connection.close.
+    if frame_max < FRAME_MIN_SIZE
+        || frame_max > limits.frame_max
+        || tune_ok.channel_max > limits.channel_max
+    {
+        tracing::warn!(%peer, frame_max, channel_max = tune_ok.channel_max, "tune-ok out of range");
         return Ok(None);
     }
     let channel_max = match tune_ok.channel_max {
         0 => limits.channel_max,
-        n => n.min(limits.channel_max),
+        n => n,
     };
 
     let Some(AMQPClass::Connection(connection::AMQPMethod::Open(open))) =

@@ -51,7 +51,8 @@ pub fn dead_letter(
     dlx: &str,
     dlrk: Option<&str>,
 ) -> Message {
-    let mut headers = msg.properties.headers().clone().unwrap_or_default();
+    let original = msg.properties();
+    let mut headers = original.headers().clone().unwrap_or_default();
     let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
         Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
         _ => Vec::new(),
@@ -92,7 +93,7 @@ pub fn dead_letter(
                 "routing-keys".into(),
                 AMQPValue::FieldArray(FieldArray::from(vec![long(&msg.routing_key)])),
             );
-            if let Some(exp) = msg.properties.expiration() {
+            if let Some(exp) = original.expiration() {
                 t.insert("original-expiration".into(), long(exp.as_str()));
             }
             t
@@ -112,20 +113,18 @@ pub fn dead_letter(
             headers.insert(ShortString::from(k), long(v));
         }
     }
-    let properties = without_expiration(&msg.properties, headers);
-    let header = crate::frame::encode_header_payload(msg.body.len() as u64, &properties);
-    Message {
-        exchange: dlx.to_string(),
-        routing_key: dlrk.unwrap_or(&msg.routing_key).to_string(),
-        properties,
-        header,
-        body: msg.body.clone(),
-    }
+    let properties = without_expiration(&original, headers);
+    Message::with_properties(
+        dlx.to_string(),
+        dlrk.unwrap_or(&msg.routing_key).to_string(),
+        &properties,
+        msg.body.clone(),
+    )
 }
 
 /// Whether the message's history shows it already died in `queue` (a dead-letter cycle).
 pub fn is_cycle(msg: &Message, queue: &str) -> bool {
-    let Some(headers) = msg.properties.headers() else {
+    let Some(headers) = msg.headers() else {
         return false;
     };
     let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
@@ -154,24 +153,24 @@ mod tests {
 
     #[test]
     fn x_death_counts_and_first_death_headers() {
-        let m = Message {
-            exchange: "ex".into(),
-            routing_key: "rk".into(),
-            properties: AMQPProperties::default().with_expiration("100".into()),
-            header: Bytes::new(),
-            body: Bytes::from_static(b"b"),
-        };
+        let m = Message::with_properties(
+            "ex".into(),
+            "rk".into(),
+            &AMQPProperties::default().with_expiration("100".into()),
+            Bytes::from_static(b"b"),
+        );
         let d1 = dead_letter(&m, "q", DeathReason::Expired, "dlx", None);
         assert_eq!(d1.routing_key, "rk");
-        assert!(d1.properties.expiration().is_none());
-        let h = d1.properties.headers().clone().unwrap();
+        assert!(d1.properties().expiration().is_none());
+        assert!(d1.expiration_ms.is_none());
+        let h = d1.headers().unwrap();
         assert_eq!(
             h.inner().get("x-first-death-reason"),
             Some(&long("expired"))
         );
         let d2 = dead_letter(&d1, "q", DeathReason::Expired, "dlx", Some("k2"));
         assert_eq!(d2.routing_key, "k2");
-        let h = d2.properties.headers().clone().unwrap();
+        let h = d2.headers().unwrap();
         let Some(AMQPValue::FieldArray(a)) = h.inner().get("x-death") else {
             panic!("x-death missing")
         };

@@ -264,23 +264,17 @@ pub fn validate_headers_binding(args: &FieldTable) -> Result<(), String> {
             Some(other) => Err(format!(
                 "Invalid x-match field value <<\"{other}\">>; expected all, any, all-with-x, or any-with-x"
             )),
-            None => Err(format!(
-                "Invalid x-match field type {} (value {v:?}); expected longstr",
-                type_name(v)
-            )),
+            None => {
+                let value = match value_int(v) {
+                    Some(n) => n.to_string(),
+                    None => format!("{v:?}"),
+                };
+                Err(format!(
+                    "Invalid x-match field type {} (value {value}); expected longstr",
+                    crate::args::type_name(v)
+                ))
+            }
         },
-    }
-}
-
-fn type_name(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => "longstr",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Void => "void",
-        AMQPValue::Double(_) | AMQPValue::Float(_) => "double",
-        _ => "long",
     }
 }
 

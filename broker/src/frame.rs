@@ -7,7 +7,7 @@
 
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
-use amq_protocol::protocol::{constants, AMQPClass};
+use amq_protocol::protocol::AMQPClass;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Frame type octet of a method frame.
@@ -274,7 +274,7 @@ pub fn header_body_size(payload: &[u8]) -> Option<u64> {
 }
 
 /// The frame-max value every connection starts with, before tuning (the spec's minimum).
-pub const FRAME_MIN_SIZE: u32 = constants::FRAME_MIN_SIZE;
+pub const FRAME_MIN_SIZE: u32 = 4096;
 
 #[cfg(test)]
 mod tests {

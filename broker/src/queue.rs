@@ -5,6 +5,7 @@
 //! Delivery itself (which consumer has credit) is driven from `state.rs`, which also sees the
 //! channels' prefetch limits.
 
+use crate::props::PropsView;
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
@@ -24,22 +25,67 @@ pub struct ChannelKey {
     pub channel: u16,
 }
 
-/// A published message: routing information, properties and body, immutable once published.
+/// A published message: routing information, the encoded content header and the body,
+/// immutable once published. Properties stay encoded (see `props.rs`); the few the broker acts
+/// on are read once at publish time.
 #[derive(Debug)]
 pub struct Message {
     /// The exchange it was published to.
     pub exchange: String,
     /// The routing key it was published with.
     pub routing_key: String,
-    /// Decoded properties (for expiration, priority, headers routing, reply-to...).
-    pub properties: AMQPProperties,
     /// The encoded content header payload, re-sent verbatim on delivery.
     pub header: Bytes,
     /// The body.
     pub body: Bytes,
+    /// delivery-mode 2.
+    pub persistent: bool,
+    /// The priority property.
+    pub priority: Option<u8>,
+    /// The expiration property in milliseconds, when valid.
+    pub expiration_ms: Option<u64>,
 }
 
 impl Message {
+    /// A message from an encoded header; None if the header's properties are malformed.
+    pub fn new(exchange: String, routing_key: String, header: Bytes, body: Bytes) -> Option<Self> {
+        let v = PropsView::parse(&header)?;
+        let expiration_ms =
+            PropsView::text(&header, &v.expiration).and_then(|e| parse_expiration(e).ok());
+        Some(Message {
+            exchange,
+            routing_key,
+            persistent: v.delivery_mode == Some(2),
+            priority: v.priority,
+            expiration_ms,
+            header,
+            body,
+        })
+    }
+
+    /// A message with the given properties (encoded here).
+    pub fn with_properties(
+        exchange: String,
+        routing_key: String,
+        properties: &AMQPProperties,
+        body: Bytes,
+    ) -> Self {
+        let header = crate::frame::encode_header_payload(body.len() as u64, properties);
+        let expiration_ms = properties
+            .expiration()
+            .as_ref()
+            .and_then(|e| parse_expiration(e.as_str()).ok());
+        Message {
+            exchange,
+            routing_key,
+            persistent: *properties.delivery_mode() == Some(2),
+            priority: *properties.priority(),
+            expiration_ms,
+            header,
+            body,
+        }
+    }
+
     /// Bytes counted against queue length limits: the body size, as RabbitMQ counts it.
     pub fn body_len(&self) -> usize {
         self.body.len()
@@ -47,11 +93,19 @@ impl Message {
 
     /// The per-message TTL from the `expiration` property, if valid.
     pub fn expiration(&self) -> Option<Duration> {
-        self.properties
-            .expiration()
-            .as_ref()
-            .and_then(|e| parse_expiration(e.as_str()).ok())
-            .map(Duration::from_millis)
+        self.expiration_ms.map(Duration::from_millis)
+    }
+
+    /// The headers table, decoded (for headers exchanges and dead-lettering).
+    pub fn headers(&self) -> Option<FieldTable> {
+        PropsView::parse(&self.header)?.headers_table(&self.header)
+    }
+
+    /// All properties, decoded.
+    pub fn properties(&self) -> AMQPProperties {
+        amq_protocol::frame::parsing::parse_content_header(&self.header[..])
+            .map(|(_, h)| h.properties)
+            .unwrap_or_default()
     }
 }
 
@@ -322,7 +376,7 @@ impl Queue {
         let seq = self.next_seq;
         self.next_seq += 1;
         let priority = match self.max_priority {
-            Some(max) => msg.properties.priority().unwrap_or(0).min(max),
+            Some(max) => msg.priority.unwrap_or(0).min(max),
             None => 0,
         };
         self.insert_ordered(QueuedMessage {
@@ -372,7 +426,7 @@ impl Queue {
 
     /// Whether a message must be persisted in this queue.
     pub fn persists(&self, msg: &Message) -> bool {
-        self.durable && *msg.properties.delivery_mode() == Some(2)
+        self.durable && msg.persistent
     }
 
     /// Ready messages.
@@ -429,13 +483,12 @@ mod tests {
     use super::*;
 
     fn msg() -> Arc<Message> {
-        Arc::new(Message {
-            exchange: String::new(),
-            routing_key: "q".into(),
-            properties: AMQPProperties::default(),
-            header: Bytes::new(),
-            body: Bytes::from_static(b"x"),
-        })
+        Arc::new(Message::with_properties(
+            String::new(),
+            "q".into(),
+            &AMQPProperties::default(),
+            Bytes::from_static(b"x"),
+        ))
     }
 
     #[test]

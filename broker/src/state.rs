@@ -309,6 +309,27 @@ fn gen_name(prefix: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
+/// Formats an argument pair for an equivalence error as RabbitMQ does: plain values when both
+/// sides have one, typed values (or "none") when one side is missing.
+fn describe_args(new: Option<&AMQPValue>, cur: Option<&AMQPValue>) -> (String, String) {
+    match (new, cur) {
+        (Some(n), Some(c)) => (plain_arg(n), plain_arg(c)),
+        _ => (describe_arg(new), describe_arg(cur)),
+    }
+}
+
+fn plain_arg(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => format!("'{}'", String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => format!("'{}'", s.as_str()),
+        AMQPValue::Boolean(b) => format!("'{b}'"),
+        other => match exchange::value_int(other) {
+            Some(n) => format!("'{n}'"),
+            None => format!("'{other:?}'"),
+        },
+    }
+}
+
 /// Formats a field value the way RabbitMQ's equivalence errors do.
 fn describe_arg(v: Option<&AMQPValue>) -> String {
     match v {
@@ -662,10 +683,9 @@ impl State {
             let key = "alternate-exchange";
             let (cur, new) = (x.args.inner().get(key), d.args.inner().get(key));
             if !args_equal(cur, new) {
+                let (received, current) = describe_args(new, cur);
                 return Err(AmqpError::precondition(format!(
-                    "inequivalent arg '{key}' for {what}: received {} but current is {}",
-                    describe_arg(new),
-                    describe_arg(cur)
+                    "inequivalent arg '{key}' for {what}: received {received} but current is {current}"
                 )));
             }
             return Ok(());
@@ -764,12 +784,6 @@ impl State {
         let vh = self.vhosts.get_mut(vhost).expect("channel vhost exists");
         match &destination {
             Destination::Queue(q) => {
-                if q.starts_with(REPLY_TO) {
-                    return Err(AmqpError::new(
-                        Code::AccessRefused,
-                        "cannot bind or unbind to a volatile (direct reply-to) queue",
-                    ));
-                }
                 let Some(queue) = vh.queues.get(q) else {
                     return Err(AmqpError::no_queue(q, vhost));
                 };
@@ -818,17 +832,10 @@ impl State {
         args: &FieldTable,
     ) -> AmqpResult<()> {
         let vh = self.vhosts.get_mut(vhost).expect("channel vhost exists");
-        match &destination {
-            Destination::Queue(q) => match vh.queues.get(q) {
-                None => return Err(AmqpError::no_queue(q, vhost)),
-                Some(queue) if queue.owner.is_some_and(|o| o != conn) => {
-                    return Err(AmqpError::locked(q, vhost))
-                }
-                _ => {}
-            },
-            Destination::Exchange(x) => {
-                if !vh.exchanges.contains_key(x) {
-                    return Err(AmqpError::no_exchange(x, vhost));
+        if let Destination::Queue(q) = &destination {
+            if let Some(queue) = vh.queues.get(q) {
+                if queue.owner.is_some_and(|o| o != conn) {
+                    return Err(AmqpError::locked(q, vhost));
                 }
             }
         }
@@ -838,8 +845,9 @@ impl State {
                 "operation not permitted on the default exchange",
             ));
         }
+        // As RabbitMQ 3.x: unbinding from or to something that does not exist succeeds.
         let Some(x) = vh.exchanges.get_mut(source) else {
-            return Err(AmqpError::no_exchange(source, vhost));
+            return Ok(());
         };
         if x.unbind(&destination, key, args) {
             if x.durable {
@@ -913,10 +921,9 @@ impl State {
                     }
                 }
                 if !args_equal(cur, new) {
+                    let (received, current) = describe_args(new, cur);
                     return Err(AmqpError::precondition(format!(
-                        "inequivalent arg '{key}' for {what}: received {} but current is {}",
-                        describe_arg(new),
-                        describe_arg(cur)
+                        "inequivalent arg '{key}' for {what}: received {received} but current is {current}"
                     )));
                 }
             }
@@ -1592,7 +1599,8 @@ fn route(vh: &Vhost, msg: &Message) -> Vec<String> {
         }
         return queues;
     }
-    let headers = msg.properties.headers().as_ref();
+    // Decoded only if a headers exchange is on the way.
+    let mut headers: Option<Option<FieldTable>> = None;
     let mut visited: HashSet<&str> = HashSet::new();
     let mut pending: Vec<&str> = vec![msg.exchange.as_str()];
     let mut found: Vec<&Destination> = Vec::new();
@@ -1604,7 +1612,12 @@ fn route(vh: &Vhost, msg: &Message) -> Vec<String> {
             continue;
         };
         found.clear();
-        x.route(&msg.routing_key, headers, &mut found);
+        let h = if x.kind == ExchangeKind::Headers {
+            headers.get_or_insert_with(|| msg.headers()).as_ref()
+        } else {
+            None
+        };
+        x.route(&msg.routing_key, h, &mut found);
         let mut reached = false;
         for d in &found {
             match d {

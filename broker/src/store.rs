@@ -14,7 +14,6 @@
 //!   corrupt record of a file (CRC and length checked), truncating the damage away and logging it.
 
 use crate::queue::Message;
-use amq_protocol::frame::parsing::parse_content_header;
 use bytes::{Buf, BufMut, Bytes};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -173,19 +172,8 @@ fn decode_payload(mut p: Bytes) -> Option<Record> {
         return None;
     }
     let body = p.split_to(n);
-    let (_, h) = parse_content_header(&header[..]).ok()?;
-    Some((
-        id,
-        vhost,
-        queue,
-        Message {
-            exchange,
-            routing_key,
-            properties: h.properties,
-            header,
-            body,
-        },
-    ))
+    let message = Message::new(exchange, routing_key, header, body)?;
+    Some((id, vhost, queue, message))
 }
 
 /// Reads a segment; returns its valid records and the length of the valid prefix.
@@ -484,13 +472,7 @@ mod tests {
 
     fn msg(body: &'static [u8]) -> Message {
         let properties = AMQPProperties::default().with_delivery_mode(2);
-        Message {
-            exchange: "".into(),
-            routing_key: "q".into(),
-            header: crate::frame::encode_header_payload(body.len() as u64, &properties),
-            properties,
-            body: Bytes::from_static(body),
-        }
+        Message::with_properties("".into(), "q".into(), &properties, Bytes::from_static(body))
     }
 
     fn sync(store: &Store) {

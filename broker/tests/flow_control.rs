@@ -8,7 +8,7 @@ use std::time::Duration;
 use warren_broker::Broker;
 
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !f() {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -49,12 +49,36 @@ async fn memory_alarm_blocks_publishers_not_consumers() {
         }
     };
     publish(b"before").await;
+    // Wait until the broker has it, so the alarm below cannot overtake it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = cch
+            .queue_declare(
+                "fc".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        if q.message_count() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first message never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Any resident size is above a 1-byte watermark: the alarm goes off.
     broker.set_memory_high_watermark(1);
     assert!(broker.is_blocked());
-    // The publisher is blocked on its next publish; it is told so.
-    publish(b"during").await;
+    // The publisher is blocked on its next publish; it is told so. (lapin itself holds
+    // publishes while blocked, so this one completes only after the alarm clears.)
+    let during = tokio::spawn(publish(b"during"));
     wait_for("connection.blocked", || publisher.status().blocked()).await;
     // The consumer still gets what was queued before the alarm.
     let got = cch
@@ -81,6 +105,10 @@ async fn memory_alarm_blocks_publishers_not_consumers() {
     // Clear the alarm: connection.unblocked, and the held message arrives.
     broker.set_memory_high_watermark(u64::MAX);
     wait_for("connection.unblocked", || !publisher.status().blocked()).await;
+    tokio::time::timeout(Duration::from_secs(20), during)
+        .await
+        .expect("held publish completes")
+        .unwrap();
     let mut got = None;
     for _ in 0..100 {
         got = cch

@@ -1,0 +1,187 @@
+//! A zero-copy view of a content header's basic properties.
+//!
+//! Publishing only needs a few properties (delivery mode, priority, expiration, reply-to,
+//! user-id, and headers for a headers exchange). Decoding all of them into owned strings and
+//! maps for every message costs allocations and memory per queued message, so the broker keeps
+//! the encoded header as it arrived and reads fields out of it on demand. The full decoder
+//! (amq-protocol) is used only when a header must be rewritten.
+
+use amq_protocol::types::FieldTable;
+use std::ops::Range;
+
+/// The flag bits of the basic properties, in wire order (AMQP 0-9-1, class basic).
+const CONTENT_TYPE: u16 = 1 << 15;
+const CONTENT_ENCODING: u16 = 1 << 14;
+const HEADERS: u16 = 1 << 13;
+const DELIVERY_MODE: u16 = 1 << 12;
+const PRIORITY: u16 = 1 << 11;
+const CORRELATION_ID: u16 = 1 << 10;
+const REPLY_TO: u16 = 1 << 9;
+const EXPIRATION: u16 = 1 << 8;
+const MESSAGE_ID: u16 = 1 << 7;
+const TIMESTAMP: u16 = 1 << 6;
+const TYPE: u16 = 1 << 5;
+const USER_ID: u16 = 1 << 4;
+const APP_ID: u16 = 1 << 3;
+const CLUSTER_ID: u16 = 1 << 2;
+
+/// Where each property sits in an encoded content header payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PropsView {
+    /// delivery-mode, if present.
+    pub delivery_mode: Option<u8>,
+    /// priority, if present.
+    pub priority: Option<u8>,
+    /// The headers table (including its 4-byte length), if present.
+    pub headers: Option<Range<usize>>,
+    /// The reply-to short string's bytes (without its length octet), if present.
+    pub reply_to: Option<Range<usize>>,
+    /// The expiration short string's bytes, if present.
+    pub expiration: Option<Range<usize>>,
+    /// The user-id short string's bytes, if present.
+    pub user_id: Option<Range<usize>>,
+}
+
+impl PropsView {
+    /// Scans a content header payload (class id, weight, body size, flags, properties).
+    /// Returns None if it is malformed.
+    pub fn parse(h: &[u8]) -> Option<PropsView> {
+        let mut pos = 12;
+        let flags = u16::from_be_bytes(h.get(pos..pos + 2)?.try_into().ok()?);
+        pos += 2;
+        if flags & 1 != 0 {
+            // Flag continuation words are not used by class basic.
+            return None;
+        }
+        let mut v = PropsView::default();
+        let shortstr = |pos: &mut usize| -> Option<Range<usize>> {
+            let len = *h.get(*pos)? as usize;
+            let start = *pos + 1;
+            if start + len > h.len() {
+                return None;
+            }
+            *pos = start + len;
+            Some(start..start + len)
+        };
+        if flags & CONTENT_TYPE != 0 {
+            shortstr(&mut pos)?;
+        }
+        if flags & CONTENT_ENCODING != 0 {
+            shortstr(&mut pos)?;
+        }
+        if flags & HEADERS != 0 {
+            let len = u32::from_be_bytes(h.get(pos..pos + 4)?.try_into().ok()?) as usize;
+            let end = pos.checked_add(4 + len)?;
+            if end > h.len() {
+                return None;
+            }
+            v.headers = Some(pos..end);
+            pos = end;
+        }
+        if flags & DELIVERY_MODE != 0 {
+            v.delivery_mode = Some(*h.get(pos)?);
+            pos += 1;
+        }
+        if flags & PRIORITY != 0 {
+            v.priority = Some(*h.get(pos)?);
+            pos += 1;
+        }
+        if flags & CORRELATION_ID != 0 {
+            shortstr(&mut pos)?;
+        }
+        if flags & REPLY_TO != 0 {
+            v.reply_to = Some(shortstr(&mut pos)?);
+        }
+        if flags & EXPIRATION != 0 {
+            v.expiration = Some(shortstr(&mut pos)?);
+        }
+        if flags & MESSAGE_ID != 0 {
+            shortstr(&mut pos)?;
+        }
+        if flags & TIMESTAMP != 0 {
+            h.get(pos..pos + 8)?;
+            pos += 8;
+        }
+        if flags & TYPE != 0 {
+            shortstr(&mut pos)?;
+        }
+        if flags & USER_ID != 0 {
+            v.user_id = Some(shortstr(&mut pos)?);
+        }
+        if flags & APP_ID != 0 {
+            shortstr(&mut pos)?;
+        }
+        if flags & CLUSTER_ID != 0 {
+            shortstr(&mut pos)?;
+        }
+        Some(v)
+    }
+
+    /// A string property's text (lossy for invalid UTF-8, which real clients never send).
+    pub fn text<'a>(h: &'a [u8], r: &Option<Range<usize>>) -> Option<&'a str> {
+        r.as_ref()
+            .and_then(|r| std::str::from_utf8(&h[r.clone()]).ok())
+    }
+
+    /// Decodes the headers table, if present.
+    pub fn headers_table(&self, h: &[u8]) -> Option<FieldTable> {
+        let r = self.headers.clone()?;
+        amq_protocol::types::parsing::parse_field_table(&h[r])
+            .ok()
+            .map(|(_, t)| t)
+    }
+}
+
+/// Returns a copy of the header payload `h` (described by `v`) with its reply-to replaced.
+pub fn with_reply_to(h: &[u8], v: &PropsView, reply_to: &str) -> Vec<u8> {
+    let r = v.reply_to.clone().expect("reply-to present");
+    let new = &reply_to.as_bytes()[..reply_to.len().min(255)];
+    let mut out = Vec::with_capacity(h.len() + new.len());
+    out.extend_from_slice(&h[..r.start - 1]);
+    out.push(new.len() as u8);
+    out.extend_from_slice(new);
+    out.extend_from_slice(&h[r.end..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::protocol::basic::AMQPProperties;
+    use amq_protocol::types::AMQPValue;
+
+    #[test]
+    fn reads_the_fields_the_broker_needs_and_rewrites_reply_to() {
+        let mut headers = FieldTable::default();
+        headers.insert("k".into(), AMQPValue::LongString("v".into()));
+        let props = AMQPProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(headers.clone())
+            .with_delivery_mode(2)
+            .with_priority(7)
+            .with_correlation_id("c".into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_expiration("1500".into())
+            .with_timestamp(42)
+            .with_user_id("guest".into())
+            .with_app_id("app".into());
+        let h = crate::frame::encode_header_payload(3, &props);
+        let v = PropsView::parse(&h).unwrap();
+        assert_eq!(v.delivery_mode, Some(2));
+        assert_eq!(v.priority, Some(7));
+        assert_eq!(PropsView::text(&h, &v.expiration), Some("1500"));
+        assert_eq!(PropsView::text(&h, &v.user_id), Some("guest"));
+        assert_eq!(v.headers_table(&h), Some(headers));
+        let h2 = with_reply_to(&h, &v, "amq.rabbitmq.reply-to.abc");
+        let (_, decoded) = amq_protocol::frame::parsing::parse_content_header(&h2[..]).unwrap();
+        assert_eq!(
+            decoded.properties.reply_to().as_ref().map(|s| s.as_str()),
+            Some("amq.rabbitmq.reply-to.abc")
+        );
+        assert_eq!(
+            decoded.properties.app_id().as_ref().map(|s| s.as_str()),
+            Some("app")
+        );
+        assert!(PropsView::parse(&h[..h.len() - 2]).is_none());
+    }
+}
