@@ -29,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // lapin logs every returned message at WARN; here a return is expected (the unavailable
     // service below) and Warren reports it as an error value, so that log is silenced.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,lapin::returned_messages=error".into()),
