@@ -1210,3 +1210,60 @@ async fn consumer_tags_are_per_channel() {
         close(conn).await;
     }
 }
+
+#[tokio::test]
+async fn ack_on_another_channel_is_unknown() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        fill(&t, &ch, &q, 1).await;
+        let m = get(&t, &ch, &q, false).await.expect("message");
+        let other = conn.create_channel().await.expect("channel");
+        let watch = close_watch(&t, &other).await;
+        other
+            .basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+            .await
+            .expect("ack is async");
+        watch
+            .expect(
+                &t,
+                "ack on the wrong channel",
+                406,
+                &format!(
+                    "PRECONDITION_FAILED - unknown delivery tag {}",
+                    m.delivery.delivery_tag
+                ),
+            )
+            .await;
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn reject_of_a_no_ack_delivery_is_unknown() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        fill(&t, &ch, &q, 1).await;
+        let m = get(&t, &ch, &q, true).await.expect("message");
+        let watch = close_watch(&t, &ch).await;
+        ch.basic_reject(
+            m.delivery.delivery_tag,
+            BasicRejectOptions { requeue: true },
+        )
+        .await
+        .expect("reject is async");
+        watch
+            .expect(
+                &t,
+                "reject of a no-ack delivery",
+                406,
+                &format!(
+                    "PRECONDITION_FAILED - unknown delivery tag {}",
+                    m.delivery.delivery_tag
+                ),
+            )
+            .await;
+        close(conn).await;
+    }
+}

@@ -1475,3 +1475,220 @@ async fn unbind_of_missing_things_is_ok() {
         close(conn).await;
     }
 }
+
+#[tokio::test]
+async fn deleting_an_exchange_or_queue_removes_its_bindings() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let x = unique("x");
+        let q = unique("q");
+        declare(
+            &t,
+            &ch,
+            &x,
+            ExchangeKind::Direct,
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await;
+        ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+            .await
+            .expect("declare queue");
+        bind(&t, &ch, &q, &x, "k", FieldTable::default()).await;
+        // Exchange deleted and re-created: the old binding is gone.
+        ch.exchange_delete(x.as_str().into(), Default::default())
+            .await
+            .expect("delete exchange");
+        declare(
+            &t,
+            &ch,
+            &x,
+            ExchangeKind::Direct,
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await;
+        publish_confirmed(
+            &t,
+            &ch,
+            &x,
+            "k",
+            b"after exchange delete",
+            BasicProperties::default(),
+        )
+        .await;
+        assert!(
+            drain(&t, &ch, &q).await.is_empty(),
+            "{t}: binding went with the exchange"
+        );
+        // Queue deleted and re-created: its binding is gone too.
+        bind(&t, &ch, &q, &x, "k", FieldTable::default()).await;
+        ch.queue_delete(q.as_str().into(), Default::default())
+            .await
+            .expect("delete queue");
+        ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+            .await
+            .expect("redeclare queue");
+        publish_confirmed(
+            &t,
+            &ch,
+            &x,
+            "k",
+            b"after queue delete",
+            BasicProperties::default(),
+        )
+        .await;
+        assert!(
+            drain(&t, &ch, &q).await.is_empty(),
+            "{t}: binding went with the queue"
+        );
+        // An exchange-to-exchange binding goes with its destination.
+        let dst = unique("dst");
+        declare(
+            &t,
+            &ch,
+            &dst,
+            ExchangeKind::Fanout,
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await;
+        ch.exchange_bind(
+            dst.as_str().into(),
+            x.as_str().into(),
+            "k".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("e2e bind");
+        ch.exchange_delete(dst.as_str().into(), Default::default())
+            .await
+            .expect("delete destination");
+        declare(
+            &t,
+            &ch,
+            &dst,
+            ExchangeKind::Fanout,
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await;
+        bind(&t, &ch, &q, &dst, "", FieldTable::default()).await;
+        publish_confirmed(
+            &t,
+            &ch,
+            &x,
+            "k",
+            b"after destination delete",
+            BasicProperties::default(),
+        )
+        .await;
+        assert!(
+            drain(&t, &ch, &q).await.is_empty(),
+            "{t}: e2e binding went with its destination"
+        );
+        close(conn).await;
+        t.delete_queues(&[&q]).await;
+        t.delete_exchanges(&[&x, &dst]).await;
+    }
+}
+
+#[tokio::test]
+async fn auto_delete_exchange_goes_with_last_exchange_binding() {
+    for t in targets().await {
+        let (conn, ch) = t.open().await;
+        let src = unique("autodel-src");
+        declare(
+            &t,
+            &ch,
+            &src,
+            ExchangeKind::Fanout,
+            auto_delete(),
+            FieldTable::default(),
+        )
+        .await;
+        ch.exchange_bind(
+            "amq.fanout".into(),
+            src.as_str().into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind src -> amq.fanout");
+        ch.exchange_unbind(
+            "amq.fanout".into(),
+            src.as_str().into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("unbind");
+        let res = ch
+            .exchange_declare(
+                src.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        expect_error(
+            &t,
+            "auto-delete source after its last e2e binding",
+            res,
+            404,
+            &format!("NOT_FOUND - no exchange '{src}' in vhost '/'"),
+        );
+        // Being the destination of a binding does not count.
+        let ch = conn.create_channel().await.expect("channel");
+        let dst = unique("autodel-dst");
+        declare(
+            &t,
+            &ch,
+            &dst,
+            ExchangeKind::Fanout,
+            auto_delete(),
+            FieldTable::default(),
+        )
+        .await;
+        ch.exchange_bind(
+            dst.as_str().into(),
+            "amq.fanout".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind amq.fanout -> dst");
+        ch.exchange_unbind(
+            dst.as_str().into(),
+            "amq.fanout".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("unbind");
+        declare(
+            &t,
+            &ch,
+            &dst,
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+        ch.exchange_delete(dst.as_str().into(), Default::default())
+            .await
+            .expect("cleanup");
+        close(conn).await;
+    }
+}

@@ -384,7 +384,7 @@ async fn queue_expires_when_unused() {
         .await
         .expect("declare");
         // Any use (even a passive declare) restarts the timer, so look only once, later.
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
         let res = ch
             .queue_declare(
                 q.as_str().into(),
@@ -397,7 +397,7 @@ async fn queue_expires_when_unused() {
             .await;
         expect_error(
             &t,
-            "queue unused for 400 ms with x-expires 100",
+            "queue unused for 1 s with x-expires 100",
             res,
             404,
             &format!("NOT_FOUND - no queue '{q}' in vhost '/'"),
