@@ -79,3 +79,18 @@ fn raw_identifiers_keep_their_wire_name() {
         ::warren_rpc::Outcome::Ok(<[u8]>::to_vec(br#"{"ok":null}"#))
     );
 }
+
+/// Generated clients and servers can move between threads, and so can the futures of their
+/// calls: users spawn them on a multi-threaded runtime.
+#[allow(dead_code)]
+fn generated_types_are_thread_safe(client: user::HygienicClient) {
+    fn send_sync<T: ::core::marker::Send + ::core::marker::Sync>(_: &T) {}
+    fn send<T: ::core::marker::Send>(_: T) {}
+    send_sync(&client);
+    send_sync(&user::HygienicServer::new(user::Impl));
+    send(async move {
+        let _ = client.value(::std::string::String::new()).await;
+        let _ = client.fallible(1).await;
+        let _ = client.fire(2).await;
+    });
+}
