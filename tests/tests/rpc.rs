@@ -29,6 +29,11 @@ async fn calls_return_values_and_application_errors() {
     for target in targets().await {
         let (server, queue) = serve_calculator(&target, Server::builder()).await;
         let client = client(&target).await;
+        assert_eq!(
+            client.reply_to(),
+            "amq.rabbitmq.reply-to",
+            "{target}: direct reply-to by default"
+        );
         for codec in [Codec::MsgPack, Codec::Json] {
             let calc = calculator(&client, &queue)
                 .with_options(CallOptions::new().service(queue.as_str()).codec(codec));
