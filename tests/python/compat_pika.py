@@ -245,6 +245,9 @@ def exchange_errors():
         f"ACCESS_REFUSED - cannot publish to internal exchange '{internal}' in vhost '/'",
         "publish to an internal exchange",
     )
+    ch = conn.channel()
+    ch.exchange_delete(x)
+    ch.exchange_delete(internal)
     conn.close()
 
 

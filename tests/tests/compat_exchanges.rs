@@ -719,6 +719,7 @@ async fn headers_invalid_x_match_is_refused() {
             "PRECONDITION_FAILED - Invalid x-match field value <<\"some\">>; expected all, any, all-with-x, or any-with-x",
         );
         close(conn).await;
+        t.delete_exchanges(&[&x]).await;
     }
 }
 
@@ -802,6 +803,7 @@ async fn bind_errors() {
             &format!("NOT_FOUND - no exchange '{missing_x}' in vhost '/'"),
         );
         close(conn).await;
+        t.delete_exchanges(&[&x]).await;
     }
 }
 
