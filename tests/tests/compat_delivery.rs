@@ -1072,7 +1072,6 @@ async fn immediate_publish_is_not_implemented() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: channel.flow active=false not refused with 540"]
 async fn channel_flow() {
     for t in targets().await {
         let mut raw = t.raw_open().await;

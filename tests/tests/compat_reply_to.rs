@@ -456,7 +456,6 @@ async fn cancelled_reply_consumer_no_longer_counts() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: 403 'cannot bind or unbind to a volatile (direct reply-to) queue' instead of 404"]
 async fn reply_to_pseudo_queue_cannot_be_bound() {
     for t in targets().await {
         let (server_conn, _) = t.open().await;
