@@ -207,6 +207,18 @@ impl Target {
         close(conn).await;
     }
 
+    /// Shuts the bundled broker down gracefully (as `BrokerHandle::shutdown`); returns false,
+    /// doing nothing, for RabbitMQ, which is shared and must not be stopped.
+    pub async fn shutdown_bundled(&mut self) -> bool {
+        match self._broker.take() {
+            Some(broker) => {
+                broker.shutdown().await;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Deletes queues left by a test (ignoring ones already gone), on a fresh connection.
     pub async fn delete_queues(&self, queues: &[&str]) {
         let (conn, _) = self.open().await;

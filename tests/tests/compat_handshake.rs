@@ -483,3 +483,46 @@ async fn tune_ok_out_of_range_drops_the_connection() {
         futures::future::join_all(runs).await;
     }
 }
+
+/// Checked on the bundled broker only (the shared RabbitMQ must not be stopped); the expected
+/// close is what RabbitMQ sends every client when the node stops.
+#[tokio::test]
+async fn graceful_shutdown_closes_connections_with_320() {
+    for mut target in targets().await {
+        if target.is_rabbitmq() {
+            println!("{target}: not stopping the shared RabbitMQ");
+            continue;
+        }
+        let mut raw = target.raw_open().await;
+        let addr = target.addr();
+        // Answer the close while the broker shuts down, as a client would.
+        let (stopped, close) = tokio::join!(
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                target.shutdown_bundled()
+            ),
+            raw.expect_connection_close_only()
+        );
+        let stopped = stopped.unwrap_or_else(|_| panic!("bundled: shutdown did not finish"));
+        assert!(stopped, "bundled: broker stopped");
+        assert_eq!(
+            (
+                close.code,
+                close.text.as_str(),
+                close.class_id,
+                close.method_id
+            ),
+            (
+                320,
+                "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
+                0,
+                0
+            ),
+            "{target}: connection.close on shutdown"
+        );
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "{target}: listener closed after shutdown"
+        );
+    }
+}
