@@ -29,6 +29,9 @@ pub struct Limits {
     /// Below this much free disk space in the data directory publishers are blocked.
     /// RabbitMQ's default is 50 MB.
     pub disk_free_limit: u64,
+    /// Ready messages may hold this many bytes in memory (all queues together); messages
+    /// queued beyond it are paged out to disk until delivered.
+    pub queue_memory_budget: usize,
 }
 
 fn total_memory() -> u64 {
@@ -60,6 +63,7 @@ impl Default for Limits {
             max_connections: 65_536,
             memory_high_watermark: total_memory() / 10 * 4,
             disk_free_limit: 50_000_000,
+            queue_memory_budget: 128 * 1024 * 1024,
         }
     }
 }
@@ -240,6 +244,10 @@ impl BrokerBuilder {
         for v in &self.vhosts {
             state.add_vhost(v);
         }
+        state.set_paging(
+            self.limits.queue_memory_budget,
+            self.data_dir.as_ref().map(|d| d.join("pages")),
+        );
         if let Some(dir) = &self.data_dir {
             let (store, defs, recovered) =
                 crate::store::Store::open(dir).map_err(|source| BrokerError::DataDir {
@@ -361,6 +369,15 @@ impl BrokerHandle {
             .memory_high_watermark
             .store(bytes, Ordering::Relaxed);
         self.shared.check_alarms();
+    }
+
+    /// Bytes of ready messages held in memory (paged-out ones not counted).
+    pub fn resident_bytes(&self) -> usize {
+        self.shared
+            .state
+            .lock()
+            .expect("state lock")
+            .resident_bytes()
     }
 
     /// Whether publishers are currently blocked by a memory or disk alarm.

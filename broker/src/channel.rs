@@ -247,7 +247,7 @@ impl Channel {
     fn complete(&mut self, ctx: &Ctx<'_>) -> AmqpResult<()> {
         let p = self.pending.take().expect("pending publish");
         let mut header = p.header.expect("header received");
-        let Some(view) = PropsView::parse(&header) else {
+        let Some(mut view) = PropsView::parse(&header) else {
             let (which, snip) = frame::snippet(&header);
             return Err(AmqpError::new(
                 Code::FrameError,
@@ -289,6 +289,8 @@ impl Channel {
                 )));
             };
             header = Bytes::from(crate::props::with_reply_to(&header, &view, name));
+            // Offsets of every later property moved: read the rewritten header afresh.
+            view = PropsView::parse(&header).expect("rewritten header is well-formed");
         }
         if let Some(exp) = PropsView::text(&header, &view.expiration) {
             if let Err(reason) = expiration_error(exp) {

@@ -461,6 +461,11 @@ impl Connection {
         tracing::info!(conn = self.id, code = err.code as u16, text = %err.text, "closing connection");
         self.outbox.method(0, close_method(&err));
         self.closing = Some(Instant::now() + CLOSE_TIMEOUT);
+        self.drop_channels();
+    }
+
+    /// Closes every channel: consumers cancelled, unacked messages requeued.
+    fn drop_channels(&mut self) {
         let mut state = self.shared.state.lock().expect("state lock");
         for (id, ch) in self.channels.iter_mut() {
             let key = ChannelKey {
@@ -567,8 +572,12 @@ impl Connection {
         match (f.kind, method) {
             (frame::FRAME_HEARTBEAT, _) => Ok(()),
             (_, Some(AMQPClass::Connection(connection::AMQPMethod::Close(_)))) => {
+                // Reply, then let the client close the socket first (as RabbitMQ in practice
+                // does): clients report a server-side close right after close-ok as an error.
                 self.send_close_ok();
-                Err(Stop::Done)
+                self.drop_channels();
+                self.closing = Some(Instant::now() + Duration::from_secs(1));
+                Ok(())
             }
             (_, Some(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))) => Err(Stop::Done),
             (_, Some(AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)))) => {

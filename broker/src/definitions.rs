@@ -108,6 +108,7 @@ pub fn restore(state: &mut State, defs: &Value) {
         for _ in &queues {
             ids.push(state.next_queue_id());
         }
+        let resident = state.resident_counter();
         let vh = state.vhosts_mut().get_mut(name).expect("just added");
         for x in exchanges {
             let Some(kind) = ExchangeKind::parse(&text(&x, "type")) else {
@@ -137,7 +138,8 @@ pub fn restore(state: &mut State, defs: &Value) {
                     None,
                     flag(q, "auto_delete"),
                     table(&q["arguments"]),
-                ),
+                )
+                .with_resident_counter(resident.clone()),
             );
         }
         for b in bindings {

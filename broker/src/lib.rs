@@ -28,6 +28,7 @@ mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod frame;
+pub mod pager;
 pub mod props;
 pub mod queue;
 pub mod state;

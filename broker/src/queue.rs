@@ -10,6 +10,7 @@ use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,8 +123,10 @@ pub fn parse_expiration(s: &str) -> Result<u64, &'static str> {
 pub struct QueuedMessage {
     /// Position in the queue's order.
     pub seq: u64,
-    /// The shared message.
-    pub msg: Arc<Message>,
+    /// The message, in memory or paged out.
+    pub payload: Payload,
+    /// Body size (counted against x-max-length-bytes).
+    pub body_len: u32,
     /// Delivered before and requeued.
     pub redelivered: bool,
     /// When it expires, from the queue's and the message's TTL.
@@ -138,6 +141,25 @@ impl QueuedMessage {
     /// Position key: higher priority first, then publication order.
     fn order(&self) -> (std::cmp::Reverse<u8>, u64) {
         (std::cmp::Reverse(self.priority), self.seq)
+    }
+}
+
+/// A queued message's data: shared in memory, or written out to a page file.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// In memory, shared by every queue it was routed to.
+    Mem(Arc<Message>),
+    /// On disk (see `pager.rs`).
+    Paged(crate::pager::PageRef),
+}
+
+impl QueuedMessage {
+    /// Memory this copy holds while queued (0 when paged out).
+    fn resident_cost(&self) -> usize {
+        match &self.payload {
+            Payload::Mem(m) => m.header.len() + m.body.len() + 160,
+            Payload::Paged(_) => 0,
+        }
     }
 }
 
@@ -243,6 +265,8 @@ pub struct Queue {
     /// x-dead-letter-routing-key.
     pub dlrk: Option<String>,
     next_consumer_order: u64,
+    /// Bytes of ready messages held in memory, across all queues of the broker.
+    resident: Arc<AtomicUsize>,
 }
 
 fn arg_int(args: &FieldTable, key: &str) -> Option<i128> {
@@ -317,7 +341,26 @@ impl Queue {
             dlx,
             dlrk,
             next_consumer_order: 0,
+            resident: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Shares the broker-wide count of resident ready bytes with this queue.
+    pub fn with_resident_counter(mut self, resident: Arc<AtomicUsize>) -> Self {
+        self.resident = resident;
+        self
+    }
+
+    fn account_in(&mut self, m: &QueuedMessage) {
+        self.ready_bytes += m.body_len as usize;
+        self.resident
+            .fetch_add(m.resident_cost(), Ordering::Relaxed);
+    }
+
+    fn account_out(&mut self, m: &QueuedMessage) {
+        self.ready_bytes -= m.body_len as usize;
+        self.resident
+            .fetch_sub(m.resident_cost(), Ordering::Relaxed);
     }
 
     /// Whether a new message of `len` body bytes must be refused (reject-publish overflow).
@@ -343,7 +386,7 @@ impl Queue {
             }
             match self.messages.pop_front() {
                 Some(m) => {
-                    self.ready_bytes -= m.msg.body_len();
+                    self.account_out(&m);
                     dropped.push(m);
                 }
                 None => return dropped,
@@ -352,7 +395,7 @@ impl Queue {
     }
 
     fn insert_ordered(&mut self, m: QueuedMessage) {
-        self.ready_bytes += m.msg.body_len();
+        self.account_in(&m);
         let key = m.order();
         if self.messages.back().is_none_or(|b| b.order() < key) {
             self.messages.push_back(m);
@@ -368,6 +411,7 @@ impl Queue {
         msg: Arc<Message>,
         now: Instant,
         stored: Option<crate::store::StoreRef>,
+        paged: Option<crate::pager::PageRef>,
     ) {
         let ttl = match (self.message_ttl, msg.expiration()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -379,9 +423,15 @@ impl Queue {
             Some(max) => msg.priority.unwrap_or(0).min(max),
             None => 0,
         };
+        let body_len = msg.body_len() as u32;
+        let payload = match paged {
+            Some(r) => Payload::Paged(r),
+            None => Payload::Mem(msg),
+        };
         self.insert_ordered(QueuedMessage {
             seq,
-            msg,
+            payload,
+            body_len,
             redelivered: false,
             expires_at: ttl.map(|t| now + t),
             priority,
@@ -392,7 +442,7 @@ impl Queue {
     /// Takes the next message off the head (the caller drops expired ones first).
     pub fn pop(&mut self) -> Option<QueuedMessage> {
         let m = self.messages.pop_front()?;
-        self.ready_bytes -= m.msg.body_len();
+        self.account_out(&m);
         Some(m)
     }
 
@@ -409,7 +459,7 @@ impl Queue {
             match head.expires_at {
                 Some(t) if t < now => {
                     let m = self.messages.pop_front().expect("front exists");
-                    self.ready_bytes -= m.msg.body_len();
+                    self.account_out(&m);
                     dropped.push(m);
                 }
                 _ => break,
@@ -420,8 +470,16 @@ impl Queue {
 
     /// Removes every ready message and returns them.
     pub fn purge(&mut self) -> Vec<QueuedMessage> {
-        self.ready_bytes = 0;
-        self.messages.drain(..).collect()
+        let all: Vec<QueuedMessage> = self.messages.drain(..).collect();
+        for m in &all {
+            self.account_out(m);
+        }
+        all
+    }
+
+    /// Removes every ready message because the queue is being deleted.
+    pub fn drain_for_delete(&mut self) -> Vec<QueuedMessage> {
+        self.purge()
     }
 
     /// Whether a message must be persisted in this queue.
@@ -496,7 +554,7 @@ mod tests {
         let now = Instant::now();
         let mut q = Queue::new(1, "q".into(), false, None, false, FieldTable::default());
         for _ in 0..3 {
-            q.push(msg(), now, None);
+            q.push(msg(), now, None, None);
         }
         let a = q.pop().unwrap();
         let b = q.pop().unwrap();

@@ -8,8 +8,9 @@
 
 use crate::error::{AmqpError, AmqpResult, Code};
 use crate::exchange::{self, Binding, Destination, Exchange, ExchangeKind};
+use crate::pager::{PageRef, Pager};
 use crate::queue::{
-    ChannelKey, ConnId, Consumer, DeathReason, Message, Overflow, Queue, QueuedMessage,
+    ChannelKey, ConnId, Consumer, DeathReason, Message, Overflow, Payload, Queue, QueuedMessage,
 };
 use crate::store::{Recovered, Store};
 use amq_protocol::protocol::AMQPClass;
@@ -232,6 +233,11 @@ pub enum SettleOp {
 pub struct State {
     vhosts: HashMap<String, Vhost>,
     store: Option<Arc<Store>>,
+    pager: Pager,
+    /// Bytes of ready messages in memory across all queues.
+    resident: Arc<AtomicUsize>,
+    /// Above this many resident bytes, newly queued messages are paged out.
+    page_budget: usize,
     dead: Vec<Dead>,
     channels: HashMap<ChannelKey, ChannelSlot>,
     conns: HashMap<ConnId, ConnSlot>,
@@ -395,6 +401,13 @@ impl State {
         State {
             vhosts,
             store: None,
+            pager: Pager::new(std::env::temp_dir().join(format!(
+                "warren-pages-{}-{}",
+                std::process::id(),
+                gen_name("")
+            ))),
+            resident: Arc::new(AtomicUsize::new(0)),
+            page_budget: 128 * 1024 * 1024,
             dead: Vec::new(),
             channels: HashMap::new(),
             conns: HashMap::new(),
@@ -421,7 +434,7 @@ impl State {
                 .get_mut(&r.vhost)
                 .and_then(|v| v.queues.get_mut(&r.queue))
             {
-                Some(q) => q.push(Arc::new(r.message), now, Some(r.at)),
+                Some(q) => q.push(Arc::new(r.message), now, Some(r.at), None),
                 None => {
                     orphans += 1;
                     store.remove(r.at);
@@ -437,15 +450,36 @@ impl State {
         self.store = Some(store);
     }
 
+    /// Sets the in-memory budget for ready messages and where paged-out messages go.
+    pub fn set_paging(&mut self, budget: usize, dir: Option<std::path::PathBuf>) {
+        self.page_budget = budget;
+        if let Some(dir) = dir {
+            self.pager = Pager::new(dir);
+        }
+    }
+
+    /// Bytes of ready messages currently held in memory.
+    pub fn resident_bytes(&self) -> usize {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    /// The counter new queues share (for queues restored from definitions).
+    pub(crate) fn resident_counter(&self) -> Arc<AtomicUsize> {
+        self.resident.clone()
+    }
+
     /// The message store, when the broker has a data directory.
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref()
     }
 
     /// Records that a message copy is gone for good.
-    fn forget(&self, m: &QueuedMessage) {
+    fn forget(&mut self, m: &QueuedMessage) {
         if let (Some(store), Some(at)) = (&self.store, m.stored) {
             store.remove(at);
+        }
+        if let Payload::Paged(r) = m.payload {
+            self.pager.release(r);
         }
     }
 
@@ -940,7 +974,8 @@ impl State {
         let id = self.next_queue_id;
         self.next_queue_id += 1;
         let owner = d.exclusive.then_some(conn);
-        let q = Queue::new(id, name.clone(), durable, owner, d.auto_delete, d.args);
+        let q = Queue::new(id, name.clone(), durable, owner, d.auto_delete, d.args)
+            .with_resident_counter(self.resident.clone());
         vh.queues.insert(name.clone(), q);
         if durable {
             self.save_definitions();
@@ -1181,6 +1216,7 @@ impl State {
             &mut self.channels,
             &mut self.dead,
             self.store.as_deref(),
+            &mut self.pager,
             Instant::now(),
         );
         self.flush_dead_letters();
@@ -1199,6 +1235,7 @@ impl State {
                     &mut self.channels,
                     &mut self.dead,
                     self.store.as_deref(),
+                    &mut self.pager,
                     now,
                 );
             }
@@ -1255,8 +1292,12 @@ impl State {
                     continue;
                 };
                 let dlrk = q.dlrk.clone();
+                let mut message = d.message;
+                let Some(original) = materialize(&mut self.pager, &mut message) else {
+                    continue;
+                };
                 let msg = crate::deadletter::dead_letter(
-                    &d.message.msg,
+                    &original,
                     &d.queue,
                     d.reason,
                     &dlx,
@@ -1301,10 +1342,14 @@ impl State {
         else {
             return Ok(false);
         };
-        let Some(m) = popped else {
+        let Some(mut m) = popped else {
             return Ok(false);
         };
         let (queue_id, count) = (q.id, q.message_count());
+        let Some(msg) = materialize(&mut self.pager, &mut m) else {
+            self.forget(&m);
+            return Ok(false);
+        };
         let slot = self.channels.get_mut(&key).expect("open channel");
         let tag = slot.next_tag;
         slot.next_tag += 1;
@@ -1313,7 +1358,7 @@ impl State {
             delivery_tag: tag,
             redelivered: m.redelivered,
             message_count: count,
-            msg: m.msg.clone(),
+            msg,
         });
         if no_ack {
             if let (Some(s), Some(at)) = (&self.store, m.stored) {
@@ -1535,6 +1580,7 @@ impl State {
             return routed;
         };
         let queues = route(vh, &msg);
+        let mut page: Option<PageRef> = None;
         for name in queues {
             if let Some(q) = vh.queues.get_mut(&name) {
                 if q.rejects_publish(msg.body_len()) {
@@ -1545,7 +1591,8 @@ impl State {
                             queue: name.clone(),
                             message: QueuedMessage {
                                 seq: 0,
-                                msg: msg.clone(),
+                                payload: Payload::Mem(msg.clone()),
+                                body_len: msg.body_len() as u32,
                                 redelivered: false,
                                 expires_at: None,
                                 priority: 0,
@@ -1563,7 +1610,21 @@ impl State {
                     }
                     _ => None,
                 };
-                q.push(msg.clone(), now, stored);
+                let paged = if self.resident.load(Ordering::Relaxed) > self.page_budget {
+                    match page {
+                        Some(r) => {
+                            self.pager.retain(r);
+                            Some(r)
+                        }
+                        None => {
+                            page = self.pager.write(&msg);
+                            page
+                        }
+                    }
+                } else {
+                    None
+                };
+                q.push(msg.clone(), now, stored, paged);
                 routed.queues += 1;
                 if !q.consumers.is_empty() {
                     pump_queue(
@@ -1572,6 +1633,7 @@ impl State {
                         &mut self.channels,
                         &mut self.dead,
                         self.store.as_deref(),
+                        &mut self.pager,
                         now,
                     );
                 }
@@ -1644,6 +1706,25 @@ fn route(vh: &Vhost, msg: &Message) -> Vec<String> {
     queues
 }
 
+/// Brings a paged-out message back into memory (freeing its page); None if it cannot be read.
+fn materialize(pager: &mut Pager, m: &mut QueuedMessage) -> Option<Arc<Message>> {
+    match &m.payload {
+        Payload::Mem(a) => Some(a.clone()),
+        Payload::Paged(r) => {
+            let r = *r;
+            let msg = pager.read(r);
+            pager.release(r);
+            let Some(msg) = msg else {
+                tracing::error!("a paged-out message could not be read back; it is lost");
+                return None;
+            };
+            let a = Arc::new(msg);
+            m.payload = Payload::Mem(a.clone());
+            Some(a)
+        }
+    }
+}
+
 /// Delivers from `q` while it has messages and some consumer has credit.
 fn pump_queue(
     vhost: &str,
@@ -1651,6 +1732,7 @@ fn pump_queue(
     channels: &mut HashMap<ChannelKey, ChannelSlot>,
     dead: &mut Vec<Dead>,
     store: Option<&Store>,
+    pager: &mut Pager,
     now: Instant,
 ) {
     loop {
@@ -1719,7 +1801,13 @@ fn pump_queue(
             return;
         };
         q.cursor = idx + 1;
-        let m = q.pop().expect("checked non-empty");
+        let mut m = q.pop().expect("checked non-empty");
+        let Some(msg) = materialize(pager, &mut m) else {
+            if let (Some(s), Some(at)) = (store, m.stored) {
+                s.remove(at);
+            }
+            continue;
+        };
         let c = &mut q.consumers[idx];
         let slot = channels.get_mut(&c.channel).expect("checked above");
         let delivery_tag = slot.next_tag;
@@ -1729,7 +1817,7 @@ fn pump_queue(
             consumer_tag: c.tag.clone(),
             delivery_tag,
             redelivered: m.redelivered,
-            msg: m.msg.clone(),
+            msg,
         });
         if c.no_ack {
             if let (Some(s), Some(at)) = (store, m.stored) {
