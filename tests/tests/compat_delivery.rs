@@ -1422,3 +1422,97 @@ async fn priority_is_ignored_without_x_max_priority() {
         close(conn).await;
     }
 }
+
+#[tokio::test]
+async fn abrupt_disconnect_requeues_and_deletes() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let work = unique("work");
+        ch.queue_declare(
+            work.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+        fill(&t, &ch, &work, 2).await;
+        // A client that takes both messages, owns an exclusive queue and consumes an auto-delete
+        // queue, then vanishes without connection.close.
+        let mut raw = t.raw_open().await;
+        let excl = unique("excl");
+        raw.declare_queue(1, &excl, true).await;
+        let autodel = unique("autodel");
+        let reply = raw
+            .call(
+                1,
+                AMQPClass::Queue(proto::queue::AMQPMethod::Declare(proto::queue::Declare {
+                    queue: autodel.as_str().into(),
+                    passive: false,
+                    durable: false,
+                    exclusive: false,
+                    auto_delete: true,
+                    nowait: false,
+                    arguments: FieldTable::default(),
+                })),
+            )
+            .await;
+        assert!(
+            matches!(
+                reply,
+                AMQPClass::Queue(proto::queue::AMQPMethod::DeclareOk(_))
+            ),
+            "{t}: {reply:?}"
+        );
+        raw.consume(1, &autodel, "a", false).await;
+        raw.consume(1, &work, "w", false).await;
+        let mut got = 0;
+        while got < 2 {
+            if let AMQPFrame::Body(1, _) = raw.recv_frame().await {
+                got += 1;
+            }
+        }
+        drop(raw);
+        // Both messages come back, redelivered, in order; both queues are gone.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut back = Vec::new();
+        while back.len() < 2 {
+            match get(&t, &ch, &work, true).await {
+                Some(m) => back.push((body(&m.delivery), m.delivery.redelivered)),
+                None => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{t}: unacked messages not requeued after a dropped socket"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+        assert_eq!(
+            back,
+            [("m0".to_string(), true), ("m1".to_string(), true)],
+            "{t}: requeued in order"
+        );
+        for q in [&excl, &autodel] {
+            let ch = conn.create_channel().await.expect("channel");
+            let res = ch
+                .queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            expect_error(
+                &t,
+                &format!("{q} after its connection dropped"),
+                res,
+                404,
+                &format!("NOT_FOUND - no queue '{q}' in vhost '/'"),
+            );
+        }
+        t.delete_queues(&[&work]).await;
+        close(conn).await;
+    }
+}
