@@ -622,3 +622,70 @@ async fn redeclare_with_other_flags_and_reserved_names() {
         close(conn).await;
     }
 }
+
+fn locked(name: &str) -> String {
+    warren_tests::reply_text(&format!(
+        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}' in vhost \
+         '/'. It could be originally declared on another connection or the exclusive \
+         property value does not match that of the original declaration."
+    ))
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: accepts a non-exclusive redeclare of its own exclusive queue"]
+async fn exclusive_queue_redeclared_non_exclusive_on_same_connection() {
+    for t in targets().await {
+        let (conn, ch) = t.open().await;
+        let excl = unique("excl");
+        declare(&t, &ch, &excl, exclusive()).await;
+        let ch2 = conn.create_channel().await.expect("channel");
+        let res = ch2
+            .queue_declare(
+                excl.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        expect_error(
+            &t,
+            "exclusive queue redeclared as non-exclusive",
+            res,
+            405,
+            &locked(&excl),
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+async fn shared_queue_redeclared_exclusive_on_same_connection() {
+    for t in targets().await {
+        let (conn, ch) = t.open().await;
+        let shared = unique("shared");
+        let auto = QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        declare(&t, &ch, &shared, auto).await;
+        let res = ch
+            .queue_declare(
+                shared.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        expect_error(
+            &t,
+            "non-exclusive queue redeclared as exclusive",
+            res,
+            405,
+            &locked(&shared),
+        );
+        close(conn).await;
+        t.delete_queues(&[&shared]).await;
+    }
+}
