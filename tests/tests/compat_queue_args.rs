@@ -856,3 +856,106 @@ async fn quorum_queue_counts_deliveries() {
         t.delete_queues(&[&q]).await;
     }
 }
+
+#[tokio::test]
+#[ignore = "bundled broker: a requeue past x-max-length keeps both messages"]
+async fn max_length_counts_ready_messages_and_requeue_can_overflow() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = unique("maxlen-unacked");
+        declare(
+            &t,
+            &ch,
+            &q,
+            table(vec![("x-max-length", AMQPValue::LongInt(1))]),
+        )
+        .await;
+        publish_confirmed(&t, &ch, "", &q, b"m0", BasicProperties::default()).await;
+        let m0 = get(&t, &ch, &q, false).await.expect("m0");
+        // m0 is unacked, so it does not count: m1 fits, m2 pushes m1 out.
+        publish_confirmed(&t, &ch, "", &q, b"m1", BasicProperties::default()).await;
+        publish_confirmed(&t, &ch, "", &q, b"m2", BasicProperties::default()).await;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let ok = ch
+            .queue_declare(q.as_str().into(), passive, FieldTable::default())
+            .await
+            .expect("passive");
+        assert_eq!(
+            ok.message_count(),
+            1,
+            "{t}: one ready message under x-max-length 1"
+        );
+        // Requeueing m0 overflows the queue: the head (m0 itself) is dropped.
+        m0.delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: true })
+            .await
+            .expect("reject");
+        let mut left = Vec::new();
+        while let Some(m) = get(&t, &ch, &q, true).await {
+            left.push((
+                String::from_utf8_lossy(&m.delivery.data).into_owned(),
+                m.delivery.redelivered,
+            ));
+        }
+        assert_eq!(
+            left,
+            [("m2".to_string(), false)],
+            "{t}: only the newest message remains"
+        );
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: get-ok message_count still counts the expired message behind"]
+async fn per_message_ttl_expires_only_at_the_head() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = unique("ttl-head");
+        declare(&t, &ch, &q, FieldTable::default()).await;
+        publish_confirmed(
+            &t,
+            &ch,
+            "",
+            &q,
+            b"A",
+            BasicProperties::default().with_expiration("60000".into()),
+        )
+        .await;
+        publish_confirmed(
+            &t,
+            &ch,
+            "",
+            &q,
+            b"B",
+            BasicProperties::default().with_expiration("1".into()),
+        )
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let ok = ch
+            .queue_declare(q.as_str().into(), passive, FieldTable::default())
+            .await
+            .expect("passive");
+        assert_eq!(
+            ok.message_count(),
+            2,
+            "{t}: an expired message behind a live one is still counted"
+        );
+        let a = get(&t, &ch, &q, true).await.expect("A");
+        assert_eq!(a.delivery.data, b"A", "{t}: the live message");
+        assert_eq!(
+            a.message_count, 0,
+            "{t}: B expires once it reaches the head"
+        );
+        assert!(get(&t, &ch, &q, true).await.is_none(), "{t}: B is gone");
+        close(conn).await;
+    }
+}
