@@ -959,3 +959,111 @@ async fn per_message_ttl_expires_only_at_the_head() {
         close(conn).await;
     }
 }
+
+#[tokio::test]
+#[ignore = "bundled broker: x-queue-mode and x-dead-letter-routing-key not validated, x-max-priority 256 text differs"]
+async fn more_invalid_queue_arguments() {
+    for t in targets().await {
+        let cases: Vec<(FieldTable, String)> = vec![
+            (
+                table(vec![("x-queue-mode", long_str("bogus"))]),
+                "PRECONDITION_FAILED - invalid arg 'x-queue-mode' for queue '{q}' in vhost '/': \"unsupported queue mode 'bogus'\"".into(),
+            ),
+            (
+                table(vec![("x-max-priority", AMQPValue::LongInt(256))]),
+                "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue '{q}' in vhost '/': {max_value_exceeded,256}".into(),
+            ),
+            (
+                table(vec![("x-max-priority", AMQPValue::LongInt(-1))]),
+                "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue '{q}' in vhost '/': {value_negative,-1}".into(),
+            ),
+            (
+                table(vec![("x-dead-letter-routing-key", long_str("k"))]),
+                "PRECONDITION_FAILED - invalid arg 'x-dead-letter-routing-key' for queue '{q}' in vhost '/': routing_key_but_no_dlx_defined".into(),
+            ),
+            (
+                table(vec![("x-max-length", long_str("10"))]),
+                "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue '{q}' in vhost '/': \"expected integer, got longstr\"".into(),
+            ),
+            (
+                table(vec![("x-single-active-consumer", long_str("yes"))]),
+                "PRECONDITION_FAILED - invalid arg 'x-single-active-consumer' for queue '{q}' in vhost '/': {unacceptable_type,longstr}".into(),
+            ),
+            (
+                table(vec![("x-message-ttl", AMQPValue::LongInt(-5))]),
+                "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue '{q}' in vhost '/': {value_negative,-5}".into(),
+            ),
+        ];
+        expect_invalid_args(&t, cases).await;
+        // Accepted as they are: lazy mode and reject-publish-dlx.
+        let (conn, ch) = t.open().await;
+        for args in [
+            table(vec![("x-queue-mode", long_str("lazy"))]),
+            table(vec![("x-overflow", long_str("reject-publish-dlx"))]),
+        ] {
+            declare(&t, &ch, &unique("ok-arg"), args).await;
+        }
+        close(conn).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "bundled broker: CC/BCC headers neither route nor is BCC removed"]
+async fn sender_selected_distribution_cc_bcc() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let mut queues = Vec::new();
+        for k in ["to", "cc", "bcc"] {
+            let q = warren_tests::declare_exclusive(&t, &ch).await;
+            ch.queue_bind(
+                q.as_str().into(),
+                "amq.direct".into(),
+                format!("{k}.{q}").as_str().into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+            queues.push(q);
+        }
+        let mut cc = lapin::types::FieldArray::default();
+        cc.push(long_str(&format!("cc.{}", queues[1])));
+        let mut bcc = lapin::types::FieldArray::default();
+        bcc.push(long_str(&format!("bcc.{}", queues[2])));
+        let headers = table(vec![
+            ("CC", AMQPValue::FieldArray(cc.clone())),
+            ("BCC", AMQPValue::FieldArray(bcc)),
+            ("x", AMQPValue::LongInt(1)),
+        ]);
+        let key = format!("to.{}", queues[0]);
+        publish_confirmed(
+            &t,
+            &ch,
+            "amq.direct",
+            &key,
+            b"m",
+            BasicProperties::default().with_headers(headers),
+        )
+        .await;
+        let expected_headers = table(vec![
+            ("CC", AMQPValue::FieldArray(cc)),
+            ("x", AMQPValue::LongInt(1)),
+        ]);
+        for q in &queues {
+            let m = get(&t, &ch, q, true)
+                .await
+                .unwrap_or_else(|| panic!("{t}: {q} got nothing"));
+            assert_eq!(
+                m.delivery.routing_key.as_str(),
+                key,
+                "{t}: delivered with the original routing key"
+            );
+            assert_eq!(
+                m.delivery.properties.headers().as_ref(),
+                Some(&expected_headers),
+                "{t}: CC kept, BCC removed"
+            );
+        }
+        close(conn).await;
+    }
+}
