@@ -868,3 +868,75 @@ async fn tx_returns_unroutable_mandatory_at_commit() {
         assert!(saw_commit_ok, "{t}: commit-ok after the returned message");
     }
 }
+
+#[tokio::test]
+async fn tx_rollback_of_rejects_and_nacks() {
+    use lapin::options::{BasicNackOptions, BasicRejectOptions};
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        publish_confirmed(&t, &ch, "", &q, b"m0", BasicProperties::default()).await;
+        publish_confirmed(&t, &ch, "", &q, b"m1", BasicProperties::default()).await;
+        let tx = conn.create_channel().await.expect("channel");
+        tx.tx_select().await.expect("tx.select");
+        let a = get(&t, &tx, &q, false).await.expect("m0");
+        let b = get(&t, &tx, &q, false).await.expect("m1");
+        tx.basic_reject(
+            a.delivery.delivery_tag,
+            BasicRejectOptions { requeue: true },
+        )
+        .await
+        .expect("reject");
+        tx.basic_nack(
+            b.delivery.delivery_tag,
+            BasicNackOptions {
+                multiple: false,
+                requeue: false,
+            },
+        )
+        .await
+        .expect("nack");
+        tx.tx_rollback().await.expect("rollback");
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let count = |ch: &lapin::Channel| {
+            let ch = ch.clone();
+            let q = q.clone();
+            async move {
+                ch.queue_declare(q.as_str().into(), passive, FieldTable::default())
+                    .await
+                    .expect("passive declare")
+                    .message_count()
+            }
+        };
+        assert_eq!(
+            count(&ch).await,
+            0,
+            "{t}: rolled-back reject and nack leave both unacked"
+        );
+        tx.basic_reject(
+            a.delivery.delivery_tag,
+            BasicRejectOptions { requeue: true },
+        )
+        .await
+        .expect("reject again");
+        tx.tx_commit().await.expect("commit");
+        assert_eq!(count(&ch).await, 1, "{t}: the committed reject requeued m0");
+        tx.close(200, "bye".into()).await.expect("close");
+        let mut left = Vec::new();
+        while let Some(m) = get(&t, &ch, &q, true).await {
+            left.push((
+                String::from_utf8_lossy(&m.delivery.data).into_owned(),
+                m.delivery.redelivered,
+            ));
+        }
+        assert_eq!(
+            left,
+            [("m0".to_string(), true), ("m1".to_string(), true)],
+            "{t}: m1, never settled, came back when the channel closed"
+        );
+        close(conn).await;
+    }
+}
