@@ -332,28 +332,18 @@ impl Channel {
         if self.confirm {
             let tag = self.next_publish_seq;
             self.next_publish_seq += 1;
-            let method = if routed.rejected > 0 {
-                basic::AMQPMethod::Nack(basic::Nack {
-                    delivery_tag: tag,
-                    multiple: false,
-                    requeue: false,
-                })
-            } else {
-                basic::AMQPMethod::Ack(basic::Ack {
-                    delivery_tag: tag,
-                    multiple: false,
-                })
+            let confirm = crate::state::Out::Confirm {
+                channel: self.id,
+                tag,
+                ack: routed.rejected == 0,
             };
             match store {
                 // Confirm a persisted message only once it is on disk.
                 Some(store) if routed.persisted => {
                     let outbox = ctx.outbox.clone();
-                    let id = self.id;
-                    store.after_sync(Box::new(move || {
-                        outbox.method(id, AMQPClass::Basic(method));
-                    }));
+                    store.after_sync(Box::new(move || outbox.send(confirm)));
                 }
-                _ => ctx.outbox.method(self.id, AMQPClass::Basic(method)),
+                _ => ctx.outbox.send(confirm),
             }
         }
         Ok(())

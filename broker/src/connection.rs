@@ -788,6 +788,77 @@ fn encode_content(out: &mut Vec<u8>, item: &Out, frame_max: u32) {
     frame::write_body(out, channel, &msg.body, frame_max);
 }
 
+/// Merges publisher confirms: a run of confirms with consecutive tags, starting right after the
+/// last tag confirmed on the channel, becomes one frame with `multiple` set (as RabbitMQ sends
+/// them). Confirms that arrive out of order (a persisted message waiting for fsync while later
+/// transient ones are confirmed) go out one by one.
+#[derive(Default)]
+struct Confirms {
+    /// Per channel: the lowest tag not yet confirmed.
+    next: HashMap<u16, u64>,
+    /// Per channel: tags above `next` already confirmed individually.
+    ahead: HashMap<u16, std::collections::BTreeSet<u64>>,
+    /// Confirms collected since the last flush: (channel, tag, ack).
+    pending: Vec<(u16, u64, bool)>,
+}
+
+impl Confirms {
+    fn reset(&mut self, channel: u16) {
+        self.next.remove(&channel);
+        self.ahead.remove(&channel);
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let emit = |out: &mut Vec<u8>, ch: u16, tag: u64, ack: bool, multiple: bool| {
+            let m = if ack {
+                amq_protocol::protocol::basic::AMQPMethod::Ack(amq_protocol::protocol::basic::Ack {
+                    delivery_tag: tag,
+                    multiple,
+                })
+            } else {
+                amq_protocol::protocol::basic::AMQPMethod::Nack(
+                    amq_protocol::protocol::basic::Nack {
+                        delivery_tag: tag,
+                        multiple,
+                        requeue: false,
+                    },
+                )
+            };
+            frame::write_method(out, ch, AMQPClass::Basic(m));
+        };
+        // Open runs per channel: (start, end, ack).
+        let mut runs: Vec<(u16, u64, u64, bool)> = Vec::new();
+        for (ch, tag, ack) in std::mem::take(&mut self.pending) {
+            let next = self.next.entry(ch).or_insert(1);
+            if tag != *next {
+                emit(out, ch, tag, ack, false);
+                self.ahead.entry(ch).or_default().insert(tag);
+                continue;
+            }
+            *next = tag + 1;
+            let ahead = self.ahead.entry(ch).or_default();
+            while ahead.remove(next) {
+                *next += 1;
+            }
+            let end = *next - 1;
+            match runs.iter_mut().find(|r| r.0 == ch) {
+                Some(r) if r.3 == ack && r.2 + 1 == tag => r.2 = end,
+                Some(r) => {
+                    emit(out, r.0, r.2, r.3, r.2 > r.1);
+                    *r = (ch, tag, end, ack);
+                }
+                None => runs.push((ch, tag, end, ack)),
+            }
+        }
+        for (ch, start, end, ack) in runs {
+            emit(out, ch, end, ack, end > start);
+        }
+    }
+}
+
 /// Writes everything queued for a connection, batching, and sends heartbeats when idle.
 async fn write_loop(
     mut wr: OwnedWriteHalf,
@@ -799,6 +870,7 @@ async fn write_loop(
     conn: ConnId,
 ) {
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut confirms = Confirms::default();
     let interval = (heartbeat > 0).then(|| Duration::from_secs(heartbeat as u64));
     let mut last_write = Instant::now();
     loop {
@@ -829,7 +901,20 @@ async fn write_loop(
         while let Some(item) = next.take() {
             weight += Outbox::weight(&item);
             match item {
-                Out::Method(ch, m) => frame::write_method(&mut out, ch, m),
+                Out::Confirm { channel, tag, ack } => confirms.pending.push((channel, tag, ack)),
+                Out::Method(ch, m) => {
+                    // Confirms go out before any other method, e.g. a channel.close-ok.
+                    confirms.flush(&mut out);
+                    if matches!(
+                        m,
+                        AMQPClass::Channel(
+                            channel::AMQPMethod::OpenOk(_) | channel::AMQPMethod::CloseOk(_)
+                        )
+                    ) {
+                        confirms.reset(ch);
+                    }
+                    frame::write_method(&mut out, ch, m);
+                }
                 Out::Close => close = true,
                 content => encode_content(&mut out, &content, frame_max),
             }
@@ -838,6 +923,7 @@ async fn write_loop(
             }
             next = rx.try_recv().ok();
         }
+        confirms.flush(&mut out);
         let before = queued.load(Ordering::Relaxed);
         if wr.write_all(&out).await.is_err() {
             // The peer is gone; the reader side notices and cleans up. Keep draining so
@@ -873,6 +959,45 @@ async fn write_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_all(mut buf: &[u8]) -> Vec<(u64, bool, bool)> {
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let (rest, f) = amq_protocol::frame::parse_frame(buf).unwrap();
+            buf = rest;
+            match f {
+                amq_protocol::frame::AMQPFrame::Method(
+                    _,
+                    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Ack(a)),
+                ) => out.push((a.delivery_tag, true, a.multiple)),
+                amq_protocol::frame::AMQPFrame::Method(
+                    _,
+                    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Nack(n)),
+                ) => out.push((n.delivery_tag, false, n.multiple)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn confirms_merge_only_contiguous_runs() {
+        let mut c = Confirms::default();
+        let mut out = Vec::new();
+        c.pending = vec![(1, 1, true), (1, 2, true), (1, 3, true)];
+        c.flush(&mut out);
+        assert_eq!(decode_all(&out), vec![(3, true, true)]);
+        // 5 confirmed before 4 (4 waits for fsync): 5 alone, then 4 closes the gap.
+        out.clear();
+        c.pending = vec![(1, 5, true)];
+        c.flush(&mut out);
+        c.pending = vec![(1, 4, true), (1, 6, false), (1, 7, false)];
+        c.flush(&mut out);
+        assert_eq!(
+            decode_all(&out),
+            vec![(5, true, false), (5, true, true), (7, false, true)]
+        );
+    }
 
     #[test]
     fn plain_and_amqplain_credentials() {

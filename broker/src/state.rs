@@ -70,6 +70,16 @@ pub enum Out {
         /// The message.
         msg: Arc<Message>,
     },
+    /// A publisher confirm (basic.ack, or basic.nack when `ack` is false). The writer merges
+    /// runs of consecutive confirms into one frame with `multiple` set.
+    Confirm {
+        /// The channel.
+        channel: u16,
+        /// The publish sequence number.
+        tag: u64,
+        /// Ack (true) or nack.
+        ack: bool,
+    },
     /// Flush everything before this, then close the socket.
     Close,
 }
