@@ -600,6 +600,80 @@ def basic_recover_and_global_qos():
     conn.close()
 
 
+@scenario
+def queue_limits_and_ttl():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("", exclusive=True, arguments={"x-max-length": 2}).method.queue
+    for i in range(4):
+        ch.basic_publish("", q, f"m{i}".encode())
+    eq(drain(ch, q), ["m2", "m3"], "x-max-length drops the head")
+    q = ch.queue_declare("", exclusive=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}).method.queue
+    ch.basic_publish("", q, b"fits")
+    try:
+        ch.basic_publish("", q, b"refused")
+    except px.NackError:
+        pass
+    else:
+        raise AssertionError("publish to a full reject-publish queue was not nacked")
+    eq(drain(ch, q), ["fits"], "reject-publish keeps the first")
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.basic_publish("", q, b"gone", pika.BasicProperties(expiration="0"))
+    ch.basic_publish("", q, b"kept", pika.BasicProperties(expiration="60000"))
+    eq(drain(ch, q), ["kept"], "expiration 0 with no consumer")
+    conn.close()
+
+
+@scenario
+def consumer_nack_multiple_requeue():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    for i in range(3):
+        ch.basic_publish("", q, f"m{i}".encode())
+    cch = conn.channel()
+    got = []
+    cch.basic_consume(q, lambda _c, m, _p, body: got.append((body.decode(), m.redelivered, m.delivery_tag)))
+    deadline = time.time() + 5
+    while len(got) < 3 and time.time() < deadline:
+        conn.process_data_events(0.02)
+    eq([(b, r) for b, r, _ in got], [("m0", False), ("m1", False), ("m2", False)], "first deliveries")
+    cch.basic_nack(got[-1][2], multiple=True, requeue=True)
+    while len(got) < 6 and time.time() < deadline:
+        conn.process_data_events(0.02)
+    eq([(b, r) for b, r, _ in got[3:]], [("m0", True), ("m1", True), ("m2", True)], "redelivered in order")
+    eq([t for _, _, t in got], [1, 2, 3, 4, 5, 6], "delivery tags keep counting")
+    conn.close()
+
+
+@scenario
+def delete_if_unused():
+    conn = connect()
+    ch = conn.channel()
+    x = unique("x")
+    ch.exchange_declare(x, "direct")
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, x, "k")
+    channel_error(
+        lambda: ch.exchange_delete(x, if_unused=True),
+        406,
+        f"PRECONDITION_FAILED - exchange '{x}' in vhost '/' in use",
+        "exchange delete if-unused",
+    )
+    ch = conn.channel()
+    ch.basic_consume(q, lambda *a: None)
+    channel_error(
+        lambda: conn.channel().queue_delete(q, if_unused=True),
+        406,
+        f"PRECONDITION_FAILED - queue '{q}' in vhost '/' in use",
+        "queue delete if-unused",
+    )
+    conn.channel().exchange_delete(x)
+    conn.close()
+
+
 def main():
     failed = 0
     for fn in SCENARIOS:
