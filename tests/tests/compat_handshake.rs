@@ -526,3 +526,63 @@ async fn graceful_shutdown_closes_connections_with_320() {
         );
     }
 }
+
+#[tokio::test]
+async fn client_heartbeats_keep_the_connection_alive() {
+    for target in targets().await {
+        let mut raw = target.raw().await;
+        raw.handshake_until_open("guest", "guest", warren_tests::client_properties())
+            .await;
+        let tune = match raw.recv_method(0).await {
+            AMQPClass::Connection(proto::connection::AMQPMethod::Tune(t)) => t,
+            other => panic!("{target}: expected tune, got {other:?}"),
+        };
+        raw.send_method(
+            0,
+            AMQPClass::Connection(proto::connection::AMQPMethod::TuneOk(
+                proto::connection::TuneOk {
+                    channel_max: tune.channel_max,
+                    frame_max: tune.frame_max,
+                    heartbeat: 1,
+                },
+            )),
+        )
+        .await;
+        raw.send_method(
+            0,
+            AMQPClass::Connection(proto::connection::AMQPMethod::Open(
+                proto::connection::Open {
+                    virtual_host: "/".into(),
+                },
+            )),
+        )
+        .await;
+        match raw.recv_method(0).await {
+            AMQPClass::Connection(proto::connection::AMQPMethod::OpenOk(_)) => {}
+            other => panic!("{target}: expected open-ok, got {other:?}"),
+        }
+        raw.open_channel(1).await;
+        // Nothing but heartbeats for 4 s: longer than the broker's patience with a silent client.
+        for _ in 0..8 {
+            raw.send(amq_protocol::frame::AMQPFrame::Heartbeat).await;
+            match raw.recv_within(std::time::Duration::from_millis(500)).await {
+                RawEvent::Timeout => {}
+                RawEvent::Frame(f) if matches!(*f, amq_protocol::frame::AMQPFrame::Heartbeat) => {}
+                other => panic!("{target}: connection with client heartbeats: got {other:?}"),
+            }
+        }
+        let reply = raw
+            .call(
+                1,
+                AMQPClass::Basic(proto::basic::AMQPMethod::Qos(proto::basic::Qos {
+                    prefetch_count: 1,
+                    global: false,
+                })),
+            )
+            .await;
+        assert!(
+            matches!(reply, AMQPClass::Basic(proto::basic::AMQPMethod::QosOk(_))),
+            "{target}: still serving after 4 s of heartbeats only: {reply:?}"
+        );
+    }
+}
