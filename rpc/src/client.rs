@@ -7,9 +7,16 @@
 //! reads the reply queue and completes calls by correlation id; when the connection dies it
 //! fails every pending call at once.
 //!
+//! The connection is supervised ([`reconnect`](crate::reconnect)): when it dies, pending calls
+//! of that session fail with [`Error::Connection`] and a new session (connection, channel,
+//! reply consumer) is set up with backoff. Each call runs under its [`RetryPolicy`]: a failed
+//! attempt is sent again, with the same call id and the next `x-warren-attempt`, on the live
+//! session, as long as the policy allows and the call's deadline is not reached.
+//!
 //! Replies come through RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`) by default; when
 //! the broker lacks it, the client declares an exclusive, server-named reply queue instead.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,7 +25,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -27,6 +34,8 @@ use tracing::Instrument;
 use crate::context::{unix_millis, CallId, Context};
 use crate::error::Error;
 use crate::in_flight::{InFlight, ReplyMessage};
+use crate::reconnect::{self, Endpoint, Link, Session, Tripwire};
+use crate::retry::{AttemptFailure, RetryPolicy};
 use crate::service::MethodSpec;
 use crate::wire::{self, Codec, ReplyBody};
 
@@ -50,6 +59,7 @@ pub struct CallOptions {
     timeout: Option<Duration>,
     service: Option<Arc<str>>,
     codec: Option<Codec>,
+    retry: Option<RetryPolicy>,
 }
 
 impl CallOptions {
@@ -77,6 +87,12 @@ impl CallOptions {
         self
     }
 
+    /// Retries calls with this policy, overriding the client's policy for the method.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
     /// The timeout override, if any.
     pub fn timeout_override(&self) -> Option<Duration> {
         self.timeout
@@ -90,6 +106,9 @@ pub struct ClientBuilder {
     codec: Codec,
     reply_queue: ReplyQueue,
     connection_name: String,
+    retry: RetryPolicy,
+    method_retry: HashMap<String, RetryPolicy>,
+    heartbeat: Duration,
 }
 
 impl Default for ClientBuilder {
@@ -99,6 +118,9 @@ impl Default for ClientBuilder {
             codec: Codec::MsgPack,
             reply_queue: ReplyQueue::Auto,
             connection_name: "warren-client".to_owned(),
+            retry: RetryPolicy::default(),
+            method_retry: HashMap::new(),
+            heartbeat: DEFAULT_HEARTBEAT,
         }
     }
 }
@@ -129,35 +151,116 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to the broker at `url` (`amqp://user:pass@host:port/vhost`).
-    pub async fn connect(self, url: &str) -> Result<Client, Error> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(self.connection_name.clone().into());
-        let connection = Connection::connect(url, properties)
-            .await
-            .map_err(Error::connection)?;
-        let (channel, consumer, reply_to) =
-            open_reply_channel(&connection, self.reply_queue).await?;
+    /// How calls are retried ([`RetryPolicy::default`] unless set). Methods named in
+    /// [`ClientBuilder::method_retry`] and calls with [`CallOptions::retry`] override it.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
 
-        let in_flight = Arc::new(InFlight::default());
-        let reader = tokio::spawn(read_replies(consumer, Arc::clone(&in_flight)));
-        let watcher = tokio::spawn(watch_connection(
-            connection.events_listener(),
-            Arc::clone(&in_flight),
-        ));
-        tracing::debug!(%reply_to, "warren client connected");
+    /// How calls of the method named `method` are retried, on any service.
+    pub fn method_retry(mut self, method: impl Into<String>, policy: RetryPolicy) -> Self {
+        self.method_retry.insert(method.into(), policy);
+        self
+    }
+
+    /// The heartbeat interval asked of the broker (10 s unless set; whole seconds, 0 turns
+    /// heartbeats off). A connection silent for two intervals counts as dead and is replaced.
+    /// A `heartbeat` parameter in the URL wins.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval;
+        self
+    }
+
+    /// Connects to the broker at `url` (`amqp://user:pass@host:port/vhost`).
+    ///
+    /// The first connection must succeed; after that the client reconnects by itself whenever
+    /// the connection dies.
+    pub async fn connect(self, url: &str) -> Result<Client, Error> {
+        let endpoint = Endpoint::new(url, &self.connection_name, heartbeat_secs(self.heartbeat))?;
+        let connection = endpoint.connect().await?;
+        let mode = self.reply_queue;
+        let first = open_session(connection, mode)
+            .await
+            .map_err(|(_, err)| err)?;
+        tracing::debug!(reply_to = %first.reply_to, "warren client connected");
+        let (link, supervisor) =
+            reconnect::supervise(endpoint, Arc::new(first), move |connection| {
+                open_session(connection, mode)
+            });
         Ok(Client {
             inner: Arc::new(ClientInner {
-                connection: Arc::new(connection),
-                channel,
-                reply_to: ShortString::from(reply_to),
-                in_flight,
+                link,
                 default_timeout: self.timeout,
                 codec: self.codec,
-                tasks: [reader, watcher],
+                retry: self.retry,
+                method_retry: self.method_retry,
+                supervisor,
             }),
         })
     }
+}
+
+/// The heartbeat asked of the broker when the builder does not set one.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// A heartbeat interval in whole seconds, as AMQP negotiates it.
+pub(crate) fn heartbeat_secs(interval: Duration) -> Option<u16> {
+    Some(u16::try_from(interval.as_secs()).unwrap_or(u16::MAX))
+}
+
+/// One connection's worth of client state: the channel calls are published on, the reply
+/// consumer, and the calls waiting for a reply on it.
+pub(crate) struct ClientSession {
+    connection: Connection,
+    channel: Channel,
+    reply_to: ShortString,
+    in_flight: Arc<InFlight>,
+    tripwire: Tripwire,
+    reader: JoinHandle<()>,
+}
+
+impl Session for ClientSession {
+    fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    fn tripwire(&self) -> &Tripwire {
+        &self.tripwire
+    }
+
+    fn died(&self, reason: &str) {
+        self.in_flight.fail_all(Error::Connection {
+            reason: reason.to_owned(),
+        });
+        self.reader.abort();
+    }
+}
+
+/// Sets up a session on a fresh connection; on failure hands the connection back to be closed.
+async fn open_session(
+    connection: Connection,
+    mode: ReplyQueue,
+) -> Result<ClientSession, (Connection, Error)> {
+    let (channel, consumer, reply_to) = match open_reply_channel(&connection, mode).await {
+        Ok(opened) => opened,
+        Err(err) => return Err((connection, err)),
+    };
+    let in_flight = Arc::new(InFlight::default());
+    let tripwire = Tripwire::new();
+    let reader = tokio::spawn(read_replies(
+        consumer,
+        Arc::clone(&in_flight),
+        tripwire.clone(),
+    ));
+    Ok(ClientSession {
+        connection,
+        channel,
+        reply_to: ShortString::from(reply_to),
+        in_flight,
+        tripwire,
+        reader,
+    })
 }
 
 /// Opens the channel requests are published on and replies consumed from.
@@ -227,8 +330,9 @@ async fn confirmed_channel(connection: &Connection) -> Result<Channel, Error> {
     Ok(channel)
 }
 
-/// Completes calls with the replies on the reply queue, and fails them all when it ends.
-async fn read_replies(mut consumer: Consumer, in_flight: Arc<InFlight>) {
+/// Completes calls with the replies on the reply queue, and fails them all (and trips the
+/// session) when it ends.
+async fn read_replies(mut consumer: Consumer, in_flight: Arc<InFlight>, tripwire: Tripwire) {
     while let Some(delivery) = consumer.next().await {
         match delivery {
             Ok(delivery) => {
@@ -250,51 +354,40 @@ async fn read_replies(mut consumer: Consumer, in_flight: Arc<InFlight>) {
                 }
             }
             Err(err) => {
-                in_flight.fail_all(Error::connection(err));
+                let err = Error::connection(err);
+                tripwire.trip(err.to_string());
+                in_flight.fail_all(err);
                 return;
             }
         }
     }
-    in_flight.fail_all(Error::Connection {
+    let err = Error::Connection {
         reason: "the reply consumer was cancelled".into(),
-    });
-}
-
-/// Fails every pending call as soon as the connection reports an error.
-async fn watch_connection(
-    events: impl futures::Stream<Item = lapin::Event> + Send + 'static,
-    in_flight: Arc<InFlight>,
-) {
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        if let lapin::Event::Error(err) = event {
-            in_flight.fail_all(Error::connection(err));
-            return;
-        }
-    }
+    };
+    tripwire.trip(err.to_string());
+    in_flight.fail_all(err);
 }
 
 struct ClientInner {
-    connection: Arc<Connection>,
-    channel: Channel,
-    reply_to: ShortString,
-    in_flight: Arc<InFlight>,
+    link: Arc<Link<ClientSession>>,
     default_timeout: Duration,
     codec: Codec,
-    tasks: [JoinHandle<()>; 2],
+    retry: RetryPolicy,
+    method_retry: HashMap<String, RetryPolicy>,
+    supervisor: JoinHandle<()>,
 }
 
 impl Drop for ClientInner {
     fn drop(&mut self) {
-        self.in_flight.fail_all(Error::Shutdown);
-        for task in &self.tasks {
-            task.abort();
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let connection = Arc::clone(&self.connection);
-            runtime.spawn(async move {
-                let _ = connection.close(200, "client dropped".into()).await;
-            });
+        self.supervisor.abort();
+        if let Some(session) = self.link.close() {
+            session.in_flight.fail_all(Error::Shutdown);
+            session.reader.abort();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = session.connection.close(200, "client dropped".into()).await;
+                });
+            }
         }
     }
 }
@@ -311,10 +404,11 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("reply_to", &self.inner.reply_to.as_str())
+            .field("reply_to", &self.reply_to())
             .field("default_timeout", &self.inner.default_timeout)
             .field("codec", &self.inner.codec)
-            .field("in_flight", &self.inner.in_flight.len())
+            .field("retry", &self.inner.retry)
+            .field("in_flight", &self.pending_calls())
             .finish()
     }
 }
@@ -322,6 +416,26 @@ impl std::fmt::Debug for Client {
 /// What one publication of a request resolved to.
 struct Sent {
     pending: Option<crate::in_flight::PendingReply>,
+}
+
+/// Everything about one call that stays the same across its attempts.
+struct Call<'a> {
+    service: &'a str,
+    method: &'a MethodSpec,
+    call_id: &'a CallId,
+    codec: Codec,
+    body: &'a [u8],
+    deadline: Instant,
+    timeout: Duration,
+    policy: RetryPolicy,
+    expect_reply: bool,
+}
+
+/// Trips a session whose channel failed under a publish, and turns the error into ours.
+fn broken(session: &ClientSession, err: lapin::Error) -> Error {
+    let err = Error::connection(err);
+    session.tripwire.trip(err.to_string());
+    err
 }
 
 impl Client {
@@ -335,24 +449,41 @@ impl Client {
         ClientBuilder::default().connect(url).await
     }
 
-    /// The queue replies come to (`amq.rabbitmq.reply-to` or the client's own queue).
-    pub fn reply_to(&self) -> &str {
-        self.inner.reply_to.as_str()
+    /// The queue replies come to on the current connection (`amq.rabbitmq.reply-to` or the
+    /// client's own queue, which changes when the client reconnects); empty while reconnecting.
+    pub fn reply_to(&self) -> String {
+        self.inner
+            .link
+            .current()
+            .map(|s| s.reply_to.as_str().to_owned())
+            .unwrap_or_default()
     }
 
-    /// How many calls are waiting for a reply.
+    /// How many calls are waiting for a reply on the current connection.
     pub fn pending_calls(&self) -> usize {
-        self.inner.in_flight.len()
+        self.inner
+            .link
+            .current()
+            .map(|s| s.in_flight.len())
+            .unwrap_or(0)
     }
 
-    /// Closes the connection; pending calls end with [`Error::Shutdown`].
+    /// Whether the client has a live connection right now (false while reconnecting).
+    pub fn is_connected(&self) -> bool {
+        self.inner
+            .link
+            .current()
+            .is_some_and(|s| !s.tripwire.is_tripped())
+    }
+
+    /// Closes the connection and stops reconnecting; pending calls end with
+    /// [`Error::Shutdown`], and so does every later call.
     pub async fn close(&self) {
-        self.inner.in_flight.fail_all(Error::Shutdown);
-        let _ = self
-            .inner
-            .connection
-            .close(200, "client closed".into())
-            .await;
+        if let Some(session) = self.inner.link.close() {
+            session.in_flight.fail_all(Error::Shutdown);
+            session.reader.abort();
+            reconnect::close_quietly(&session.connection, "client closed").await;
+        }
     }
 
     /// Calls a method returning a plain value `T`.
@@ -410,16 +541,18 @@ impl Client {
             .map_err(|reason| Error::Encode { reason })?;
         let call_id = CallId::random();
         let span = call_span(&service, method, &call_id);
-        let publish = self.publish(
-            &service, method, &call_id, codec, &body, deadline, timeout, false,
-        );
-        match tokio::time::timeout_at(deadline.into(), publish)
-            .instrument(span)
-            .await
-        {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => Err(Error::DeadlineExceeded { timeout }),
-        }
+        let call = Call {
+            service: &service,
+            method,
+            call_id: &call_id,
+            codec,
+            body: &body,
+            deadline,
+            timeout,
+            policy: self.policy(method, options),
+            expect_reply: false,
+        };
+        self.run(&call).instrument(span).await.map(|_| ())
     }
 
     async fn invoke<A, T, E>(
@@ -439,31 +572,101 @@ impl Client {
             .map_err(|reason| Error::Encode { reason })?;
         let call_id = CallId::random();
         let span = call_span(&service, method, &call_id);
-        let call = async {
-            let sent = self
-                .publish(
-                    &service, method, &call_id, codec, &body, deadline, timeout, true,
-                )
-                .await?;
-            let Some(mut pending) = sent.pending else {
-                return Err(Error::Decode {
-                    reason: "no reply was requested".into(),
-                });
-            };
-            let reply = pending.wait().await?;
-            decode_reply(&reply)
+        let call = Call {
+            service: &service,
+            method,
+            call_id: &call_id,
+            codec,
+            body: &body,
+            deadline,
+            timeout,
+            policy: self.policy(method, options),
+            expect_reply: true,
         };
-        let result = match tokio::time::timeout_at(deadline.into(), call)
-            .instrument(span.clone())
-            .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(Error::DeadlineExceeded { timeout }),
+        let result = match self.run(&call).instrument(span.clone()).await {
+            Ok(Some(reply)) => decode_reply(&reply),
+            Ok(None) => Err(Error::Decode {
+                reason: "no reply was requested".into(),
+            }),
+            Err(err) => Err(err),
         };
         if let Err(err) = &result {
             span.in_scope(|| tracing::debug!(%err, "call failed"));
         }
         result
+    }
+
+    /// The retry policy of a call: the call's, else the method's, else the client's.
+    fn policy(&self, method: &MethodSpec, options: &CallOptions) -> RetryPolicy {
+        options
+            .retry
+            .or_else(|| self.inner.method_retry.get(method.name).copied())
+            .unwrap_or(self.inner.retry)
+    }
+
+    /// Runs the attempts of a call under its retry policy, within its deadline. Returns the
+    /// reply (`None` for a one-way call).
+    async fn run(&self, call: &Call<'_>) -> Result<Option<ReplyMessage>, Error> {
+        let policy = call.policy;
+        let mut attempt = 1u32;
+        loop {
+            let last = attempt >= policy.attempts();
+            let attempt_deadline = match policy.attempt_timeout_of() {
+                Some(limit) if call.method.idempotent && call.expect_reply && !last => {
+                    call.deadline.min(Instant::now() + limit)
+                }
+                _ => call.deadline,
+            };
+            let failure = match self.attempt(call, attempt, attempt_deadline).await {
+                Ok(reply) => return Ok(reply),
+                Err(failure) => failure,
+            };
+            let now = Instant::now();
+            let give_up = |failure: AttemptFailure| match failure {
+                AttemptFailure::Error(err) => err,
+                AttemptFailure::TimedOut => Error::DeadlineExceeded {
+                    timeout: call.timeout,
+                },
+            };
+            if now >= call.deadline || last || !policy.retries(&failure, call.method.idempotent) {
+                return Err(give_up(failure));
+            }
+            let delay = policy.delay_after(attempt);
+            if now + delay >= call.deadline {
+                return Err(give_up(failure));
+            }
+            tracing::debug!(attempt, ?delay, ?failure, "attempt failed; retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// One attempt: take the live session (waiting for a reconnection until the call's
+    /// deadline), publish, and wait for the reply until `attempt_deadline`.
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        attempt: u32,
+        attempt_deadline: Instant,
+    ) -> Result<Option<ReplyMessage>, AttemptFailure> {
+        let session = self
+            .inner
+            .link
+            .session(call.deadline)
+            .await
+            .map_err(AttemptFailure::Error)?;
+        let work = async {
+            let sent = self.publish(&session, call, attempt).await?;
+            match sent.pending {
+                Some(mut pending) => pending.wait().await.map(Some),
+                None => Ok(None),
+            }
+        };
+        match tokio::time::timeout_at(attempt_deadline.into(), work).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(err)) => Err(AttemptFailure::Error(err)),
+            Err(_) => Err(AttemptFailure::TimedOut),
+        }
     }
 
     /// Resolves the service name, codec, deadline and budget of a call.
@@ -496,24 +699,31 @@ impl Client {
         )
     }
 
-    /// Publishes one attempt of a call and waits for the broker's confirm.
-    #[allow(clippy::too_many_arguments)]
+    /// Publishes one attempt of a call on `session` and waits for the broker's confirm. A
+    /// failure to publish means the session is broken: it is tripped, so the next attempt
+    /// waits for a new one.
     async fn publish(
         &self,
-        service: &str,
-        method: &MethodSpec,
-        call_id: &CallId,
-        codec: Codec,
-        body: &[u8],
-        deadline: Instant,
-        timeout: Duration,
-        expect_reply: bool,
+        session: &ClientSession,
+        call: &Call<'_>,
+        attempt: u32,
     ) -> Result<Sent, Error> {
+        let Call {
+            service,
+            method,
+            call_id,
+            codec,
+            body,
+            deadline,
+            timeout,
+            expect_reply,
+            ..
+        } = *call;
         let routing_key = ShortString::try_new(service).map_err(|e| Error::Config {
             reason: format!("service name: {e}"),
         })?;
         let pending = if expect_reply {
-            Some(self.inner.in_flight.register(call_id.clone())?)
+            Some(session.in_flight.register(call_id.clone())?)
         } else {
             None
         };
@@ -538,7 +748,10 @@ impl Client {
             wire::HEADER_DEADLINE.into(),
             AMQPValue::LongLongInt(deadline_unix),
         );
-        headers.insert(wire::HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(1));
+        headers.insert(
+            wire::HEADER_ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(attempt)),
+        );
 
         let mut properties = BasicProperties::default()
             .with_type(method.name.into())
@@ -549,11 +762,10 @@ impl Client {
             .with_timestamp(u64::try_from(unix_millis(SystemTime::now()) / 1000).unwrap_or(0))
             .with_headers(headers);
         if expect_reply {
-            properties = properties.with_reply_to(self.inner.reply_to.clone());
+            properties = properties.with_reply_to(session.reply_to.clone());
         }
 
-        let confirm = self
-            .inner
+        let confirm = session
             .channel
             .basic_publish(
                 "".into(),
@@ -566,9 +778,9 @@ impl Client {
                 properties,
             )
             .await
-            .map_err(Error::connection)?
+            .map_err(|e| broken(session, e))?
             .await
-            .map_err(Error::connection)?;
+            .map_err(|e| broken(session, e))?;
         match confirm {
             Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
                 Err(Error::ServiceUnavailable {

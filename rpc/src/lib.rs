@@ -85,6 +85,17 @@
 //! in-process [`MemoryReplyCache`]) and answer a repeated id from it, so a call resent after a
 //! timeout or a redelivery runs once. That memory is per server process: across replicas, make
 //! handlers idempotent or implement [`ReplyCache`] over a shared store.
+//!
+//! # Unreliable networks: retries and reconnection
+//!
+//! Clients and servers notice a dead connection (socket errors, missed heartbeats, a close by
+//! the broker) and reconnect with backoff by themselves; servers declare their queue again and
+//! resume consuming. A call runs under a [`RetryPolicy`] (per client, per method, or per call):
+//! a failed attempt is sent again with the same call id and the next `x-warren-attempt`, with
+//! exponential backoff and jitter, never past the call's one deadline. Retried: service
+//! unavailable, connection lost before the reply, publish nacked, and for `idempotent` methods
+//! an attempt that got no reply within the policy's attempt timeout. A call that cannot finish
+//! ends with a typed [`Error`] by its deadline.
 #![deny(missing_docs)]
 
 mod client;
@@ -92,6 +103,8 @@ mod context;
 mod dedup;
 mod error;
 mod in_flight;
+mod reconnect;
+mod retry;
 mod server;
 mod service;
 pub mod wire;
@@ -100,6 +113,7 @@ pub use client::{CallOptions, Client, ClientBuilder, ReplyQueue};
 pub use context::{CallId, Context};
 pub use dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
 pub use error::{Error, FaultCode};
+pub use retry::RetryPolicy;
 pub use server::{Server, ServerBuilder};
 pub use service::{Dispatch, Fault, MethodSpec, Outcome, Request, Service};
 pub use wire::Codec;

@@ -160,10 +160,11 @@ impl Tripwire {
     /// Waits until tripped; returns the reason.
     pub(crate) async fn tripped(&self) -> String {
         let mut rx = self.0.subscribe();
-        match rx.wait_for(Option::is_some).await {
+        let reason = match rx.wait_for(Option::is_some).await {
             Ok(reason) => reason.clone().unwrap_or_default(),
             Err(_) => "the session was dropped".to_owned(),
-        }
+        };
+        reason
     }
 }
 
@@ -238,12 +239,17 @@ impl<S: Session> Link<S> {
             LinkState::Down(_) => false,
             LinkState::Closed => true,
         });
-        match tokio::time::timeout_at(deadline.into(), ready).await {
-            Ok(Ok(state)) => match &*state {
-                LinkState::Up(session) => Ok(Arc::clone(session)),
-                _ => Err(Error::Shutdown),
-            },
-            Ok(Err(_)) => Err(Error::Shutdown),
+        let ready = match tokio::time::timeout_at(deadline.into(), ready).await {
+            Ok(Ok(state)) => Ok(match &*state {
+                LinkState::Up(session) => Some(Arc::clone(session)),
+                _ => None,
+            }),
+            Ok(Err(_)) => Ok(None),
+            Err(elapsed) => Err(elapsed),
+        };
+        match ready {
+            Ok(Some(session)) => Ok(session),
+            Ok(None) => Err(Error::Shutdown),
             Err(_) => Err(Error::Connection {
                 reason: match &*self.state.borrow() {
                     LinkState::Down(reason) => format!("not reconnected in time ({reason})"),

@@ -50,6 +50,9 @@ pub struct RetryPolicy {
     attempt_timeout: Option<Duration>,
 }
 
+// The float fields are kept finite by the setters, so equality is total.
+impl Eq for RetryPolicy {}
+
 impl Default for RetryPolicy {
     /// Five attempts, backoff from 100 ms doubling up to 2 s with 50% jitter, no per-attempt
     /// timeout: a missing service is reported within about 1.5 s, a lost connection is survived

@@ -6,6 +6,13 @@
 //! wait for a running duplicate, or execute) -> run the handler inside its [`Context`] with
 //! panics caught and the deadline enforced -> publish the reply -> ack. Shutdown cancels the
 //! consumer, lets the requests in flight finish within a grace period, and closes.
+//!
+//! When the connection dies (socket error, missed heartbeats, the broker closing it or
+//! cancelling the consumer), the server reconnects with backoff, declares its queue again and
+//! resumes consuming. Requests it had taken but not acked go back to the queue; the broker
+//! redelivers them, and the [`ReplyCache`] answers those that already ran without running them
+//! again. Handlers still running from the lost session finish and fill the cache; their own
+//! replies and acks are lost with the connection.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -19,7 +26,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -27,6 +34,7 @@ use tracing::Instrument;
 use crate::context::{unix_millis, CallId, Context};
 use crate::dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
 use crate::error::{Error, FaultCode};
+use crate::reconnect::{self, Endpoint, Tripwire};
 use crate::service::{Fault, Outcome, Request, Service};
 use crate::wire::{self, Codec};
 
@@ -39,6 +47,7 @@ pub struct ServerBuilder {
     cache: Arc<dyn ReplyCache>,
     shutdown_grace: Duration,
     connection_name: String,
+    heartbeat: Duration,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -63,6 +72,7 @@ impl Default for ServerBuilder {
             cache: Arc::new(MemoryReplyCache::default()),
             shutdown_grace: Duration::from_secs(10),
             connection_name: "warren-server".to_owned(),
+            heartbeat: Duration::from_secs(10),
         }
     }
 }
@@ -113,7 +123,18 @@ impl ServerBuilder {
         self
     }
 
+    /// The heartbeat interval asked of the broker (10 s unless set; whole seconds, 0 turns
+    /// heartbeats off). A connection silent for two intervals counts as dead and is replaced.
+    /// A `heartbeat` parameter in the URL wins.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval;
+        self
+    }
+
     /// Connects to `url`, declares the service queue and starts serving `service`.
+    ///
+    /// The first connection must succeed; after that the server reconnects by itself whenever
+    /// the connection dies, until it is shut down.
     pub async fn serve<S: Service>(self, url: &str, service: S) -> Result<Server, Error> {
         let queue = self
             .queue_name
@@ -122,16 +143,11 @@ impl ServerBuilder {
         let queue_name = ShortString::try_new(queue.clone()).map_err(|e| Error::Config {
             reason: format!("queue name: {e}"),
         })?;
-        let properties = ConnectionProperties::default()
-            .with_connection_name(self.connection_name.clone().into());
-        let connection = Connection::connect(url, properties)
-            .await
-            .map_err(Error::connection)?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(Error::connection)?;
-
+        let endpoint = Endpoint::new(
+            url,
+            &self.connection_name,
+            crate::client::heartbeat_secs(self.heartbeat),
+        )?;
         let mut arguments = FieldTable::default();
         if let Some(queue_type) = &self.queue_type {
             arguments.insert(
@@ -139,56 +155,34 @@ impl ServerBuilder {
                 AMQPValue::LongString(queue_type.as_str().into()),
             );
         }
-        channel
-            .queue_declare(
-                queue_name.clone(),
-                QueueDeclareOptions {
-                    durable: self.durable,
-                    ..QueueDeclareOptions::default()
-                },
-                arguments,
-            )
-            .await
-            .map_err(Error::connection)?;
-        channel
-            .basic_qos(self.concurrency, BasicQosOptions::default())
-            .await
-            .map_err(Error::connection)?;
-        let consumer = channel
-            .basic_consume(
-                queue_name,
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::connection)?;
+        let declare = Declare {
+            queue: queue_name,
+            durable: self.durable,
+            arguments,
+            prefetch: self.concurrency,
+        };
+        let connection = endpoint.connect().await?;
+        let session = declare.open(connection).await.map_err(|(_, err)| err)?;
 
         let shared = Arc::new(Shared {
             service: Box::new(service),
             queue: queue.clone(),
-            channel: channel.clone(),
             cache: self.cache,
         });
-        let permits = Arc::new(Semaphore::new(usize::from(self.concurrency)));
-        let task_shared = Arc::clone(&shared);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let supervisor = Supervisor {
+            shared,
+            endpoint,
+            declare,
+            permits: Arc::new(Semaphore::new(usize::from(self.concurrency))),
+            concurrency: usize::from(self.concurrency),
+            grace: self.shutdown_grace,
+            stop: stop_rx,
+        };
         let task = tokio::spawn(
-            async move {
-                let shared = task_shared;
-                consume(
-                    Arc::clone(&shared),
-                    consumer,
-                    permits,
-                    stop_rx,
-                    usize::from(self.concurrency),
-                    self.shutdown_grace,
-                )
-                .await;
-                let _ = shared.channel.close(200, "server shutdown".into()).await;
-                let _ = connection.close(200, "server shutdown".into()).await;
-            }
-            .instrument(tracing::info_span!("warren.server", queue = %queue)),
+            supervisor
+                .run(session)
+                .instrument(tracing::info_span!("warren.server", queue = %queue)),
         );
         tracing::info!(%queue, concurrency = self.concurrency, "warren server serving");
         Ok(Server {
@@ -224,7 +218,8 @@ impl Server {
         &self.queue
     }
 
-    /// Whether the server stopped consuming (shut down, or its connection failed).
+    /// Whether the server stopped serving for good (it was shut down). A lost connection does
+    /// not finish it: it reconnects.
     pub fn is_finished(&self) -> bool {
         self.task.as_ref().is_none_or(JoinHandle::is_finished)
     }
@@ -248,59 +243,190 @@ impl Drop for Server {
 struct Shared {
     service: Box<dyn Service>,
     queue: String,
-    channel: Channel,
     cache: Arc<dyn ReplyCache>,
 }
 
-/// The consume loop: one task per delivery, at most `concurrency` at once.
-async fn consume(
+/// What the server declares on every connection it makes.
+struct Declare {
+    queue: ShortString,
+    durable: bool,
+    arguments: FieldTable,
+    prefetch: u16,
+}
+
+/// One connection's worth of server state.
+struct ServerSession {
+    connection: Connection,
+    channel: Channel,
+    consumer: Consumer,
+    tripwire: Tripwire,
+}
+
+impl Declare {
+    /// Declares the queue, sets the prefetch and starts consuming on a fresh connection; on
+    /// failure hands the connection back to be closed.
+    async fn open(&self, connection: Connection) -> Result<ServerSession, (Connection, Error)> {
+        match self.setup(&connection).await {
+            Ok((channel, consumer)) => Ok(ServerSession {
+                connection,
+                channel,
+                consumer,
+                tripwire: Tripwire::new(),
+            }),
+            Err(err) => Err((connection, err)),
+        }
+    }
+
+    async fn setup(&self, connection: &Connection) -> Result<(Channel, Consumer), Error> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(Error::connection)?;
+        channel
+            .queue_declare(
+                self.queue.clone(),
+                QueueDeclareOptions {
+                    durable: self.durable,
+                    ..QueueDeclareOptions::default()
+                },
+                self.arguments.clone(),
+            )
+            .await
+            .map_err(Error::connection)?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(Error::connection)?;
+        let consumer = channel
+            .basic_consume(
+                self.queue.clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::connection)?;
+        Ok((channel, consumer))
+    }
+}
+
+/// Why a session's consume loop ended.
+enum Ended {
+    /// The server is shutting down.
+    Stopped,
+    /// The connection, channel or consumer died.
+    Lost(String),
+}
+
+/// Owns the server's sessions one after the other, and its shutdown.
+struct Supervisor {
     shared: Arc<Shared>,
-    mut consumer: Consumer,
+    endpoint: Endpoint,
+    declare: Declare,
+    /// Shared by every session: the concurrency limit holds across reconnections, and draining
+    /// waits for handlers of lost sessions too.
     permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
     concurrency: usize,
     grace: Duration,
-) {
-    loop {
-        let delivery = tokio::select! {
-            _ = stop.wait_for(|stopped| *stopped) => break,
-            delivery = consumer.next() => delivery,
-        };
-        match delivery {
-            Some(Ok(delivery)) => {
-                // The budget runs from here: time spent waiting for a free slot counts.
-                let received = Instant::now();
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    break;
-                };
-                let shared = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    handle(&shared, delivery, received).await;
-                    drop(permit);
-                });
-            }
-            Some(Err(err)) => {
-                tracing::error!(%err, "consumer failed; the server stops serving");
-                break;
-            }
-            None => {
-                tracing::warn!("consumer cancelled by the broker; the server stops serving");
-                break;
+    stop: watch::Receiver<bool>,
+}
+
+impl Supervisor {
+    async fn run(mut self, mut session: ServerSession) {
+        loop {
+            match self.consume(&mut session).await {
+                Ended::Stopped => {
+                    // Stop new deliveries, then drain: requests in flight hold permits until
+                    // replied and acked.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        session
+                            .channel
+                            .basic_cancel(session.consumer.tag(), BasicCancelOptions::default()),
+                    )
+                    .await;
+                    self.drain().await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        session.channel.close(200, "server shutdown".into()),
+                    )
+                    .await;
+                    reconnect::close_quietly(&session.connection, "server shutdown").await;
+                    return;
+                }
+                Ended::Lost(reason) => {
+                    tracing::warn!(%reason, "server session lost; reconnecting");
+                    let dead = session.connection;
+                    tokio::spawn(async move {
+                        reconnect::close_quietly(&dead, "session lost").await;
+                    });
+                    let declare = &self.declare;
+                    let next = self
+                        .endpoint
+                        .connect_until(&mut self.stop, |connection| declare.open(connection))
+                        .await;
+                    match next {
+                        Some(next) => {
+                            tracing::info!("server session re-established; consuming again");
+                            session = next;
+                        }
+                        None => {
+                            self.drain().await;
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
-    // Stop new deliveries, then drain: requests in flight hold permits until replied and acked.
-    let _ = shared
-        .channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
-    let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
-    match tokio::time::timeout(grace, permits.acquire_many(all)).await {
-        Ok(_) => tracing::debug!("drained"),
-        Err(_) => tracing::warn!(
-            ?grace,
-            "requests still running after the shutdown grace period"
-        ),
+
+    /// Waits (within the grace period) for every request in flight to finish.
+    async fn drain(&self) {
+        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        match tokio::time::timeout(self.grace, self.permits.acquire_many(all)).await {
+            Ok(_) => tracing::debug!("drained"),
+            Err(_) => tracing::warn!(
+                grace = ?self.grace,
+                "requests still running after the shutdown grace period"
+            ),
+        }
+    }
+
+    /// The consume loop of one session: one task per delivery, at most `concurrency` at once.
+    async fn consume(&mut self, session: &mut ServerSession) -> Ended {
+        let dead = reconnect::until_dead(&session.connection, &session.tripwire);
+        let mut dead = std::pin::pin!(dead);
+        loop {
+            let delivery = tokio::select! {
+                _ = self.stop.wait_for(|stopped| *stopped) => return Ended::Stopped,
+                reason = &mut dead => return Ended::Lost(reason),
+                delivery = session.consumer.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    // The budget runs from here: time spent waiting for a free slot counts.
+                    let received = Instant::now();
+                    let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+                        return Ended::Stopped;
+                    };
+                    let shared = Arc::clone(&self.shared);
+                    let channel = session.channel.clone();
+                    tokio::spawn(async move {
+                        handle(&shared, &channel, delivery, received).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(err)) => {
+                    session.tripwire.trip(err.to_string());
+                    return Ended::Lost(format!("consumer failed: {err}"));
+                }
+                None => {
+                    let reason = "consumer cancelled by the broker".to_owned();
+                    session.tripwire.trip(reason.clone());
+                    return Ended::Lost(reason);
+                }
+            }
+        }
     }
 }
 
@@ -382,8 +508,9 @@ impl Incoming {
     }
 }
 
-/// Handles one delivery from start to ack.
-async fn handle(shared: &Shared, delivery: Delivery, received: Instant) {
+/// Handles one delivery from start to ack; the reply goes out on `channel`, the channel the
+/// request came from.
+async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received: Instant) {
     let incoming = Incoming::parse(&shared.queue, &delivery, received);
     let span = tracing::info_span!(
         "warren.handle",
@@ -409,7 +536,7 @@ async fn handle(shared: &Shared, delivery: Delivery, received: Instant) {
             None => execute_once(shared, &incoming, codec, &delivery.data).await,
         };
         if let (Some(reply), Some(reply_to)) = (reply, &incoming.reply_to) {
-            send_reply(shared, reply_to, incoming.correlation_id.clone(), reply).await;
+            send_reply(channel, reply_to, incoming.correlation_id.clone(), reply).await;
         }
         ack(&delivery).await;
     }
@@ -516,7 +643,7 @@ fn panicked(codec: Codec, panic: Box<dyn Any + Send>) -> CachedReply {
 }
 
 async fn send_reply(
-    shared: &Shared,
+    channel: &Channel,
     reply_to: &ShortString,
     correlation_id: Option<ShortString>,
     reply: CachedReply,
@@ -525,8 +652,7 @@ async fn send_reply(
     if let Some(id) = correlation_id {
         properties = properties.with_correlation_id(id);
     }
-    let published = shared
-        .channel
+    let published = channel
         .basic_publish(
             "".into(),
             reply_to.clone(),

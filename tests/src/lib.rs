@@ -1086,4 +1086,5 @@ pub fn reply_text(full: &str) -> String {
     format!("{}...", &full[..end])
 }
 
+pub mod proxy;
 pub mod rpc_support;
