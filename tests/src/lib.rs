@@ -514,6 +514,71 @@ pub async fn drain(target: &Target, ch: &Channel, queue: &str) -> Vec<String> {
     out
 }
 
+/// Exactly `n` messages taken from a queue with no-ack `basic.get`, as (body, redelivered),
+/// waiting up to [`WAIT`] for them to appear, then checking that nothing else is there.
+///
+/// Use it where RabbitMQ requeues asynchronously: after a channel or connection closes, or after
+/// a reject or nack on another channel, the messages reappear shortly after the close-ok.
+pub async fn take_n(target: &Target, ch: &Channel, queue: &str, n: usize) -> Vec<(String, bool)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut out = Vec::new();
+    while out.len() < n {
+        match get(target, ch, queue, true).await {
+            Some(m) => out.push((
+                String::from_utf8_lossy(&m.delivery.data).into_owned(),
+                m.delivery.redelivered,
+            )),
+            None if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            None => break,
+        }
+    }
+    while let Some(m) = get(target, ch, queue, true).await {
+        out.push((
+            String::from_utf8_lossy(&m.delivery.data).into_owned(),
+            m.delivery.redelivered,
+        ));
+    }
+    out
+}
+
+/// Waits (up to [`WAIT`]) until a queue no longer exists, then asserts RabbitMQ's 404 for a
+/// passive declare of it. RabbitMQ deletes auto-delete and exclusive queues asynchronously, a
+/// moment after the cancel-ok or close-ok that triggered it.
+pub async fn expect_queue_gone(target: &Target, conn: &Connection, queue: &str, why: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ch = conn
+            .create_channel()
+            .await
+            .unwrap_or_else(|e| panic!("{target}: channel: {e}"));
+        let res = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if res.is_ok() && tokio::time::Instant::now() < deadline {
+            let _ = ch.close(200, "bye".into()).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        expect_error(
+            target,
+            why,
+            res,
+            404,
+            &format!("NOT_FOUND - no queue '{queue}' in vhost '/'"),
+        );
+        return;
+    }
+}
+
 /// The next delivery of a consumer, panicking (with the target name) on timeout, error or
 /// cancellation.
 pub async fn next_delivery(target: &Target, consumer: &mut Consumer) -> Delivery {
@@ -1086,5 +1151,4 @@ pub fn reply_text(full: &str) -> String {
     format!("{}...", &full[..end])
 }
 
-pub mod proxy;
 pub mod rpc_support;

@@ -17,7 +17,7 @@ use lapin::{
 };
 use warren_tests::{
     close, close_watch, declare_exclusive, drain, expect_error, expect_no_delivery, get,
-    next_delivery, publish_confirmed, reply_text, targets, unique, Target, WAIT,
+    next_delivery, publish_confirmed, reply_text, take_n, targets, unique, Target, WAIT,
 };
 
 async fn fill(t: &Target, ch: &Channel, queue: &str, n: usize) {
@@ -373,13 +373,7 @@ async fn unacked_requeued_when_channel_closes() {
             .await
             .expect("ack m1");
         cch.close(200, "bye".into()).await.expect("close");
-        let mut order = Vec::new();
-        while let Some(m) = get(&t, &ch, &q, true).await {
-            order.push((
-                String::from_utf8_lossy(&m.delivery.data).into_owned(),
-                m.delivery.redelivered,
-            ));
-        }
+        let order = take_n(&t, &ch, &q, 3).await;
         let expected: Vec<(String, bool)> = ["m0", "m2", "m3"]
             .iter()
             .map(|s| (s.to_string(), true))
@@ -409,16 +403,7 @@ async fn unacked_requeued_when_connection_closes() {
         let mut c = consume(&t, &cch, &q, "c", false).await;
         take(&t, &mut c, 2).await;
         close(conn2).await;
-        let got: Vec<(String, bool)> = {
-            let mut v = Vec::new();
-            while let Some(m) = get(&t, &ch, &q, true).await {
-                v.push((
-                    String::from_utf8_lossy(&m.delivery.data).into_owned(),
-                    m.delivery.redelivered,
-                ));
-            }
-            v
-        };
+        let got = take_n(&t, &ch, &q, 2).await;
         assert_eq!(
             got,
             [("m0".to_string(), true), ("m1".to_string(), true)],
@@ -911,13 +896,7 @@ async fn cancelled_consumer_deliveries_stay_ackable() {
             .unwrap_or_else(|e| panic!("{t}: ack after cancel refused: {e}"));
         drop(ds);
         cch.close(200, "bye".into()).await.expect("close");
-        let left: Vec<(String, bool)> = {
-            let mut v = Vec::new();
-            while let Some(m) = get(&t, &ch, &q, true).await {
-                v.push((body(&m.delivery), m.delivery.redelivered));
-            }
-            v
-        };
+        let left = take_n(&t, &ch, &q, 1).await;
         assert_eq!(
             left,
             [("m1".to_string(), true)],
@@ -960,13 +939,11 @@ async fn ack_multiple_with_tag_zero_acks_everything() {
         )
         .await
         .expect("nack all");
-        let again: Vec<bool> = {
-            let mut v = Vec::new();
-            while let Some(m) = get(&t, &ch, &q, true).await {
-                v.push(m.delivery.redelivered);
-            }
-            v
-        };
+        let again: Vec<bool> = take_n(&t, &ch, &q, 2)
+            .await
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
         assert_eq!(again, [true, true], "{t}: nack(0, multiple) requeued both");
         close(conn).await;
     }
@@ -1493,24 +1470,7 @@ async fn abrupt_disconnect_requeues_and_deletes() {
             "{t}: requeued in order"
         );
         for q in [&excl, &autodel] {
-            let ch = conn.create_channel().await.expect("channel");
-            let res = ch
-                .queue_declare(
-                    q.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            expect_error(
-                &t,
-                &format!("{q} after its connection dropped"),
-                res,
-                404,
-                &format!("NOT_FOUND - no queue '{q}' in vhost '/'"),
-            );
+            warren_tests::expect_queue_gone(&t, &conn, q, "queue of a dropped connection").await;
         }
         t.delete_queues(&[&work]).await;
         close(conn).await;

@@ -392,8 +392,8 @@ async fn tx_commit_and_rollback_of_acks() {
             .expect("ack c");
         tx.close(200, "bye".into()).await.expect("close");
         assert_eq!(
-            drain(&t, &ch, &q).await,
-            ["c"],
+            warren_tests::take_n(&t, &ch, &q, 1).await,
+            [("c".to_string(), true)],
             "{t}: uncommitted ack is not applied"
         );
         close(conn).await;
@@ -925,13 +925,7 @@ async fn tx_rollback_of_rejects_and_nacks() {
         tx.tx_commit().await.expect("commit");
         assert_eq!(count(&ch).await, 1, "{t}: the committed reject requeued m0");
         tx.close(200, "bye".into()).await.expect("close");
-        let mut left = Vec::new();
-        while let Some(m) = get(&t, &ch, &q, true).await {
-            left.push((
-                String::from_utf8_lossy(&m.delivery.data).into_owned(),
-                m.delivery.redelivered,
-            ));
-        }
+        let left = warren_tests::take_n(&t, &ch, &q, 2).await;
         assert_eq!(
             left,
             [("m0".to_string(), true), ("m1".to_string(), true)],
