@@ -1476,3 +1476,29 @@ async fn abrupt_disconnect_requeues_and_deletes() {
         close(conn).await;
     }
 }
+
+#[tokio::test]
+async fn global_prefetch_zero_lifts_the_channel_limit() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let cch = conn.create_channel().await.expect("channel");
+        cch.basic_qos(1, BasicQosOptions { global: true })
+            .await
+            .expect("qos 1 global");
+        let mut c = consume(&t, &cch, &q, "c", false).await;
+        fill(&t, &ch, &q, 3).await;
+        take(&t, &mut c, 1).await;
+        expect_no_delivery(&t, &mut c, "global limit 1").await;
+        cch.basic_qos(0, BasicQosOptions { global: true })
+            .await
+            .expect("qos 0 global");
+        let rest = take(&t, &mut c, 2).await;
+        assert_eq!(
+            bodies(&rest),
+            ["m1", "m2"],
+            "{t}: prefetch 0 means no limit"
+        );
+        close(conn).await;
+    }
+}
