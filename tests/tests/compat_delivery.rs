@@ -1502,3 +1502,72 @@ async fn global_prefetch_zero_lifts_the_channel_limit() {
         close(conn).await;
     }
 }
+
+#[tokio::test]
+async fn closed_consumers_messages_go_to_the_next_consumer_first() {
+    for t in targets().await {
+        let (conn, ch) = t.open_confirm().await;
+        let q = declare_exclusive(&t, &ch).await;
+        let ach = conn.create_channel().await.expect("channel");
+        ach.basic_qos(1, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut a = consume(&t, &ach, &q, "a", false).await;
+        let bch = conn.create_channel().await.expect("channel");
+        bch.basic_qos(1, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut b = consume(&t, &bch, &q, "b", false).await;
+        fill(&t, &ch, &q, 3).await;
+        let a0 = next_delivery(&t, &mut a).await;
+        let b0 = next_delivery(&t, &mut b).await;
+        assert_eq!(
+            (body(&a0), body(&b0)),
+            ("m0".into(), "m1".into()),
+            "{t}: round robin"
+        );
+        ach.close(200, "bye".into()).await.expect("close a");
+        // RabbitMQ requeues a closed channel's messages asynchronously: wait for m0 to be back.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ok = ch
+                .queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("passive declare");
+            if ok.message_count() == 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{t}: m0 not requeued"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        bch.basic_ack(b0.delivery_tag, BasicAckOptions::default())
+            .await
+            .expect("ack m1");
+        let next = next_delivery(&t, &mut b).await;
+        assert_eq!(
+            (body(&next), next.redelivered),
+            ("m0".into(), true),
+            "{t}: a's message first, redelivered"
+        );
+        bch.basic_ack(next.delivery_tag, BasicAckOptions::default())
+            .await
+            .expect("ack m0");
+        let last = next_delivery(&t, &mut b).await;
+        assert_eq!(
+            (body(&last), last.redelivered),
+            ("m2".into(), false),
+            "{t}: then the rest"
+        );
+        close(conn).await;
+    }
+}
