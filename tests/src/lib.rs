@@ -429,8 +429,9 @@ pub async fn declare_exclusive(target: &Target, ch: &Channel) -> String {
     q.name().to_string()
 }
 
-/// Publishes on a confirm-mode channel and asserts the broker acked (not nacked) the message.
-/// Returns the returned message, if the publish was mandatory and unroutable.
+/// Publishes on a confirm-mode channel and asserts the broker acked (not nacked) the message
+/// and did not return it. RabbitMQ confirms a routed message once every queue has it, so a
+/// `basic.get` right after this sees the message: routing is checked without sleeping.
 pub async fn publish_confirmed(
     target: &Target,
     ch: &Channel,
