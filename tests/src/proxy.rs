@@ -1,6 +1,6 @@
 //! A small TCP proxy for fault injection: forwards loopback connections to a target and, on
-//! command, cuts every connection through it, delays what it forwards, or refuses new
-//! connections.
+//! command, cuts every connection through it, freezes them (a silent network partition: open
+//! sockets, nothing delivered), delays what it forwards, or refuses new connections.
 //!
 //! Tests put it between a Warren client or server and the broker (`proxy.url_for(target.url())`)
 //! and break the network on purpose. Everything is bounded: at most [`MAX_CONNECTIONS`] at
@@ -30,6 +30,8 @@ struct State {
     delay: Mutex<Duration>,
     /// Bumped by [`Proxy::cut_all`]; every connection ends when it changes.
     cuts: watch::Sender<u64>,
+    /// Bumped by [`Proxy::freeze_all`]; connections opened before stop forwarding.
+    freezes: watch::Sender<u64>,
     active: AtomicUsize,
     accepted: AtomicUsize,
 }
@@ -77,6 +79,7 @@ impl Proxy {
             accepting: AtomicBool::new(true),
             delay: Mutex::new(Duration::ZERO),
             cuts: watch::channel(0).0,
+            freezes: watch::channel(0).0,
             active: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
         });
@@ -116,6 +119,13 @@ impl Proxy {
     /// Closes every connection through the proxy, both sides, at once.
     pub fn cut_all(&self) {
         self.state.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Stops forwarding anything on every open connection, in both directions, without closing
+    /// it: the peers see a silent network, as in a partition, and only heartbeats can tell them.
+    /// Connections opened later are not frozen. [`Proxy::cut_all`] ends frozen connections.
+    pub fn freeze_all(&self) {
+        self.state.freezes.send_modify(|n| *n += 1);
     }
 
     /// Refuses new connections (they are closed as soon as accepted) until
@@ -179,6 +189,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 async fn forward(inbound: TcpStream, state: &State) {
     let mut cuts = state.cuts.subscribe();
     cuts.mark_unchanged();
+    let freezes = state.freezes.subscribe();
+    let born = *freezes.borrow();
     let target = *state.target.lock().unwrap_or_else(|p| p.into_inner());
     let outbound = tokio::select! {
         _ = cuts.changed() => return,
@@ -197,13 +209,21 @@ async fn forward(inbound: TcpStream, state: &State) {
     // Either direction ending ends both: a half-open AMQP connection is of no use.
     tokio::select! {
         _ = cuts.changed() => {}
-        _ = pipe(in_read, out_write, state) => {}
-        _ = pipe(out_read, in_write, state) => {}
+        _ = pipe(in_read, out_write, state, freezes.clone(), born) => {}
+        _ = pipe(out_read, in_write, state, freezes, born) => {}
     }
 }
 
-/// Copies one direction, holding each chunk for the current delay.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: &State) {
+/// Copies one direction, holding each chunk for the current delay; once the proxy freezes
+/// connections born in generation `born`, forwards nothing more (the bounded queue then stops
+/// the reader too).
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    state: &State,
+    mut freezes: watch::Receiver<u64>,
+    born: u64,
+) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUE);
     let reader = async move {
         let mut buf = vec![0u8; 16 * 1024];
@@ -225,6 +245,10 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: &State) {
     let writer = async move {
         while let Some((due, chunk)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
+            if *freezes.borrow_and_update() != born {
+                // Frozen for good: hold the socket open, send nothing, until cut.
+                std::future::pending::<()>().await;
+            }
             if to.write_all(&chunk).await.is_err() {
                 return;
             }
@@ -297,6 +321,17 @@ mod tests {
         assert_eq!(round_trip(&mut a, b"slow").await.unwrap(), b"slow");
         // Held once on the way there and once on the way back.
         assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn freezing_silences_open_connections_only() {
+        let proxy = Proxy::start(echo_server().await).await;
+        let mut old = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut old, b"before").await.unwrap(), b"before");
+        proxy.freeze_all();
+        assert!(round_trip(&mut old, b"frozen").await.is_err());
+        let mut new = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut new, b"fresh").await.unwrap(), b"fresh");
     }
 
     #[test]

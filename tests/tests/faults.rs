@@ -714,3 +714,50 @@ async fn calls_wait_for_a_refused_connection_until_their_deadline() {
         target.delete_queues(&[&queue]).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_partitions_are_noticed_by_heartbeats() {
+    for target in targets().await {
+        let queue = unique("calculator-partition");
+        let server = calculator_server(target.url(), &queue).await;
+        let proxy = Proxy::start(target.addr()).await;
+        // A 1 s heartbeat: a connection silent for about 2 s counts as dead.
+        let client = Client::builder()
+            .timeout(Duration::from_secs(10))
+            .heartbeat(Duration::from_secs(1))
+            .retry(flaky_network_policy())
+            .connect(&proxy.url_for(target.url()))
+            .await
+            .unwrap_or_else(|e| panic!("{target}: client: {e}"));
+        let calc = calculator(&client, &queue);
+        assert_eq!(calc.add(1, 2).await.unwrap(), 3, "{target}");
+
+        // The network goes silent without closing anything: no socket error to notice, only
+        // missing heartbeats. The call in flight is resent on a new connection.
+        proxy.freeze_all();
+        let started = Instant::now();
+        let non_idempotent = calc.memory_add(4);
+        let idempotent = calc.mul(6, 7);
+        let (added, product) = tokio::join!(non_idempotent, idempotent);
+        let elapsed = started.elapsed();
+        assert_eq!(product.ok(), Some(42), "{target}: mul across a partition");
+        assert_eq!(
+            added.ok(),
+            Some(4),
+            "{target}: memory_add across a partition"
+        );
+        assert!(
+            elapsed < Duration::from_secs(10) + SLACK,
+            "{target}: {elapsed:?}"
+        );
+        assert!(
+            proxy.accepted() >= 2,
+            "{target}: the client did not reconnect"
+        );
+        assert_eq!(calc.memory_recall().await.unwrap(), 4, "{target}: ran once");
+
+        client.close().await;
+        server.shutdown().await;
+        target.delete_queues(&[&queue]).await;
+    }
+}
