@@ -614,16 +614,21 @@ async fn attempts_reuse_the_call_id_and_count_up() {
         // recording server answers the third attempt only.
         let queue = unique("recorded");
         let (conn, seen) = recording_server(&target, &queue, 3).await;
-        let client = client_at(target.url(), ReplyQueue::Auto).await;
         let quick = RetryPolicy::new()
             .max_attempts(5)
             .backoff(Duration::from_millis(10), Duration::from_millis(50))
             .attempt_timeout(Duration::from_millis(300));
+        // The client's policy never retries; the per-method policy of `add` does.
+        let client = Client::builder()
+            .retry(RetryPolicy::never())
+            .method_retry("add", quick)
+            .connect(target.url())
+            .await
+            .unwrap_or_else(|e| panic!("{target}: client: {e}"));
         // `add` is idempotent: it returns whatever the recording server answers (the attempt).
         let calc = CalculatorClient::new(client.clone()).with_options(
             CallOptions::new()
                 .service(queue.as_str())
-                .retry(quick)
                 .timeout(Duration::from_secs(5)),
         );
         assert_eq!(
@@ -666,6 +671,15 @@ async fn attempts_reuse_the_call_id_and_count_up() {
             "{target}"
         );
         assert_eq!(seen.lock().unwrap().len(), 1, "{target}: sent once");
+
+        // `mul`, idempotent too, has no policy of its own: the client's (never retry) applies.
+        seen.lock().unwrap().clear();
+        let result = calc.with_timeout(Duration::from_secs(1)).mul(2, 2).await;
+        assert!(
+            matches!(result, Err(Error::DeadlineExceeded { .. })),
+            "{target}: {result:?}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1, "{target}: mul sent once");
 
         client.close().await;
         warren_tests::close(conn).await;
