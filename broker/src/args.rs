@@ -75,13 +75,38 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
                     return Err(invalid(k, queue, vhost, format!("{{value_negative,{n}}}")))
                 }
                 Some(n) if n > 255 => {
-                    return Err(invalid(k, queue, vhost, format!("{{value_too_big,{n}}}")))
+                    return Err(invalid(
+                        k,
+                        queue,
+                        vhost,
+                        format!("{{max_value_exceeded,{n}}}"),
+                    ))
                 }
                 _ => {}
             },
             "x-dead-letter-exchange" | "x-dead-letter-routing-key" if as_str(v).is_none() => {
                 return Err(invalid(k, queue, vhost, unacceptable(v)));
             }
+            "x-dead-letter-routing-key" if !args.contains_key("x-dead-letter-exchange") => {
+                return Err(invalid(
+                    k,
+                    queue,
+                    vhost,
+                    "routing_key_but_no_dlx_defined".into(),
+                ));
+            }
+            "x-queue-mode" => match as_str(v).as_deref() {
+                Some("default" | "lazy") => {}
+                Some(other) => {
+                    return Err(invalid(
+                        k,
+                        queue,
+                        vhost,
+                        format!("\"unsupported queue mode '{other}'\""),
+                    ))
+                }
+                None => return Err(invalid(k, queue, vhost, unacceptable(v))),
+            },
             "x-overflow" => match as_str(v).as_deref() {
                 Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
                 Some(_) => return Err(invalid(k, queue, vhost, "invalid_overflow".into())),

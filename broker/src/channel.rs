@@ -14,7 +14,7 @@ use crate::state::{
 };
 use amq_protocol::protocol::basic;
 use amq_protocol::protocol::{channel, confirm, exchange, queue, tx, AMQPClass};
-use amq_protocol::types::ShortString;
+use amq_protocol::types::{AMQPValue, ShortString};
 use bytes::{Bytes, BytesMut};
 use std::sync::{Arc, Mutex};
 
@@ -255,11 +255,12 @@ impl Channel {
             )
             .on(60, 40));
         };
-        if view.headers.is_some() && view.headers_table(&header).is_none() {
-            return Err(
-                AmqpError::new(Code::SyntaxError, "cannot decode headers table").on(60, 40),
-            );
-        }
+        let headers = match view.headers {
+            None => None,
+            Some(_) => Some(view.headers_table(&header).ok_or_else(|| {
+                AmqpError::new(Code::SyntaxError, "cannot decode headers table").on(60, 40)
+            })?),
+        };
         let body = match p.parts.len() {
             0 => Bytes::new(),
             1 => p.parts.into_iter().next().expect("one part"),
@@ -307,7 +308,39 @@ impl Channel {
                 ))));
             }
         }
-        let Some(msg) = Message::new(
+        // Sender-selected distribution: CC and BCC list more routing keys; BCC is removed
+        // before delivery.
+        let mut cc = Vec::new();
+        if let Some(h) = &headers {
+            for key in ["CC", "BCC"] {
+                if let Some(AMQPValue::FieldArray(a)) = h.inner().get(key) {
+                    for v in a.as_slice() {
+                        match v {
+                            AMQPValue::LongString(s) => {
+                                cc.push(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                            }
+                            AMQPValue::ShortString(s) => cc.push(s.to_string()),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            if h.contains_key("BCC") {
+                let kept: std::collections::BTreeMap<_, _> = h
+                    .inner()
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "BCC")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let props =
+                    Message::new(String::new(), String::new(), header.clone(), Bytes::new())
+                        .map(|m| m.properties())
+                        .unwrap_or_default()
+                        .with_headers(kept.into());
+                header = frame::encode_header_payload(p.body_size, &props);
+            }
+        }
+        let Some(mut msg) = Message::new(
             exchange.to_string(),
             p.publish.routing_key.to_string(),
             header,
@@ -318,6 +351,7 @@ impl Channel {
                 "cannot decode properties",
             )));
         };
+        msg.cc = cc;
         let msg = Arc::new(msg);
         if let Some(tx) = self.tx.as_mut() {
             tx.publishes.push((msg, p.publish.mandatory));

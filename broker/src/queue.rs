@@ -45,6 +45,8 @@ pub struct Message {
     pub priority: Option<u8>,
     /// The expiration property in milliseconds, when valid.
     pub expiration_ms: Option<u64>,
+    /// Extra routing keys from the CC and BCC headers.
+    pub cc: Vec<String>,
 }
 
 impl Message {
@@ -61,6 +63,7 @@ impl Message {
             expiration_ms,
             header,
             body,
+            cc: Vec::new(),
         })
     }
 
@@ -84,6 +87,7 @@ impl Message {
             expiration_ms,
             header,
             body,
+            cc: Vec::new(),
         }
     }
 

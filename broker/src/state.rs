@@ -935,7 +935,8 @@ impl State {
         };
         let durable = d.durable && !d.exclusive;
         if let Some(q) = vh.queues.get_mut(&name) {
-            if q.owner.is_some_and(|o| o != conn) || (q.owner.is_none() && d.exclusive) {
+            // Strict, as RabbitMQ: the owner must match the declaration exactly.
+            if q.owner != d.exclusive.then_some(conn) {
                 return Err(AmqpError::locked(&name, vhost));
             }
             let what = format!("queue '{name}' in vhost '{vhost}'");
@@ -1355,6 +1356,16 @@ impl State {
         let Some(mut m) = popped else {
             return Ok(false);
         };
+        // An expired message that reached the head goes now, so the count is right.
+        let now = Instant::now();
+        for e in q.drop_expired(now) {
+            self.dead.push(Dead {
+                vhost: vhost.clone(),
+                queue: queue.to_string(),
+                message: e,
+                reason: DeathReason::Expired,
+            });
+        }
         let (queue_id, count) = (q.id, q.message_count());
         let Some(msg) = materialize(&mut self.pager, &mut m) else {
             self.forget(&m);
@@ -1385,6 +1396,7 @@ impl State {
                 },
             );
         }
+        self.flush_dead_letters();
         Ok(true)
     }
 
@@ -1500,7 +1512,18 @@ impl State {
                 }
             }
             match op {
-                SettleOp::Requeue => q.requeue(u.message),
+                SettleOp::Requeue => {
+                    q.requeue(u.message);
+                    // A requeue can push a queue over x-max-length: its head goes (drop-head).
+                    for m in q.enforce_limits() {
+                        self.dead.push(Dead {
+                            vhost: vhost.clone(),
+                            queue: u.queue.clone(),
+                            message: m,
+                            reason: DeathReason::Maxlen,
+                        });
+                    }
+                }
                 SettleOp::Discard => self.dead.push(Dead {
                     vhost: vhost.clone(),
                     queue: u.queue.clone(),
@@ -1665,9 +1688,14 @@ impl State {
 /// bindings and alternate exchanges, each queue once.
 fn route(vh: &Vhost, msg: &Message) -> Vec<String> {
     let mut queues: Vec<String> = Vec::new();
+    // The routing key, plus CC and BCC keys (RabbitMQ's sender-selected distribution).
+    let keys =
+        || std::iter::once(msg.routing_key.as_str()).chain(msg.cc.iter().map(String::as_str));
     if msg.exchange.is_empty() {
-        if vh.queues.contains_key(&msg.routing_key) {
-            queues.push(msg.routing_key.clone());
+        for k in keys() {
+            if vh.queues.contains_key(k) && !queues.iter().any(|q| q == k) {
+                queues.push(k.to_string());
+            }
         }
         return queues;
     }
@@ -1689,7 +1717,9 @@ fn route(vh: &Vhost, msg: &Message) -> Vec<String> {
         } else {
             None
         };
-        x.route(&msg.routing_key, h, &mut found);
+        for k in keys() {
+            x.route(k, h, &mut found);
+        }
         let mut reached = false;
         for d in &found {
             match d {
