@@ -993,6 +993,14 @@ async fn more_invalid_queue_arguments() {
                 table(vec![("x-message-ttl", AMQPValue::LongInt(-5))]),
                 "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue '{q}' in vhost '/': {value_negative,-5}".into(),
             ),
+            (
+                table(vec![("x-expires", AMQPValue::LongLongInt(1 << 40))]),
+                "PRECONDITION_FAILED - invalid arg 'x-expires' for queue '{q}' in vhost '/': {value_too_large,1099511627776}".into(),
+            ),
+            (
+                table(vec![("x-max-length", AMQPValue::Boolean(true))]),
+                "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue '{q}' in vhost '/': \"expected integer, got bool\"".into(),
+            ),
         ];
         expect_invalid_args(&t, cases).await;
         // Accepted as they are: lazy mode and reject-publish-dlx.
