@@ -1152,4 +1152,5 @@ pub fn reply_text(full: &str) -> String {
     format!("{}...", &full[..end])
 }
 
+pub mod proxy;
 pub mod rpc_support;
