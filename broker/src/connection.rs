@@ -71,7 +71,10 @@ pub(crate) async fn serve(
     let writer = tokio::spawn(write_loop(
         write_half,
         rx,
-        queued,
+        Backlog {
+            queued,
+            drained: outbox.drained(),
+        },
         hs.frame_max,
         hs.heartbeat,
         shared.clone(),
@@ -382,6 +385,7 @@ impl Connection {
         let idle_limit = (heartbeat > 0).then(|| Duration::from_secs(heartbeat as u64 * 2));
         let mut last_read = Instant::now();
         let mut alarm = self.shared.alarm.subscribe();
+        let drained = self.outbox.drained();
         let mut blocked = false;
         loop {
             // A publishing connection stops being read while a resource alarm is on (as in
@@ -428,9 +432,11 @@ impl Connection {
                 (None, Some(limit)) if !blocked => last_read + limit,
                 (None, _) => Instant::now() + Duration::from_secs(3600),
             };
+            let backlogged = self.outbox.backlogged();
             tokio::select! {
                 _ = alarm.changed() => {}
-                r = reader.read_buf(&mut buf), if !blocked => match r {
+                _ = drained.notified(), if backlogged => {}
+                r = reader.read_buf(&mut buf), if !blocked && !backlogged => match r {
                     Ok(0) | Err(_) => return Stop::Gone,
                     Ok(_) => last_read = Instant::now(),
                 },
@@ -860,15 +866,23 @@ impl Confirms {
 }
 
 /// Writes everything queued for a connection, batching, and sends heartbeats when idle.
+/// What the writer shares with the outbox: the bytes still queued, and the signal that a
+/// backlog drained.
+struct Backlog {
+    queued: Arc<AtomicUsize>,
+    drained: Arc<tokio::sync::Notify>,
+}
+
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Out>,
-    queued: Arc<AtomicUsize>,
+    backlog: Backlog,
     frame_max: u32,
     heartbeat: u16,
     shared: Arc<Shared>,
     conn: ConnId,
 ) {
+    let Backlog { queued, drained } = backlog;
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut confirms = Confirms::default();
     let interval = (heartbeat > 0).then(|| Duration::from_secs(heartbeat as u64));
@@ -941,6 +955,11 @@ async fn write_loop(
         }
         last_write = Instant::now();
         let after = queued.fetch_sub(weight, Ordering::Relaxed) - weight;
+        if before > 4 * crate::state::OUTBOX_HIGH_WATER
+            && after <= 4 * crate::state::OUTBOX_HIGH_WATER
+        {
+            drained.notify_one();
+        }
         if before > crate::state::OUTBOX_HIGH_WATER && after <= crate::state::OUTBOX_HIGH_WATER {
             shared
                 .state

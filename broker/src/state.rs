@@ -100,6 +100,7 @@ impl Out {
 pub struct Outbox {
     tx: mpsc::UnboundedSender<Out>,
     queued: Arc<AtomicUsize>,
+    drained: Arc<tokio::sync::Notify>,
 }
 
 impl Outbox {
@@ -111,6 +112,7 @@ impl Outbox {
             Outbox {
                 tx,
                 queued: queued.clone(),
+                drained: Arc::new(tokio::sync::Notify::new()),
             },
             rx,
             queued,
@@ -131,6 +133,17 @@ impl Outbox {
     /// Whether the writer is too far behind to take more deliveries.
     pub fn congested(&self) -> bool {
         self.queued.load(Ordering::Relaxed) > OUTBOX_HIGH_WATER
+    }
+
+    /// Whether so much waits for a client that does not read that the connection must stop
+    /// reading its requests until the writer catches up (TCP backpressure, as in RabbitMQ).
+    pub fn backlogged(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > 4 * OUTBOX_HIGH_WATER
+    }
+
+    /// Notified by the writer when a backlog drains.
+    pub fn drained(&self) -> Arc<tokio::sync::Notify> {
+        self.drained.clone()
     }
 
     /// How much a frame counts against the high-water mark (for the writer to subtract).
