@@ -4,6 +4,9 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::value_int;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
+/// The largest TTL or expiry RabbitMQ 3.x accepts (its timers' limit), in milliseconds.
+const MAX_EXPIRY: i128 = 4_294_967_295;
+
 fn invalid(arg: &str, queue: &str, vhost: &str, reason: String) -> AmqpError {
     AmqpError::precondition(format!(
         "invalid arg '{arg}' for queue '{queue}' in vhost '{vhost}': {reason}"
@@ -59,11 +62,17 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
                 Some(n) if n < 0 => {
                     return Err(invalid(k, queue, vhost, format!("{{value_negative,{n}}}")))
                 }
+                Some(n) if k == "x-message-ttl" && n > MAX_EXPIRY => {
+                    return Err(invalid(k, queue, vhost, format!("{{value_too_large,{n}}}")))
+                }
                 _ => {}
             },
             "x-expires" => match value_int(v) {
                 None => return Err(invalid(k, queue, vhost, not_integer(v))),
                 Some(0) => return Err(invalid(k, queue, vhost, "{value_zero,0}".into())),
+                Some(n) if n > MAX_EXPIRY => {
+                    return Err(invalid(k, queue, vhost, format!("{{value_too_large,{n}}}")))
+                }
                 Some(n) if n < 0 => {
                     return Err(invalid(k, queue, vhost, format!("{{value_negative,{n}}}")))
                 }

@@ -858,7 +858,6 @@ async fn quorum_queue_counts_deliveries() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: a requeue past x-max-length keeps both messages"]
 async fn max_length_counts_ready_messages_and_requeue_can_overflow() {
     for t in targets().await {
         let (conn, ch) = t.open_confirm().await;
@@ -911,7 +910,6 @@ async fn max_length_counts_ready_messages_and_requeue_can_overflow() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: get-ok message_count still counts the expired message behind"]
 async fn per_message_ttl_expires_only_at_the_head() {
     for t in targets().await {
         let (conn, ch) = t.open_confirm().await;
@@ -961,7 +959,6 @@ async fn per_message_ttl_expires_only_at_the_head() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: x-queue-mode and x-dead-letter-routing-key not validated, x-max-priority 256 text differs"]
 async fn more_invalid_queue_arguments() {
     for t in targets().await {
         let cases: Vec<(FieldTable, String)> = vec![
@@ -1016,7 +1013,6 @@ async fn more_invalid_queue_arguments() {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: CC/BCC headers neither route nor is BCC removed"]
 async fn sender_selected_distribution_cc_bcc() {
     for t in targets().await {
         let (conn, ch) = t.open_confirm().await;

@@ -620,7 +620,6 @@ fn locked(name: &str) -> String {
 }
 
 #[tokio::test]
-#[ignore = "bundled broker: accepts a non-exclusive redeclare of its own exclusive queue"]
 async fn exclusive_queue_redeclared_non_exclusive_on_same_connection() {
     for t in targets().await {
         let (conn, ch) = t.open().await;
