@@ -582,6 +582,12 @@ impl Connection {
                 // does): clients report a server-side close right after close-ok as an error.
                 self.send_close_ok();
                 self.drop_channels();
+                // Exclusive queues go with the connection now, not when the socket closes.
+                self.shared
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .remove_connection(self.id);
                 self.closing = Some(Instant::now() + Duration::from_secs(1));
                 Ok(())
             }
