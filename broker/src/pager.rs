@@ -10,7 +10,6 @@ use crate::queue::Message;
 use bytes::{Buf, BufMut, Bytes};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -81,7 +80,7 @@ impl Pager {
         rec.extend_from_slice(&m.header);
         rec.extend_from_slice(&m.body);
         let w = self.writer.as_mut()?;
-        if let Err(e) = w.write_all(&rec) {
+        if let Err(e) = w.write_all_at(&rec, self.size) {
             tracing::error!(error = %e, "cannot write page file; keeping message in memory");
             return None;
         }
@@ -142,11 +141,18 @@ impl Pager {
         *n -= 1;
         if *n == 0 {
             self.live.remove(&r.file);
-            self.readers.remove(&r.file);
             if r.file == self.current {
-                // Start the next message in a fresh file so this one can go.
+                // Nothing lives in the file being written: start it over instead of opening a
+                // new one (consumers keeping up with a paging queue would otherwise churn files).
+                if let Some(w) = &self.writer {
+                    if w.set_len(0).is_ok() {
+                        self.size = 0;
+                        return;
+                    }
+                }
                 self.writer = None;
             }
+            self.readers.remove(&r.file);
             let _ = fs::remove_file(self.path(r.file));
         }
     }
@@ -181,6 +187,9 @@ mod tests {
         p.release(a);
         assert!(dir.join("00000001.page").exists());
         p.release(b);
-        assert!(!dir.join("00000001.page").exists());
+        // Nothing lives in the current file any more: it starts over, empty.
+        assert_eq!(fs::metadata(dir.join("00000001.page")).unwrap().len(), 0);
+        let c = p.write(&m).unwrap();
+        assert_eq!(&p.read(c).unwrap().body[..], b"hello");
     }
 }

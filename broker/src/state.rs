@@ -1094,13 +1094,17 @@ impl State {
         for s in sources {
             self.maybe_auto_delete_exchange(vhost, &s);
         }
-        for m in &q.messages {
-            self.forget(m);
+        // Account the ready messages out (the broker-wide resident count) and free their store
+        // records and pages.
+        let mut q = q;
+        let count = q.message_count();
+        for m in q.drain_for_delete() {
+            self.forget(&m);
         }
         if durable {
             self.save_definitions();
         }
-        q.message_count()
+        count
     }
 
     fn maybe_auto_delete(&mut self, vhost: &str, name: &str) {
@@ -1664,6 +1668,11 @@ impl State {
                         }
                         None => {
                             page = self.pager.write(&msg);
+                            // Hold the page for the whole publish: a queue may deliver (and
+                            // release) it before the next queue takes its reference.
+                            if let Some(r) = page {
+                                self.pager.retain(r);
+                            }
                             page
                         }
                     }
@@ -1692,6 +1701,9 @@ impl State {
                     });
                 }
             }
+        }
+        if let Some(r) = page {
+            self.pager.release(r);
         }
         routed
     }

@@ -66,3 +66,123 @@ async fn messages_beyond_the_budget_are_paged_and_come_back_in_order() {
         .is_none());
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_fan_out_to_live_consumers_loses_nothing() {
+    use futures::StreamExt;
+    let limits = Limits {
+        queue_memory_budget: 0,
+        ..Limits::default()
+    };
+    let broker = Broker::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .limits(limits)
+        .start()
+        .await
+        .unwrap();
+    let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "fan".into(),
+        lapin::ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumers = Vec::new();
+    for i in 0..3 {
+        let q = format!("fan-{i}");
+        ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+            .await
+            .unwrap();
+        ch.queue_bind(
+            q.as_str().into(),
+            "fan".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let cch = conn.create_channel().await.unwrap();
+        let consumer = cch
+            .basic_consume(
+                q.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        consumers.push((cch, consumer));
+    }
+    for i in 0..300u32 {
+        ch.basic_publish(
+            "fan".into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &i.to_be_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    for (_, consumer) in &mut consumers {
+        for i in 0..300u32 {
+            let d = tokio::time::timeout(std::time::Duration::from_secs(10), consumer.next())
+                .await
+                .expect("delivery in time")
+                .expect("stream open")
+                .expect("delivery");
+            assert_eq!(&d.data[..], &i.to_be_bytes());
+        }
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_queue_releases_its_resident_bytes() {
+    let broker = Broker::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare("full".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        ch.basic_publish(
+            "".into(),
+            "full".into(),
+            BasicPublishOptions::default(),
+            &[0u8; 1000],
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.wait_for_confirms().await.unwrap();
+    assert!(broker.resident_bytes() >= 100_000);
+    ch.queue_delete("full".into(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        broker.resident_bytes(),
+        0,
+        "resident bytes leaked by queue.delete"
+    );
+    broker.shutdown().await;
+}
