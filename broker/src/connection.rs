@@ -944,7 +944,6 @@ async fn write_loop(
             next = rx.try_recv().ok();
         }
         confirms.flush(&mut out);
-        let before = queued.load(Ordering::Relaxed);
         if wr.write_all(&out).await.is_err() {
             // The peer is gone; the reader side notices and cleans up. Keep draining so
             // senders never block and queued counts stay right.
@@ -960,7 +959,10 @@ async fn write_loop(
             out.shrink_to(64 * 1024);
         }
         last_write = Instant::now();
-        let after = queued.fetch_sub(weight, Ordering::Relaxed) - weight;
+        // The value before this subtraction includes anything delivered meanwhile, so a delivery
+        // that pushed the outbox over the mark is seen here and never leaves consumers stalled.
+        let before = queued.fetch_sub(weight, Ordering::Relaxed);
+        let after = before - weight;
         if before > 4 * crate::state::OUTBOX_HIGH_WATER
             && after <= 4 * crate::state::OUTBOX_HIGH_WATER
         {
