@@ -727,12 +727,6 @@ impl Connection {
     }
 }
 
-fn put_short(out: &mut Vec<u8>, s: &str) {
-    let b = &s.as_bytes()[..s.len().min(255)];
-    out.put_u8(b.len() as u8);
-    out.extend_from_slice(b);
-}
-
 /// Encodes a frame carrying a message: a hand-written method frame (this is the hot path, and
 /// these three methods are simple), then the message's header and body frames.
 fn encode_content(out: &mut Vec<u8>, item: &Out, frame_max: u32) {
@@ -750,11 +744,11 @@ fn encode_content(out: &mut Vec<u8>, item: &Out, frame_max: u32) {
             out.put_u32(0);
             out.put_u16(60);
             out.put_u16(60);
-            put_short(out, consumer_tag);
+            frame::put_short_str(out, consumer_tag);
             out.put_u64(*delivery_tag);
             out.put_u8(*redelivered as u8);
-            put_short(out, &msg.exchange);
-            put_short(out, &msg.routing_key);
+            frame::put_short_str(out, &msg.exchange);
+            frame::put_short_str(out, &msg.routing_key);
             (*channel, msg)
         }
         Out::GetOk {
@@ -770,8 +764,8 @@ fn encode_content(out: &mut Vec<u8>, item: &Out, frame_max: u32) {
             out.put_u16(71);
             out.put_u64(*delivery_tag);
             out.put_u8(*redelivered as u8);
-            put_short(out, &msg.exchange);
-            put_short(out, &msg.routing_key);
+            frame::put_short_str(out, &msg.exchange);
+            frame::put_short_str(out, &msg.routing_key);
             out.put_u32(*message_count);
             (*channel, msg)
         }
@@ -786,9 +780,9 @@ fn encode_content(out: &mut Vec<u8>, item: &Out, frame_max: u32) {
             out.put_u16(60);
             out.put_u16(50);
             out.put_u16(*reply_code);
-            put_short(out, reply_text);
-            put_short(out, &msg.exchange);
-            put_short(out, &msg.routing_key);
+            frame::put_short_str(out, reply_text);
+            frame::put_short_str(out, &msg.exchange);
+            frame::put_short_str(out, &msg.routing_key);
             (*channel, msg)
         }
         _ => unreachable!("only content-carrying items"),

@@ -260,6 +260,13 @@ pub fn write_body(out: &mut Vec<u8>, channel: u16, body: &[u8], frame_max: u32) 
     }
 }
 
+/// Appends an AMQP short string (length octet + bytes), cut at 255 bytes.
+pub fn put_short_str(out: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(255)];
+    out.put_u8(b.len() as u8);
+    out.extend_from_slice(b);
+}
+
 /// Appends a heartbeat frame to `out`.
 pub fn write_heartbeat(out: &mut Vec<u8>) {
     out.extend_from_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);

@@ -70,12 +70,8 @@ impl Pager {
             self.writer = Some(f);
         }
         let mut rec = Vec::with_capacity(16 + m.header.len() + m.body.len());
-        let ex = &m.exchange.as_bytes()[..m.exchange.len().min(255)];
-        let rk = &m.routing_key.as_bytes()[..m.routing_key.len().min(255)];
-        rec.put_u8(ex.len() as u8);
-        rec.extend_from_slice(ex);
-        rec.put_u8(rk.len() as u8);
-        rec.extend_from_slice(rk);
+        crate::frame::put_short_str(&mut rec, &m.exchange);
+        crate::frame::put_short_str(&mut rec, &m.routing_key);
         rec.put_u32(m.header.len() as u32);
         rec.extend_from_slice(&m.header);
         rec.extend_from_slice(&m.body);

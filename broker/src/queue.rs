@@ -481,11 +481,6 @@ impl Queue {
         all
     }
 
-    /// Removes every ready message because the queue is being deleted.
-    pub fn drain_for_delete(&mut self) -> Vec<QueuedMessage> {
-        self.purge()
-    }
-
     /// Whether a message must be persisted in this queue.
     pub fn persists(&self, msg: &Message) -> bool {
         self.durable && msg.persistent

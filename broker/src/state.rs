@@ -1098,7 +1098,7 @@ impl State {
         // records and pages.
         let mut q = q;
         let count = q.message_count();
-        for m in q.drain_for_delete() {
+        for m in q.purge() {
             self.forget(&m);
         }
         if durable {

@@ -93,12 +93,6 @@ fn ack_path(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("{n:08}.ack"))
 }
 
-fn put_str8(out: &mut Vec<u8>, s: &str) {
-    let b = &s.as_bytes()[..s.len().min(255)];
-    out.put_u8(b.len() as u8);
-    out.extend_from_slice(b);
-}
-
 fn put_str16(out: &mut Vec<u8>, s: &str) {
     let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
     out.put_u16(b.len() as u16);
@@ -110,8 +104,8 @@ fn encode_record(id: u64, vhost: &str, queue: &str, m: &Message) -> Vec<u8> {
     payload.put_u64(id);
     put_str16(&mut payload, vhost);
     put_str16(&mut payload, queue);
-    put_str8(&mut payload, &m.exchange);
-    put_str8(&mut payload, &m.routing_key);
+    crate::frame::put_short_str(&mut payload, &m.exchange);
+    crate::frame::put_short_str(&mut payload, &m.routing_key);
     payload.put_u32(m.header.len() as u32);
     payload.extend_from_slice(&m.header);
     payload.put_u32(m.body.len() as u32);
