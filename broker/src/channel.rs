@@ -360,7 +360,7 @@ impl Channel {
         let routed = state.publish(ctx.vhost, msg.clone());
         let store = state.store().cloned();
         drop(state);
-        if routed.queues == 0 && p.publish.mandatory {
+        if routed.is_unroutable() && p.publish.mandatory {
             self.send_return(ctx, msg);
         }
         if self.confirm {
@@ -629,7 +629,7 @@ impl Channel {
                     for (msg, mandatory) in t.publishes {
                         let routed = state.publish(ctx.vhost, msg.clone());
                         persisted |= routed.persisted;
-                        if routed.queues == 0 && mandatory {
+                        if routed.is_unroutable() && mandatory {
                             returns.push(msg);
                         }
                     }

@@ -279,6 +279,15 @@ pub struct Routed {
     pub persisted: bool,
 }
 
+impl Routed {
+    /// No queue matched: a mandatory message goes back to its publisher. A queue that refused
+    /// the message (reject-publish) did match: the publisher learns it from the nack alone, as
+    /// in RabbitMQ.
+    pub fn is_unroutable(&self) -> bool {
+        self.queues == 0 && self.rejected == 0
+    }
+}
+
 /// Options of basic.consume.
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {

@@ -1,11 +1,20 @@
 //! The client: one AMQP connection and channel multiplexing many concurrent calls.
 //!
 //! A call encodes its arguments, registers its call id in the correlation map
-//! ([`InFlight`](crate::in_flight)), publishes the request with `mandatory` set and waits for the
-//! publisher confirm (a returned message means no queue exists for the service:
-//! [`Error::ServiceUnavailable`] at once), then waits for its reply until its deadline. One task
-//! reads the reply queue and completes calls by correlation id; when the connection dies it
-//! fails every pending call at once.
+//! ([`InFlight`](crate::in_flight)), publishes the request with `mandatory` set and waits for its
+//! reply until its deadline. One task reads the reply queue and completes calls by correlation
+//! id; when the connection dies it fails every pending call at once.
+//!
+//! The reply is the call's acknowledgement, so calls are published without publisher confirms:
+//! a confirm per call measured a quarter of the client's CPU time and a third of the broker's
+//! at one caller (BENCHMARKS.md). A request no queue takes is still reported as
+//! [`Error::ServiceUnavailable`] within milliseconds: the broker returns it (`mandatory`), and
+//! while calls are pending a watcher collects returned requests every [`RETURN_POLL`] and fails
+//! their calls. [`ClientBuilder::confirm_calls`] restores a confirm per call (then a request the
+//! broker refuses, e.g. a full queue with `x-overflow = reject-publish`, fails at once with
+//! [`Error::PublishRejected`] instead of waiting for its deadline). One-way calls
+//! ([`Client::notify`]) have no reply, so they always wait for their confirm, on a channel of
+//! their own.
 //!
 //! The connection is supervised ([`reconnect`](crate::reconnect)): when it dies, pending calls
 //! of that session fail with [`Error::Connection`] and a new session (connection, channel,
@@ -20,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
@@ -109,6 +118,7 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     method_retry: HashMap<String, RetryPolicy>,
     heartbeat: Duration,
+    confirm_calls: bool,
 }
 
 impl Default for ClientBuilder {
@@ -121,6 +131,7 @@ impl Default for ClientBuilder {
             retry: RetryPolicy::default(),
             method_retry: HashMap::new(),
             heartbeat: DEFAULT_HEARTBEAT,
+            confirm_calls: false,
         }
     }
 }
@@ -172,6 +183,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether each call waits for the broker's publisher confirm before waiting for its reply
+    /// (off unless set). Off, the reply is the acknowledgement and a returned request still
+    /// fails with [`Error::ServiceUnavailable`] within milliseconds; on, a call also learns at
+    /// once that the broker refused its request ([`Error::PublishRejected`]), at the price of a
+    /// confirm frame per call.
+    pub fn confirm_calls(mut self, confirm: bool) -> Self {
+        self.confirm_calls = confirm;
+        self
+    }
+
     /// Connects to the broker at `url` (`amqp://user:pass@host:port/vhost`).
     ///
     /// The first connection must succeed; after that the client reconnects by itself whenever
@@ -180,13 +201,14 @@ impl ClientBuilder {
         let endpoint = Endpoint::new(url, &self.connection_name, heartbeat_secs(self.heartbeat))?;
         let connection = endpoint.connect().await?;
         let mode = self.reply_queue;
-        let first = open_session(connection, mode)
+        let confirm_calls = self.confirm_calls;
+        let first = open_session(connection, mode, confirm_calls)
             .await
             .map_err(|(_, err)| err)?;
         tracing::debug!(reply_to = %first.reply_to, "warren client connected");
         let (link, supervisor) =
             reconnect::supervise(endpoint, Arc::new(first), move |connection| {
-                open_session(connection, mode)
+                open_session(connection, mode, confirm_calls)
             });
         Ok(Client {
             inner: Arc::new(ClientInner {
@@ -209,15 +231,26 @@ pub(crate) fn heartbeat_secs(interval: Duration) -> Option<u16> {
     Some(u16::try_from(interval.as_secs()).unwrap_or(u16::MAX))
 }
 
+/// How often pending calls are checked against the requests the broker returned, when calls
+/// are published without confirms.
+pub(crate) const RETURN_POLL: Duration = Duration::from_millis(5);
+
 /// One connection's worth of client state: the channel calls are published on, the reply
 /// consumer, and the calls waiting for a reply on it.
 pub(crate) struct ClientSession {
     connection: Connection,
+    /// Calls go out here (and replies come in, for direct reply-to).
     channel: Channel,
+    /// Whether `channel` is in confirm mode.
+    confirm_calls: bool,
+    /// One-way calls go out here, in confirm mode (`channel` itself when it is).
+    notify_channel: Channel,
     reply_to: ShortString,
     in_flight: Arc<InFlight>,
     tripwire: Tripwire,
     reader: JoinHandle<()>,
+    /// Fails calls whose request came back, when calls are not confirmed.
+    returns: Option<JoinHandle<()>>,
 }
 
 impl Session for ClientSession {
@@ -233,7 +266,16 @@ impl Session for ClientSession {
         self.in_flight.fail_all(Error::Connection {
             reason: reason.to_owned(),
         });
+        self.stop_tasks();
+    }
+}
+
+impl ClientSession {
+    fn stop_tasks(&self) {
         self.reader.abort();
+        if let Some(returns) = &self.returns {
+            returns.abort();
+        }
     }
 }
 
@@ -241,10 +283,20 @@ impl Session for ClientSession {
 async fn open_session(
     connection: Connection,
     mode: ReplyQueue,
+    confirm_calls: bool,
 ) -> Result<ClientSession, (Connection, Error)> {
-    let (channel, consumer, reply_to) = match open_reply_channel(&connection, mode).await {
-        Ok(opened) => opened,
-        Err(err) => return Err((connection, err)),
+    let (channel, consumer, reply_to) =
+        match open_reply_channel(&connection, mode, confirm_calls).await {
+            Ok(opened) => opened,
+            Err(err) => return Err((connection, err)),
+        };
+    let notify_channel = if confirm_calls {
+        channel.clone()
+    } else {
+        match confirmed_channel(&connection).await {
+            Ok(notify_channel) => notify_channel,
+            Err(err) => return Err((connection, err)),
+        }
     };
     let in_flight = Arc::new(InFlight::default());
     let tripwire = Tripwire::new();
@@ -253,23 +305,63 @@ async fn open_session(
         Arc::clone(&in_flight),
         tripwire.clone(),
     ));
+    let returns = (!confirm_calls)
+        .then(|| tokio::spawn(watch_returns(channel.clone(), Arc::clone(&in_flight))));
     Ok(ClientSession {
         connection,
         channel,
+        confirm_calls,
+        notify_channel,
         reply_to: ShortString::from(reply_to),
         in_flight,
         tripwire,
         reader,
+        returns,
     })
+}
+
+/// While calls are pending, collects the requests the broker returned (no queue took them)
+/// every [`RETURN_POLL`] and fails their calls with [`Error::ServiceUnavailable`]. lapin keeps
+/// the returns of a channel without confirms until asked, and tells nobody: hence the polling,
+/// which stops while no call is pending.
+async fn watch_returns(channel: Channel, in_flight: Arc<InFlight>) {
+    loop {
+        in_flight.wait_busy().await;
+        tokio::time::sleep(RETURN_POLL).await;
+        // Without confirms this does not wait: it hands over the returns collected so far.
+        let Ok(returned) = channel.wait_for_confirms().await else {
+            // The channel is gone; the reader notices and fails what is pending.
+            return;
+        };
+        for message in returned {
+            let Some(id) = message.delivery.properties.correlation_id() else {
+                continue;
+            };
+            let service = message.delivery.routing_key.as_str().to_owned();
+            tracing::debug!(%service, reply_code = message.reply_code, "request returned by the broker");
+            in_flight.fail(
+                &CallId::from_wire(id.as_str()),
+                Error::ServiceUnavailable { service },
+            );
+        }
+    }
 }
 
 /// Opens the channel requests are published on and replies consumed from.
 async fn open_reply_channel(
     connection: &Connection,
     mode: ReplyQueue,
+    confirm_calls: bool,
 ) -> Result<(Channel, Consumer, String), Error> {
+    let open = || async {
+        if confirm_calls {
+            confirmed_channel(connection).await
+        } else {
+            connection.create_channel().await.map_err(Error::connection)
+        }
+    };
     if mode != ReplyQueue::Exclusive {
-        let channel = confirmed_channel(connection).await?;
+        let channel = open().await?;
         let direct = channel
             .basic_consume(
                 wire::DIRECT_REPLY_TO.into(),
@@ -288,7 +380,7 @@ async fn open_reply_channel(
             Err(err) => tracing::debug!(%err, "direct reply-to unavailable, using a reply queue"),
         }
     }
-    let channel = confirmed_channel(connection).await?;
+    let channel = open().await?;
     let queue = channel
         .queue_declare(
             "".into(),
@@ -382,7 +474,7 @@ impl Drop for ClientInner {
         self.supervisor.abort();
         if let Some(session) = self.link.close() {
             session.in_flight.fail_all(Error::Shutdown);
-            session.reader.abort();
+            session.stop_tasks();
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     let _ = session.connection.close(200, "client dropped".into()).await;
@@ -481,7 +573,7 @@ impl Client {
     pub async fn close(&self) {
         if let Some(session) = self.inner.link.close() {
             session.in_flight.fail_all(Error::Shutdown);
-            session.reader.abort();
+            session.stop_tasks();
             reconnect::close_quietly(&session.connection, "client closed").await;
         }
     }
@@ -699,9 +791,9 @@ impl Client {
         )
     }
 
-    /// Publishes one attempt of a call on `session` and waits for the broker's confirm. A
-    /// failure to publish means the session is broken: it is tripped, so the next attempt
-    /// waits for a new one.
+    /// Publishes one attempt of a call on `session`, and waits for the broker's confirm if the
+    /// call is confirmed (one-way calls always are). A failure to publish means the session is
+    /// broken: it is tripped, so the next attempt waits for a new one.
     async fn publish(
         &self,
         session: &ClientSession,
@@ -765,18 +857,33 @@ impl Client {
             properties = properties.with_reply_to(session.reply_to.clone());
         }
 
-        let confirm = session
-            .channel
-            .basic_publish(
-                "".into(),
-                routing_key,
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
+        let confirmed = session.confirm_calls || !expect_reply;
+        let channel = if expect_reply {
+            &session.channel
+        } else {
+            &session.notify_channel
+        };
+        let publish = channel.basic_publish(
+            "".into(),
+            routing_key,
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        );
+        if !confirmed {
+            // lapin queues the frames for its I/O thread when the publish is first polled, then
+            // waits for the thread to have written them. The reply (or the session's death,
+            // which fails every pending call) tells this call more than that wait would, and
+            // skipping it saves two thread hand-offs per call.
+            return match publish.now_or_never() {
+                Some(Err(e)) => Err(broken(session, e)),
+                Some(Ok(_)) | None => Ok(Sent { pending }),
+            };
+        }
+        let confirm = publish
             .await
             .map_err(|e| broken(session, e))?
             .await

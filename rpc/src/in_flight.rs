@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::context::CallId;
 use crate::error::Error;
@@ -34,6 +34,8 @@ struct State {
 #[derive(Default)]
 pub(crate) struct InFlight {
     state: Mutex<State>,
+    /// Signalled on every registration, for [`InFlight::wait_busy`].
+    registered: Notify,
 }
 
 impl InFlight {
@@ -51,6 +53,8 @@ impl InFlight {
             return Err(err.clone());
         }
         state.pending.insert(id.clone(), tx);
+        drop(state);
+        self.registered.notify_waiters();
         Ok(PendingReply {
             map: Arc::clone(self),
             id,
@@ -65,6 +69,27 @@ impl InFlight {
         match slot {
             Some(tx) => tx.send(Ok(reply)).is_ok(),
             None => false,
+        }
+    }
+
+    /// Fails one call with `err`. Returns false for an id nobody waits for.
+    pub(crate) fn fail(&self, id: &CallId, err: Error) -> bool {
+        let slot = self.lock().pending.remove(id);
+        match slot {
+            Some(tx) => tx.send(Err(err)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Waits until at least one call is pending.
+    pub(crate) async fn wait_busy(&self) {
+        loop {
+            // Created before the check, so a registration in between is not missed.
+            let registered = self.registered.notified();
+            if self.len() > 0 {
+                return;
+            }
+            registered.await;
         }
     }
 
@@ -138,6 +163,35 @@ mod tests {
         assert!(map.complete(&id, reply(b"x")));
         assert_eq!(pending.wait().await.unwrap().body, b"x");
         assert!(!map.complete(&id, reply(b"again")));
+    }
+
+    #[tokio::test]
+    async fn fail_ends_one_call_only() {
+        let map = Arc::new(InFlight::default());
+        let id = CallId::random();
+        let mut failed = map.register(id.clone()).unwrap();
+        let other = map.register(CallId::random()).unwrap();
+        assert!(map.fail(&id, Error::Shutdown));
+        assert!(matches!(failed.wait().await, Err(Error::Shutdown)));
+        assert!(!map.fail(&id, Error::Shutdown));
+        assert_eq!(map.len(), 1);
+        drop(other);
+    }
+
+    #[tokio::test]
+    async fn wait_busy_returns_once_a_call_is_registered() {
+        let map = Arc::new(InFlight::default());
+        let waiter = tokio::spawn({
+            let map = Arc::clone(&map);
+            async move { map.wait_busy().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let _pending = map.register(CallId::random()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("wait_busy noticed the registration")
+            .unwrap();
     }
 
     #[tokio::test]

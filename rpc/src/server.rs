@@ -523,7 +523,7 @@ async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received
         if let Some(deadline) = incoming.context.deadline {
             if deadline <= Instant::now() {
                 tracing::debug!("deadline passed before the request was taken; skipped");
-                ack(&delivery).await;
+                ack(channel, &delivery);
                 return;
             }
         }
@@ -538,7 +538,7 @@ async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received
         if let (Some(reply), Some(reply_to)) = (reply, &incoming.reply_to) {
             send_reply(channel, reply_to, incoming.correlation_id.clone(), reply).await;
         }
-        ack(&delivery).await;
+        ack(channel, &delivery);
     }
     .instrument(span)
     .await
@@ -642,6 +642,8 @@ fn panicked(codec: Codec, panic: Box<dyn Any + Send>) -> CachedReply {
     }
 }
 
+/// Publishes a reply and waits until lapin has written it, so the ack that follows cannot
+/// overtake it.
 async fn send_reply(
     channel: &Channel,
     reply_to: &ShortString,
@@ -666,8 +668,16 @@ async fn send_reply(
     }
 }
 
-async fn ack(delivery: &Delivery) {
-    if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
+/// Acks a request on the channel it came from. lapin queues the ack when the call is first
+/// polled and then waits for its I/O thread to write it; nothing here depends on that write
+/// (the connection's death is noticed by the consumer), so the wait, a thread hand-off per
+/// request, is skipped. The reply was written before: lapin sends method frames such as
+/// this ack ahead of queued publishes, which is why `send_reply` does wait for its write.
+fn ack(channel: &Channel, delivery: &Delivery) {
+    let acked = channel
+        .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+        .now_or_never();
+    if let Some(Err(err)) = acked {
         tracing::warn!(%err, "could not ack the request");
     }
 }

@@ -3,13 +3,16 @@
 //! x-message-ttl, x-expires, x-max-priority, x-single-active-consumer and consumer priorities.
 
 use lapin::{
-    options::{BasicConsumeOptions, BasicNackOptions, BasicRejectOptions, QueueDeclareOptions},
+    options::{
+        BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable},
     BasicProperties, Channel, Confirmation,
 };
 use warren_tests::{
     close, drain, expect_error, expect_no_delivery, get, long_str, next_delivery, publish,
-    publish_confirmed, table, targets, unique, Target,
+    publish_confirmed, publish_with, table, targets, unique, Target,
 };
 
 async fn declare(t: &Target, ch: &Channel, name: &str, args: FieldTable) {
@@ -337,6 +340,25 @@ async fn max_length_reject_publish_nacks() {
         assert!(
             matches!(c, Confirmation::Nack(_)),
             "{t}: publish to a full reject-publish queue is nacked: {c:?}"
+        );
+        // The queue matched, so a mandatory message is not returned as unroutable: the nack
+        // alone says it was refused.
+        let c = publish_with(
+            &t,
+            &ch,
+            "",
+            &q,
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            b"rejected too",
+            BasicProperties::default(),
+        )
+        .await;
+        assert!(
+            matches!(c, Confirmation::Nack(None)),
+            "{t}: a mandatory publish to a full reject-publish queue is nacked, not returned: {c:?}"
         );
         assert_eq!(
             drain(&t, &ch, &q).await,

@@ -8,8 +8,10 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable};
 use warren_examples::{CalcError, Op};
-use warren_rpc::{CallOptions, Client, Codec, Error, FaultCode, ReplyQueue, Server};
+use warren_rpc::{CallOptions, Client, Codec, Error, FaultCode, ReplyQueue, RetryPolicy, Server};
 use warren_tests::rpc_support::{
     calculator, client, probe, raw_call, raw_calls, serve, serve_calculator, ProbeImpl,
     ProbeServer, RawRequest,
@@ -221,30 +223,81 @@ async fn slow_handler_times_out_by_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_service_is_unavailable_at_once() {
     for target in targets().await {
-        let client = client(&target).await;
-        let nobody = warren_tests::unique("nobody");
-        let calc = calculator(&client, &nobody).with_options(
+        // Unconfirmed calls (the default) learn it from the returned request, confirmed ones
+        // from the confirm that carries it.
+        for confirm_calls in [false, true] {
+            let t = format!("{target} (confirm_calls {confirm_calls})");
+            let client = Client::builder()
+                .timeout(Duration::from_secs(30))
+                .confirm_calls(confirm_calls)
+                .connect(target.url())
+                .await
+                .unwrap_or_else(|e| panic!("{t}: connect: {e}"));
+            let nobody = warren_tests::unique("nobody");
+            let calc = calculator(&client, &nobody).with_options(
+                CallOptions::new()
+                    .service(nobody.as_str())
+                    .timeout(Duration::from_secs(30)),
+            );
+            let started = Instant::now();
+            let result = calc.add(1, 2).await;
+            match &result {
+                Err(e @ Error::ServiceUnavailable { service }) => {
+                    assert_eq!(service, &nobody, "{t}");
+                    assert!(e.is_retryable(), "{t}");
+                }
+                other => panic!("{t}: expected ServiceUnavailable, got {other:?}"),
+            }
+            // Far sooner than the 30 s budget: the broker returned the request.
+            assert!(started.elapsed() < Duration::from_secs(10), "{t}");
+            // One-way calls learn it too.
+            let probe = probe(&client, &nobody);
+            assert!(
+                matches!(probe.record(1).await, Err(Error::ServiceUnavailable { .. })),
+                "{t}: one-way call to a missing service"
+            );
+            assert_eq!(client.pending_calls(), 0, "{t}");
+            client.close().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_calls_learn_that_the_broker_refused_the_request() {
+    for target in targets().await {
+        // A service queue that takes nothing: full at length 0, refusing new messages.
+        let queue = warren_tests::unique("full");
+        let (conn, ch) = target.open().await;
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(0));
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
+            .await
+            .unwrap_or_else(|e| panic!("{target}: queue.declare: {e}"));
+        let client = Client::builder()
+            .confirm_calls(true)
+            .retry(RetryPolicy::never())
+            .connect(target.url())
+            .await
+            .unwrap_or_else(|e| panic!("{target}: connect: {e}"));
+        let calc = calculator(&client, &queue).with_options(
             CallOptions::new()
-                .service(nobody.as_str())
+                .service(queue.as_str())
                 .timeout(Duration::from_secs(30)),
         );
         let started = Instant::now();
         let result = calc.add(1, 2).await;
-        match &result {
-            Err(e @ Error::ServiceUnavailable { service }) => {
-                assert_eq!(service, &nobody, "{target}");
-                assert!(e.is_retryable(), "{target}");
-            }
-            other => panic!("{target}: expected ServiceUnavailable, got {other:?}"),
-        }
-        // Far sooner than the 30 s budget: the broker returned the request.
-        assert!(started.elapsed() < Duration::from_secs(10), "{target}");
-        // One-way calls learn it too.
-        let probe = probe(&client, &nobody);
         assert!(
-            matches!(probe.record(1).await, Err(Error::ServiceUnavailable { .. })),
-            "{target}: one-way call to a missing service"
+            matches!(result, Err(Error::PublishRejected)),
+            "{target}: expected PublishRejected, got {result:?}"
         );
+        assert!(started.elapsed() < Duration::from_secs(10), "{target}");
+        client.close().await;
+        target.delete_queues(&[&queue]).await;
+        warren_tests::close(conn).await;
     }
 }
 

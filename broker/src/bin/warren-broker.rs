@@ -22,6 +22,11 @@ struct Args {
     /// "max_message_size": 134217728}.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Threads serving connections. The broker's state sits behind one lock, so extra threads
+    /// only parallelise framing and socket work; one thread measured fastest on 2 cores (see
+    /// BENCHMARKS.md). Raise it on machines with many cores and many busy connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: u16,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -49,8 +54,7 @@ fn load_config(path: &PathBuf) -> Result<ConfigFile, String> {
     serde_json::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -58,6 +62,25 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
+    let runtime = match args.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(serve(args)),
+        Err(e) => {
+            eprintln!("warren-broker: cannot start the runtime: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(args: Args) -> std::process::ExitCode {
     let config = match args.config.as_ref().map(load_config).transpose() {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {

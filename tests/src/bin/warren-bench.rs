@@ -329,7 +329,8 @@ impl Drop for ChildBroker {
 
 /// `serve-broker`: the bundled broker in this process, as the warren-broker binary runs it.
 fn serve_broker(listen: SocketAddr, data_dir: Option<PathBuf>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread, as the warren-broker binary runs by default.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
