@@ -34,7 +34,7 @@ struct State {
 #[derive(Default)]
 pub(crate) struct InFlight {
     state: Mutex<State>,
-    /// Signalled on every registration, for [`InFlight::wait_busy`].
+    /// Signalled when a registration makes the map non-empty, for [`InFlight::wait_busy`].
     registered: Notify,
 }
 
@@ -52,9 +52,13 @@ impl InFlight {
         if let Some(err) = &state.closed {
             return Err(err.clone());
         }
+        let was_idle = state.pending.is_empty();
         state.pending.insert(id.clone(), tx);
         drop(state);
-        self.registered.notify_waiters();
+        // `wait_busy` only waits while the map is empty, so only this transition can wake it.
+        if was_idle {
+            self.registered.notify_waiters();
+        }
         Ok(PendingReply {
             map: Arc::clone(self),
             id,
@@ -65,18 +69,18 @@ impl InFlight {
     /// Hands a reply to its caller. Returns false for an id nobody waits for (a late reply to a
     /// call that already timed out, or a stray message).
     pub(crate) fn complete(&self, id: &CallId, reply: ReplyMessage) -> bool {
-        let slot = self.lock().pending.remove(id);
-        match slot {
-            Some(tx) => tx.send(Ok(reply)).is_ok(),
-            None => false,
-        }
+        self.resolve(id, Ok(reply))
     }
 
     /// Fails one call with `err`. Returns false for an id nobody waits for.
     pub(crate) fn fail(&self, id: &CallId, err: Error) -> bool {
+        self.resolve(id, Err(err))
+    }
+
+    fn resolve(&self, id: &CallId, result: Result<ReplyMessage, Error>) -> bool {
         let slot = self.lock().pending.remove(id);
         match slot {
-            Some(tx) => tx.send(Err(err)).is_ok(),
+            Some(tx) => tx.send(result).is_ok(),
             None => false,
         }
     }
