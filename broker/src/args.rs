@@ -1,7 +1,7 @@
 //! Validation of queue arguments (`x-...`), with RabbitMQ's errors for bad types or values.
 
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::value_int;
+use crate::exchange::{value_int, value_string};
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 /// The largest TTL or expiry RabbitMQ 3.x accepts (its timers' limit), in milliseconds.
@@ -42,14 +42,6 @@ fn not_integer(v: &AMQPValue) -> String {
 
 fn unacceptable(v: &AMQPValue) -> String {
     format!("{{unacceptable_type,{}}}", type_name(v))
-}
-
-fn as_str(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
 }
 
 /// Checks the arguments of a queue being created.
@@ -93,7 +85,7 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
                 }
                 _ => {}
             },
-            "x-dead-letter-exchange" | "x-dead-letter-routing-key" if as_str(v).is_none() => {
+            "x-dead-letter-exchange" | "x-dead-letter-routing-key" if value_string(v).is_none() => {
                 return Err(invalid(k, queue, vhost, unacceptable(v)));
             }
             "x-dead-letter-routing-key" if !args.contains_key("x-dead-letter-exchange") => {
@@ -104,7 +96,7 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
                     "routing_key_but_no_dlx_defined".into(),
                 ));
             }
-            "x-queue-mode" => match as_str(v).as_deref() {
+            "x-queue-mode" => match value_string(v).as_deref() {
                 Some("default" | "lazy") => {}
                 Some(other) => {
                     return Err(invalid(
@@ -116,7 +108,7 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
                 }
                 None => return Err(invalid(k, queue, vhost, unacceptable(v))),
             },
-            "x-overflow" => match as_str(v).as_deref() {
+            "x-overflow" => match value_string(v).as_deref() {
                 Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
                 Some(_) => return Err(invalid(k, queue, vhost, "invalid_overflow".into())),
                 None => return Err(invalid(k, queue, vhost, unacceptable(v))),
@@ -124,7 +116,7 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
             "x-single-active-consumer" if !matches!(v, AMQPValue::Boolean(_)) => {
                 return Err(invalid(k, queue, vhost, unacceptable(v)));
             }
-            "x-queue-type" => match as_str(v).as_deref() {
+            "x-queue-type" => match value_string(v).as_deref() {
                 Some("classic") => {}
                 Some(other @ ("quorum" | "stream")) => {
                     return Err(AmqpError::precondition(format!(

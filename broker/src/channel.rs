@@ -314,15 +314,11 @@ impl Channel {
         if let Some(h) = &headers {
             for key in ["CC", "BCC"] {
                 if let Some(AMQPValue::FieldArray(a)) = h.inner().get(key) {
-                    for v in a.as_slice() {
-                        match v {
-                            AMQPValue::LongString(s) => {
-                                cc.push(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                            }
-                            AMQPValue::ShortString(s) => cc.push(s.to_string()),
-                            _ => {}
-                        }
-                    }
+                    cc.extend(
+                        a.as_slice()
+                            .iter()
+                            .filter_map(crate::exchange::value_string),
+                    );
                 }
             }
             if h.contains_key("BCC") {

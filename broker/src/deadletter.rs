@@ -1,18 +1,11 @@
 //! Dead-lettering: the copy of a message that goes to a queue's dead-letter exchange, with the
 //! `x-death` history and `x-first-death-*` headers written exactly as RabbitMQ writes them.
 
+use crate::exchange::value_string;
 use crate::queue::{DeathReason, Message};
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-fn text(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
 
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
@@ -63,8 +56,9 @@ pub fn dead_letter(
         .unwrap_or(0);
     let same = deaths.iter().position(|d| match d {
         AMQPValue::FieldTable(t) => {
-            t.inner().get("queue").and_then(text).as_deref() == Some(queue)
-                && t.inner().get("reason").and_then(text).as_deref() == Some(reason.as_str())
+            t.inner().get("queue").and_then(value_string).as_deref() == Some(queue)
+                && t.inner().get("reason").and_then(value_string).as_deref()
+                    == Some(reason.as_str())
         }
         _ => false,
     });
@@ -135,10 +129,10 @@ pub fn is_cycle(msg: &Message, queue: &str) -> bool {
     let mut seen_queue = false;
     for d in deaths.as_slice().iter().skip(1) {
         if let AMQPValue::FieldTable(t) = d {
-            if t.inner().get("reason").and_then(text).as_deref() == Some("rejected") {
+            if t.inner().get("reason").and_then(value_string).as_deref() == Some("rejected") {
                 return false;
             }
-            if t.inner().get("queue").and_then(text).as_deref() == Some(queue) {
+            if t.inner().get("queue").and_then(value_string).as_deref() == Some(queue) {
                 seen_queue = true;
             }
         }

@@ -11,7 +11,9 @@ use amq_protocol::types::FieldTable;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-fn is_durable_destination(vh: &Vhost, d: &Destination) -> bool {
+/// Whether a binding to `d` is part of the durable definitions (its source must be durable
+/// too).
+pub(crate) fn is_durable_destination(vh: &Vhost, d: &Destination) -> bool {
     match d {
         Destination::Queue(q) => vh.queues.get(q).is_some_and(|q| q.durable),
         Destination::Exchange(x) => vh.exchanges.get(x).is_some_and(|x| x.durable),

@@ -327,6 +327,15 @@ pub fn value_eq(a: &AMQPValue, b: &AMQPValue) -> bool {
     a == b
 }
 
+/// The text in a string-typed value (long or short string), invalid UTF-8 replaced.
+pub fn value_string(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
 /// The integer in an integer-typed value.
 pub fn value_int(v: &AMQPValue) -> Option<i128> {
     Some(match v {

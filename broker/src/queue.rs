@@ -278,11 +278,9 @@ fn arg_int(args: &FieldTable, key: &str) -> Option<i128> {
 }
 
 fn arg_str(args: &FieldTable, key: &str) -> Option<String> {
-    match args.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
+    args.inner()
+        .get(key)
+        .and_then(crate::exchange::value_string)
 }
 
 impl Queue {

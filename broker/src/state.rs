@@ -875,13 +875,18 @@ impl State {
                 "operation not permitted on the default exchange",
             ));
         }
+        // Only bindings between durable ends are written to the definitions.
+        let durable_destination = crate::definitions::is_durable_destination(vh, &destination);
         let Some(x) = vh.exchanges.get_mut(source) else {
             return Err(AmqpError::no_exchange(source, vhost));
         };
         if x.kind == ExchangeKind::Headers {
             exchange::validate_headers_binding(&args).map_err(AmqpError::precondition)?;
         }
-        if x.bind(Binding::new(destination, key.to_string(), args)) && x.durable {
+        if x.bind(Binding::new(destination, key.to_string(), args))
+            && x.durable
+            && durable_destination
+        {
             self.save_definitions();
         }
         Ok(())
@@ -911,12 +916,13 @@ impl State {
                 "operation not permitted on the default exchange",
             ));
         }
+        let durable_destination = crate::definitions::is_durable_destination(vh, &destination);
         // As RabbitMQ 3.x: unbinding from or to something that does not exist succeeds.
         let Some(x) = vh.exchanges.get_mut(source) else {
             return Ok(());
         };
         if x.unbind(&destination, key, args) {
-            if x.durable {
+            if x.durable && durable_destination {
                 self.save_definitions();
             }
             self.maybe_auto_delete_exchange(vhost, source);
@@ -977,11 +983,7 @@ impl State {
                 if *key == "x-queue-type" {
                     let norm = |v: Option<&AMQPValue>| match v {
                         None => Some("classic".to_string()),
-                        Some(AMQPValue::LongString(s)) => {
-                            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                        }
-                        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
-                        Some(_) => None,
+                        Some(v) => exchange::value_string(v),
                     };
                     if norm(cur).is_some() && norm(cur) == norm(new) {
                         continue;

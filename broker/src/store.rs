@@ -64,6 +64,18 @@ struct Segments {
     live: BTreeMap<u32, u64>,
 }
 
+impl Segments {
+    /// Forgets an emptied segment: the ops deleting its file, then its ack file (in this order,
+    /// so a crash in between never leaves a segment without its acks).
+    fn retire(&mut self, n: u32) -> [Op; 2] {
+        self.live.remove(&n);
+        [
+            Op::Delete(seg_path(&self.dir, n)),
+            Op::Delete(ack_path(&self.dir, n)),
+        ]
+    }
+}
+
 /// The message store of one broker.
 pub struct Store {
     segments: Mutex<Segments>,
@@ -378,10 +390,9 @@ impl Store {
             s.current += 1;
             s.current_size = 0;
             if s.live.get(&old) == Some(&0) {
-                s.live.remove(&old);
-                let (seg, ack) = (seg_path(&s.dir, old), ack_path(&s.dir, old));
-                self.push(Op::Delete(seg));
-                self.push(Op::Delete(ack));
+                for op in s.retire(old) {
+                    self.push(op);
+                }
             }
         }
         let id = s.next_id;
@@ -407,11 +418,9 @@ impl Store {
             }
             None => false,
         };
-        let mut ops = vec![Op::Append(path.clone(), at.id.to_be_bytes().to_vec())];
+        let mut ops = vec![Op::Append(path, at.id.to_be_bytes().to_vec())];
         if emptied && at.segment != s.current {
-            s.live.remove(&at.segment);
-            ops.push(Op::Delete(seg_path(&s.dir, at.segment)));
-            ops.push(Op::Delete(path));
+            ops.extend(s.retire(at.segment));
         }
         drop(s);
         let mut p = self.shared.pending.lock().expect("store lock");
