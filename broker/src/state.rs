@@ -507,11 +507,17 @@ impl State {
 
     /// Records that a message copy is gone for good.
     fn forget(&mut self, m: &QueuedMessage) {
-        if let (Some(store), Some(at)) = (&self.store, m.stored) {
-            store.remove(at);
-        }
+        self.unstore(m);
         if let Payload::Paged(r) = m.payload {
             self.pager.release(r);
+        }
+    }
+
+    /// Drops the durable copy of a message, if it has one (its page, if any, is released by
+    /// whoever reads it: [`materialize`]).
+    fn unstore(&self, m: &QueuedMessage) {
+        if let (Some(store), Some(at)) = (&self.store, m.stored) {
+            store.remove(at);
         }
     }
 
@@ -1319,19 +1325,18 @@ impl State {
             rounds += 1;
             let batch = std::mem::take(&mut self.dead);
             for d in batch {
-                self.forget(&d.message);
-                let Some(q) = self
+                let dead_letter_to = self
                     .vhosts
                     .get(&d.vhost)
                     .and_then(|v| v.queues.get(&d.queue))
-                else {
+                    .and_then(|q| Some((q.dlx.clone()?, q.dlrk.clone())));
+                let Some((dlx, dlrk)) = dead_letter_to else {
+                    self.forget(&d.message);
                     continue;
                 };
-                let Some(dlx) = q.dlx.clone() else {
-                    continue;
-                };
-                let dlrk = q.dlrk.clone();
                 let mut message = d.message;
+                self.unstore(&message);
+                // Reads a paged message back before its page is released.
                 let Some(original) = materialize(&mut self.pager, &mut message) else {
                     continue;
                 };
@@ -1396,7 +1401,8 @@ impl State {
         }
         let (queue_id, count) = (q.id, q.message_count());
         let Some(msg) = materialize(&mut self.pager, &mut m) else {
-            self.forget(&m);
+            // materialize released its page already.
+            self.unstore(&m);
             return Ok(false);
         };
         let slot = self.channels.get_mut(&key).expect("open channel");

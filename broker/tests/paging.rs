@@ -186,3 +186,68 @@ async fn deleting_a_queue_releases_its_resident_bytes() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_messages_that_expire_are_dead_lettered_whole() {
+    use lapin::types::AMQPValue;
+    let limits = Limits {
+        queue_memory_budget: 0,
+        ..Limits::default()
+    };
+    let broker = Broker::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .limits(limits)
+        .start()
+        .await
+        .unwrap();
+    let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare("dead".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("dead".into()),
+    );
+    ch.queue_declare("expiring".into(), Default::default(), args)
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 0..50u32 {
+        ch.basic_publish(
+            "".into(),
+            "expiring".into(),
+            BasicPublishOptions::default(),
+            &i.to_be_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.wait_for_confirms().await.unwrap();
+    // Every message expires (each one paged out, the budget being 0) and is dead-lettered.
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.len() < 50 && std::time::Instant::now() < deadline {
+        match ch
+            .basic_get("dead".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(m) => got.push(u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap())),
+            None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(got, (0..50).collect::<Vec<_>>(), "dead letters, in order");
+    broker.shutdown().await;
+}
