@@ -263,15 +263,16 @@ impl Session for ClientSession {
     }
 
     fn died(&self, reason: &str) {
-        self.in_flight.fail_all(Error::Connection {
+        self.end(Error::Connection {
             reason: reason.to_owned(),
         });
-        self.stop_tasks();
     }
 }
 
 impl ClientSession {
-    fn stop_tasks(&self) {
+    /// Fails every pending call (and later ones) with `err` and stops the session's tasks.
+    fn end(&self, err: Error) {
+        self.in_flight.fail_all(err);
         self.reader.abort();
         if let Some(returns) = &self.returns {
             returns.abort();
@@ -473,8 +474,7 @@ impl Drop for ClientInner {
     fn drop(&mut self) {
         self.supervisor.abort();
         if let Some(session) = self.link.close() {
-            session.in_flight.fail_all(Error::Shutdown);
-            session.stop_tasks();
+            session.end(Error::Shutdown);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     let _ = session.connection.close(200, "client dropped".into()).await;
@@ -572,8 +572,7 @@ impl Client {
     /// [`Error::Shutdown`], and so does every later call.
     pub async fn close(&self) {
         if let Some(session) = self.inner.link.close() {
-            session.in_flight.fail_all(Error::Shutdown);
-            session.stop_tasks();
+            session.end(Error::Shutdown);
             reconnect::close_quietly(&session.connection, "client closed").await;
         }
     }
@@ -780,7 +779,7 @@ impl Client {
         let now = Instant::now();
         let mut deadline = now + timeout;
         // A call made while serving another never outlives the caller's caller.
-        if let Some(outer) = Context::current().and_then(|cx| cx.deadline()) {
+        if let Some(outer) = Context::current_deadline() {
             deadline = deadline.min(outer);
         }
         (

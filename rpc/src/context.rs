@@ -67,6 +67,11 @@ impl Context {
         CURRENT.try_with(Clone::clone).ok()
     }
 
+    /// The deadline of the call the current task is serving, without copying its context.
+    pub(crate) fn current_deadline() -> Option<Instant> {
+        CURRENT.try_with(|cx| cx.deadline).ok().flatten()
+    }
+
     /// The call id (`message_id` / `correlation_id`).
     pub fn call_id(&self) -> &CallId {
         &self.call_id

@@ -193,8 +193,12 @@ impl ReplyCache for MemoryReplyCache {
     fn finish(&self, call_id: &CallId, reply: CachedReply) {
         let mut state = self.lock();
         if let Some(entry) = state.entries.get_mut(call_id) {
+            // Only duplicates that arrived while the call ran wait here (they subscribe under
+            // this lock, before the slot turns Done): usually nobody, and no copy is needed.
             if let Slot::Running(tx) = &entry.slot {
-                tx.send_replace(Some(reply.clone()));
+                if tx.receiver_count() > 0 {
+                    tx.send_replace(Some(reply.clone()));
+                }
             }
             entry.slot = Slot::Done(reply);
         }

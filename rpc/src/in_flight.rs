@@ -63,6 +63,7 @@ impl InFlight {
             map: Arc::clone(self),
             id,
             rx,
+            answered: false,
         })
     }
 
@@ -127,13 +128,18 @@ pub(crate) struct PendingReply {
     map: Arc<InFlight>,
     id: CallId,
     rx: oneshot::Receiver<Result<ReplyMessage, Error>>,
+    /// The map sent an answer, so it removed the entry already.
+    answered: bool,
 }
 
 impl PendingReply {
     /// Waits for the reply, or the error that failed every call.
     pub(crate) async fn wait(&mut self) -> Result<ReplyMessage, Error> {
         match (&mut self.rx).await {
-            Ok(result) => result,
+            Ok(result) => {
+                self.answered = true;
+                result
+            }
             // The map dropped the slot without an answer: it only does so when it is dropped
             // itself, i.e. the client is gone.
             Err(_) => Err(Error::Shutdown),
@@ -143,7 +149,9 @@ impl PendingReply {
 
 impl Drop for PendingReply {
     fn drop(&mut self) {
-        self.map.cancel(&self.id);
+        if !self.answered {
+            self.map.cancel(&self.id);
+        }
     }
 }
 

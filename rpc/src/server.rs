@@ -529,10 +529,7 @@ async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received
         }
         let codec = incoming.codec.unwrap_or_default();
         let reply = match incoming.invalid() {
-            Some(fault) => Some(CachedReply {
-                content_type: codec.content_type().to_owned(),
-                body: Outcome::Fault(fault).into_body(codec),
-            }),
+            Some(fault) => Some(reply_of(codec, Outcome::Fault(fault))),
             None => execute_once(shared, &incoming, codec, &delivery.data).await,
         };
         if let (Some(reply), Some(reply_to)) = (reply, &incoming.reply_to) {
@@ -616,10 +613,7 @@ async fn run(
             if let Outcome::Fault(fault) = &outcome {
                 tracing::debug!(%fault, "call failed");
             }
-            Some(CachedReply {
-                content_type: codec.content_type().to_owned(),
-                body: outcome.into_body(codec),
-            })
+            Some(reply_of(codec, outcome))
         }
         Err(panic) => Some(panicked(codec, panic)),
     }
@@ -632,13 +626,20 @@ fn panicked(codec: Codec, panic: Box<dyn Any + Send>) -> CachedReply {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string panic payload".to_owned());
     tracing::error!(panic = %detail, "handler panicked");
-    CachedReply {
-        content_type: codec.content_type().to_owned(),
-        body: Outcome::Fault(Fault {
+    reply_of(
+        codec,
+        Outcome::Fault(Fault {
             code: FaultCode::HandlerPanicked,
             message: format!("the handler panicked: {detail}"),
-        })
-        .into_body(codec),
+        }),
+    )
+}
+
+/// The reply a server sends (and caches) for `outcome`.
+fn reply_of(codec: Codec, outcome: Outcome) -> CachedReply {
+    CachedReply {
+        content_type: codec.content_type().to_owned(),
+        body: outcome.into_body(codec),
     }
 }
 

@@ -59,12 +59,17 @@ impl Codec {
         };
         // Ignore parameters such as "; charset=utf-8".
         let essence = content_type.split(';').next().unwrap_or("").trim();
-        match essence.to_ascii_lowercase().as_str() {
-            "" | "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
-                Some(Codec::MsgPack)
-            }
-            "application/json" => Some(Codec::Json),
-            _ => None,
+        let is = |name: &str| essence.eq_ignore_ascii_case(name);
+        if essence.is_empty()
+            || is("application/msgpack")
+            || is("application/x-msgpack")
+            || is("application/vnd.msgpack")
+        {
+            Some(Codec::MsgPack)
+        } else if is("application/json") {
+            Some(Codec::Json)
+        } else {
+            None
         }
     }
 
