@@ -31,8 +31,8 @@ use futures::StreamExt;
 use lapin::{
     message::{BasicGetMessage, Delivery},
     options::{
-        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-        QueueDeleteOptions,
+        BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        ExchangeDeleteOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
@@ -486,6 +486,36 @@ pub async fn publish_with(
         .await
         .unwrap_or_else(|_| panic!("{target}: no confirm for publish to {exchange:?}"))
         .unwrap_or_else(|e| panic!("{target}: confirm for publish to {exchange:?}: {e}"))
+}
+
+/// Publishes `m0`, `m1`, ... `m{n-1}` to `queue` through the default exchange, each confirmed.
+pub async fn fill(t: &Target, ch: &Channel, queue: &str, n: usize) {
+    for i in 0..n {
+        publish_confirmed(
+            t,
+            ch,
+            "",
+            queue,
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+}
+
+/// `basic.consume` of `queue` with `tag` ("" for a generated one) and no arguments.
+pub async fn consume(t: &Target, ch: &Channel, queue: &str, tag: &str, no_ack: bool) -> Consumer {
+    ch.basic_consume(
+        queue.into(),
+        tag.into(),
+        BasicConsumeOptions {
+            no_ack,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{t}: basic.consume {queue}: {e}"))
 }
 
 /// `basic.get` with no-ack; the body, or `None` on get-empty.

@@ -211,6 +211,11 @@ pub async fn serve_calculator(target: &Target, builder: ServerBuilder) -> (Serve
     serve(target, builder, CalculatorServer::new(Calc::new())).await
 }
 
+/// Serves a [`ProbeImpl`] on a queue of its own; returns the server and the queue.
+pub async fn serve_probe(target: &Target, builder: ServerBuilder) -> (Server, String) {
+    serve(target, builder, ProbeServer::new(ProbeImpl::default())).await
+}
+
 /// A client of `target` with default settings.
 pub async fn client(target: &Target) -> Client {
     Client::builder()

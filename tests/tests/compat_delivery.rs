@@ -13,40 +13,12 @@ use lapin::{
         BasicQosOptions, BasicRecoverOptions, BasicRejectOptions, QueueDeclareOptions,
     },
     types::FieldTable,
-    BasicProperties, Channel, Consumer,
+    BasicProperties, Consumer,
 };
 use warren_tests::{
-    close, close_watch, declare_exclusive, drain, expect_error, expect_no_delivery, get,
-    next_delivery, publish_confirmed, reply_text, take_n, targets, unique, Target, WAIT,
+    close, close_watch, consume, declare_exclusive, drain, expect_error, expect_no_delivery, fill,
+    get, next_delivery, publish_confirmed, reply_text, take_n, targets, unique, Target, WAIT,
 };
-
-async fn fill(t: &Target, ch: &Channel, queue: &str, n: usize) {
-    for i in 0..n {
-        publish_confirmed(
-            t,
-            ch,
-            "",
-            queue,
-            format!("m{i}").as_bytes(),
-            BasicProperties::default(),
-        )
-        .await;
-    }
-}
-
-async fn consume(t: &Target, ch: &Channel, queue: &str, tag: &str, no_ack: bool) -> Consumer {
-    ch.basic_consume(
-        queue.into(),
-        tag.into(),
-        BasicConsumeOptions {
-            no_ack,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{t}: basic.consume {queue}: {e}"))
-}
 
 fn body(d: &Delivery) -> String {
     String::from_utf8_lossy(&d.data).into_owned()

@@ -11,7 +11,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation,
 };
 use warren_tests::{
-    close, drain, expect_error, expect_no_delivery, get, long_str, next_delivery, publish,
+    close, drain, expect_error, expect_no_delivery, fill, get, long_str, next_delivery, publish,
     publish_confirmed, publish_with, table, targets, unique, Target,
 };
 
@@ -291,17 +291,7 @@ async fn max_length_drops_head() {
             ]),
         )
         .await;
-        for i in 0..4 {
-            publish_confirmed(
-                &t,
-                &ch,
-                "",
-                &q,
-                format!("m{i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await;
-        }
+        fill(&t, &ch, &q, 4).await;
         assert_eq!(
             drain(&t, &ch, &q).await,
             ["m2", "m3"],
@@ -560,17 +550,7 @@ async fn single_active_consumer() {
             )
             .await
             .expect("consume");
-        for i in 0..4 {
-            publish_confirmed(
-                &t,
-                &ch,
-                "",
-                &q,
-                format!("m{i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await;
-        }
+        fill(&t, &ch, &q, 4).await;
         for i in 0..4 {
             let d = next_delivery(&t, &mut first).await;
             assert_eq!(
@@ -614,17 +594,7 @@ async fn consumer_priority() {
             )
             .await
             .expect("consume");
-        for i in 0..4 {
-            publish_confirmed(
-                &t,
-                &ch,
-                "",
-                &q,
-                format!("m{i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await;
-        }
+        fill(&t, &ch, &q, 4).await;
         for i in 0..4 {
             let d = next_delivery(&t, &mut high).await;
             assert_eq!(

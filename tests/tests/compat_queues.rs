@@ -10,7 +10,7 @@ use lapin::{
     BasicProperties, Channel,
 };
 use warren_tests::{
-    close, drain, expect_error, get_body, publish_confirmed, targets, unique, Target,
+    close, drain, expect_error, fill, get_body, publish_confirmed, targets, unique, Target,
 };
 
 async fn declare(t: &Target, ch: &Channel, name: &str, opts: QueueDeclareOptions) -> lapin::Queue {
@@ -67,17 +67,7 @@ async fn declare_ok_counts_messages_and_consumers() {
             (0, 0),
             "{t}: new queue"
         );
-        for i in 0..3 {
-            publish_confirmed(
-                &t,
-                &ch,
-                "",
-                &name,
-                format!("m{i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await;
-        }
+        fill(&t, &ch, &name, 3).await;
         let q = declare(&t, &ch, &name, exclusive()).await;
         assert_eq!(
             (q.message_count(), q.consumer_count()),
@@ -387,17 +377,7 @@ async fn purge_counts() {
         let (conn, ch) = t.open_confirm().await;
         let name = unique("purge");
         declare(&t, &ch, &name, exclusive()).await;
-        for i in 0..5 {
-            publish_confirmed(
-                &t,
-                &ch,
-                "",
-                &name,
-                format!("m{i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await;
-        }
+        fill(&t, &ch, &name, 5).await;
         // One unacked message is not purged.
         let held = warren_tests::get(&t, &ch, &name, false)
             .await

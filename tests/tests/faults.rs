@@ -24,7 +24,9 @@ use warren_broker::{Broker, BrokerHandle};
 use warren_examples::{Calc, CalculatorClient, CalculatorServer, Op};
 use warren_rpc::{CallOptions, Client, Error, ReplyQueue, RetryPolicy, Server};
 use warren_tests::proxy::Proxy;
-use warren_tests::rpc_support::{raw_calls, ProbeClient, ProbeImpl, ProbeServer, RawRequest};
+use warren_tests::rpc_support::{
+    calculator, raw_calls, ProbeClient, ProbeImpl, ProbeServer, RawRequest,
+};
 use warren_tests::{targets, unique, Target};
 
 /// How late past its deadline a call may end, for scheduling on a loaded machine.
@@ -58,10 +60,6 @@ async fn calculator_server(url: &str, queue: &str) -> Server {
         .serve(url, CalculatorServer::new(Calc::new()))
         .await
         .unwrap_or_else(|e| panic!("server failed to start on {url}: {e}"))
-}
-
-fn calculator(client: &Client, queue: &str) -> CalculatorClient {
-    CalculatorClient::new(client.clone()).with_options(CallOptions::new().service(queue))
 }
 
 /// The consumer count of `queue` (passive declare on a fresh connection to `url`), `None` if

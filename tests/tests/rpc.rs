@@ -13,8 +13,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use warren_examples::{CalcError, Op};
 use warren_rpc::{CallOptions, Client, Codec, Error, FaultCode, ReplyQueue, RetryPolicy, Server};
 use warren_tests::rpc_support::{
-    calculator, client, probe, raw_call, raw_calls, serve, serve_calculator, ProbeImpl,
-    ProbeServer, RawRequest,
+    calculator, client, probe, raw_call, raw_calls, serve, serve_calculator, serve_probe,
+    ProbeImpl, ProbeServer, RawRequest,
 };
 use warren_tests::{targets, Target};
 
@@ -121,12 +121,7 @@ async fn exclusive_reply_queue_works_like_direct_reply_to() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_unknown_method_bad_arguments_and_panics() {
     for target in targets().await {
-        let (server, queue) = serve(
-            &target,
-            Server::builder(),
-            ProbeServer::new(ProbeImpl::default()),
-        )
-        .await;
+        let (server, queue) = serve_probe(&target, Server::builder()).await;
 
         let replies = raw_calls(
             &target,
@@ -192,12 +187,7 @@ async fn faults_unknown_method_bad_arguments_and_panics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_handler_times_out_by_the_deadline() {
     for target in targets().await {
-        let (server, queue) = serve(
-            &target,
-            Server::builder(),
-            ProbeServer::new(ProbeImpl::default()),
-        )
-        .await;
+        let (server, queue) = serve_probe(&target, Server::builder()).await;
         let client = client(&target).await;
         let probe = probe(&client, &queue);
         let budget = Duration::from_millis(300);
@@ -347,12 +337,7 @@ async fn requests_expire_while_queued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_waiting_behind_a_busy_server_expire() {
     for target in targets().await {
-        let (server, queue) = serve(
-            &target,
-            Server::builder().concurrency(1),
-            ProbeServer::new(ProbeImpl::default()),
-        )
-        .await;
+        let (server, queue) = serve_probe(&target, Server::builder().concurrency(1)).await;
         let client = client(&target).await;
         let probe = probe(&client, &queue);
         let busy = probe.sleep(600);
@@ -382,12 +367,7 @@ async fn requests_waiting_behind_a_busy_server_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oneway_calls_get_no_reply_and_run() {
     for target in targets().await {
-        let (server, queue) = serve(
-            &target,
-            Server::builder().concurrency(1),
-            ProbeServer::new(ProbeImpl::default()),
-        )
-        .await;
+        let (server, queue) = serve_probe(&target, Server::builder().concurrency(1)).await;
         let client = client(&target).await;
         let probe = probe(&client, &queue);
         for v in 1..=10 {
@@ -509,12 +489,7 @@ async fn serde_shapes_survive_both_codecs() {
         big: u64::MAX,
     };
     for target in targets().await {
-        let (server, queue) = serve(
-            &target,
-            Server::builder(),
-            ProbeServer::new(ProbeImpl::default()),
-        )
-        .await;
+        let (server, queue) = serve_probe(&target, Server::builder()).await;
         let client = client(&target).await;
         for codec in [Codec::MsgPack, Codec::Json] {
             let probe = probe(&client, &queue)
@@ -536,12 +511,7 @@ async fn serde_shapes_survive_both_codecs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_requests_execute_once() {
     for target in targets().await {
-        let (server, queue) = serve(
-            &target,
-            Server::builder(),
-            ProbeServer::new(ProbeImpl::default()),
-        )
-        .await;
+        let (server, queue) = serve_probe(&target, Server::builder()).await;
 
         // The same call id twice, the second while the first still runs.
         let first = RawRequest::json("count_slowly", r#"{"ms": 300}"#);
@@ -580,12 +550,7 @@ async fn duplicate_requests_execute_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_see_their_call_context() {
     for target in targets().await {
-        let (server, queue) = serve(
-            &target,
-            Server::builder(),
-            ProbeServer::new(ProbeImpl::default()),
-        )
-        .await;
+        let (server, queue) = serve_probe(&target, Server::builder()).await;
         let client = client(&target).await;
         let probe = probe(&client, &queue).with_timeout(Duration::from_secs(3));
         let info = probe.context().await.unwrap();
@@ -603,12 +568,7 @@ async fn handlers_see_their_call_context() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_made_by_a_handler_inherit_its_deadline() {
     for target in targets().await {
-        let (inner, inner_queue) = serve(
-            &target,
-            Server::builder(),
-            ProbeServer::new(ProbeImpl::default()),
-        )
-        .await;
+        let (inner, inner_queue) = serve_probe(&target, Server::builder()).await;
         // The relay's own client allows 30 s per call; the outer caller allows 1 s.
         let relay_client = Client::builder()
             .timeout(Duration::from_secs(30))
