@@ -10,7 +10,7 @@ use lapin::{
     BasicProperties, Channel,
 };
 use warren_tests::{
-    close, drain, expect_error, fill, get_body, publish_confirmed, targets, unique, Target,
+    close, consume, drain, expect_error, fill, get_body, publish_confirmed, targets, unique, Target,
 };
 
 async fn declare(t: &Target, ch: &Channel, name: &str, opts: QueueDeclareOptions) -> lapin::Queue {
@@ -79,24 +79,8 @@ async fn declare_ok_counts_messages_and_consumers() {
             .basic_qos(1, Default::default())
             .await
             .expect("qos");
-        let _c1 = consumer_ch
-            .basic_consume(
-                name.as_str().into(),
-                "c1".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
-        let _c2 = consumer_ch
-            .basic_consume(
-                name.as_str().into(),
-                "c2".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let _c1 = consume(&t, &consumer_ch, name.as_str(), "c1", false).await;
+        let _c2 = consume(&t, &consumer_ch, name.as_str(), "c2", false).await;
         // Each consumer holds one unacked message; declare-ok counts only ready ones.
         let mut tries = 0;
         let q = loop {
@@ -234,24 +218,8 @@ async fn auto_delete_queue_goes_with_last_consumer() {
         declare(&t, &ch, &name, opts).await;
         // Never consumed: it stays.
         declare(&t, &ch, &name, passive()).await;
-        let c1 = ch
-            .basic_consume(
-                name.as_str().into(),
-                "c1".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
-        let c2 = ch
-            .basic_consume(
-                name.as_str().into(),
-                "c2".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let c1 = consume(&t, &ch, name.as_str(), "c1", false).await;
+        let c2 = consume(&t, &ch, name.as_str(), "c2", false).await;
         ch.basic_cancel(c1.tag(), BasicCancelOptions::default())
             .await
             .expect("cancel");
@@ -281,15 +249,7 @@ async fn auto_delete_queue_goes_when_consumer_channel_closes() {
         )
         .await;
         let cch = conn.create_channel().await.expect("channel");
-        let _c = cch
-            .basic_consume(
-                name.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let _c = consume(&t, &cch, name.as_str(), "", false).await;
         cch.close(200, "bye".into()).await.expect("channel.close");
         warren_tests::expect_queue_gone(
             &t,
@@ -431,18 +391,7 @@ async fn delete_if_unused_if_empty_and_counts() {
         );
 
         let ch = conn.create_channel().await.expect("channel");
-        let _c = ch
-            .basic_consume(
-                name.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: false,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let _c = consume(&t, &ch, name.as_str(), "", false).await;
         let dch = conn.create_channel().await.expect("channel");
         let res = dch
             .queue_delete(

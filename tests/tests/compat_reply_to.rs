@@ -8,8 +8,8 @@ use lapin::{
     BasicProperties, Confirmation,
 };
 use warren_tests::{
-    close, declare_exclusive, expect_error, get, next_delivery, publish_confirmed, publish_with,
-    targets, unique,
+    close, consume, declare_exclusive, expect_error, get, next_delivery, publish_confirmed,
+    publish_with, targets, unique,
 };
 
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -30,15 +30,7 @@ async fn request_reply_round_trip() {
 
         // The caller consumes the pseudo-queue (no-ack) and publishes with reply_to set.
         let (caller_conn, caller_ch) = t.open_confirm().await;
-        let mut replies = caller_ch
-            .basic_consume(
-                REPLY_TO.into(),
-                "replies".into(),
-                no_ack(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{t}: consume {REPLY_TO}: {e}"));
+        let mut replies = consume(&t, &caller_ch, REPLY_TO, "replies", true).await;
         let props = BasicProperties::default()
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id("call-1".into());
@@ -166,10 +158,7 @@ async fn reply_consumer_must_be_no_ack() {
 async fn reply_consumer_only_once_per_channel() {
     for t in targets().await {
         let (conn, ch) = t.open().await;
-        let _first = ch
-            .basic_consume(REPLY_TO.into(), "a".into(), no_ack(), FieldTable::default())
-            .await
-            .expect("first reply consumer");
+        let _first = consume(&t, &ch, REPLY_TO, "a", true).await;
         let res = ch
             .basic_consume(REPLY_TO.into(), "b".into(), no_ack(), FieldTable::default())
             .await
@@ -222,10 +211,7 @@ async fn reply_consumer_on_another_channel_does_not_count() {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let other = conn.create_channel().await.expect("channel");
-        let _c = other
-            .basic_consume(REPLY_TO.into(), "".into(), no_ack(), FieldTable::default())
-            .await
-            .expect("reply consumer on another channel");
+        let _c = consume(&t, &other, REPLY_TO, "", true).await;
         let pending = ch
             .basic_publish(
                 "".into(),
@@ -313,10 +299,7 @@ async fn reply_to_names_as_queues() {
         let (server_conn, server_ch) = t.open_confirm().await;
         let service = declare_exclusive(&t, &server_ch).await;
         let (caller_conn, caller_ch) = t.open_confirm().await;
-        let _replies = caller_ch
-            .basic_consume(REPLY_TO.into(), "".into(), no_ack(), FieldTable::default())
-            .await
-            .expect("reply consumer");
+        let _replies = consume(&t, &caller_ch, REPLY_TO, "", true).await;
         publish_confirmed(
             &t,
             &caller_ch,
@@ -413,15 +396,7 @@ async fn cancelled_reply_consumer_no_longer_counts() {
     for t in targets().await {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
-        let c = ch
-            .basic_consume(
-                REPLY_TO.into(),
-                "replies".into(),
-                no_ack(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("reply consumer");
+        let c = consume(&t, &ch, REPLY_TO, "replies", true).await;
         publish_confirmed(
             &t,
             &ch,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use warren_broker::{Broker, BrokerHandle};
 use warren_examples::{Calc, CalculatorClient, CalculatorServer, Op};
@@ -27,7 +27,7 @@ use warren_tests::proxy::Proxy;
 use warren_tests::rpc_support::{
     calculator, raw_calls, ProbeClient, ProbeImpl, ProbeServer, RawRequest,
 };
-use warren_tests::{targets, unique, Target};
+use warren_tests::{consume, targets, unique, Target};
 
 /// How late past its deadline a call may end, for scheduling on a loaded machine.
 const SLACK: Duration = Duration::from_secs(2);
@@ -549,15 +549,7 @@ async fn recording_server(
     )
     .await
     .unwrap_or_else(|e| panic!("{target}: declare: {e}"));
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{target}: consume: {e}"));
+    let mut consumer = consume(target, &ch, queue, "", false).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
     tokio::spawn(async move {
