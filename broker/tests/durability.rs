@@ -250,6 +250,22 @@ async fn durable_definitions_survive_and_transient_state_does_not() {
         .expect("a message");
     assert_eq!(&m.delivery.data[..], b"1");
     m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    // Acks reach the disk with the next group commit, not before their ack returns (as in
+    // RabbitMQ): a confirmed persistent publish after it is the point where it is on disk.
+    ch.queue_declare("sync".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        "sync".into(),
+        BasicPublishOptions::default(),
+        b"sync",
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     conn.close(200, "bye".into()).await.unwrap();
     broker.kill();
 
