@@ -79,6 +79,13 @@ pub(crate) fn reply_text(s: &str) -> ShortString {
     short(&format!("{}...", &s[..end]))
 }
 
+/// Closes a channel in the broker's state: its open transaction is released first, so the
+/// acks it never committed are requeued with the rest of its unacked messages.
+pub(crate) fn close_in_state(ch: &mut Channel, state: &mut State, key: ChannelKey) {
+    release_tx(ch, state, key);
+    state.close_channel(key);
+}
+
 /// Releases what a closing channel holds in an open transaction: acks that were never
 /// committed are undone, so the messages count as unacked again (and get requeued).
 pub(crate) fn release_tx(ch: &mut Channel, state: &mut State, key: ChannelKey) {

@@ -6,7 +6,7 @@
 //! possible.
 
 use crate::broker::Shared;
-use crate::channel::{release_tx, reply_text, Channel, Ctx};
+use crate::channel::{close_in_state, release_tx, reply_text, Channel, Ctx};
 use crate::error::{AmqpError, Code};
 use crate::frame::{self, next_frame, RawFrame, FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use crate::queue::{ChannelKey, ConnId};
@@ -269,13 +269,13 @@ async fn handshake(
         return Ok(None);
     }
     let creds = credentials(mechanism, start_ok.response.as_bytes());
-    let failure_close = match start_ok.client_properties.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(caps)) => matches!(
-            caps.inner().get("authentication_failure_close"),
-            Some(AMQPValue::Boolean(true))
-        ),
+    let capability = |name: &str| match start_ok.client_properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(caps)) => {
+            matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
         _ => false,
     };
+    let failure_close = capability("authentication_failure_close");
     let user = creds.and_then(|(u, p)| shared.config.authenticate(&u, &p, peer.ip()).then_some(u));
     let Some(user) = user else {
         tracing::warn!(%peer, "login refused");
@@ -291,12 +291,6 @@ async fn handshake(
         }
         // Without the capability, RabbitMQ just closes the socket.
         return Ok(None);
-    };
-    let capability = |name: &str| match start_ok.client_properties.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(caps)) => {
-            matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
-        }
-        _ => false,
     };
     let cancel_notify = capability("consumer_cancel_notify");
     let blocked_capable = capability("connection.blocked");
@@ -478,8 +472,7 @@ impl Connection {
                 conn: self.id,
                 channel: *id,
             };
-            release_tx(ch, &mut state, key);
-            state.close_channel(key);
+            close_in_state(ch, &mut state, key);
         }
         self.channels.clear();
     }
@@ -686,8 +679,7 @@ impl Connection {
         }
         if let Some(AMQPClass::Channel(channel::AMQPMethod::Close(_))) = method {
             let mut state = self.shared.state.lock().expect("state lock");
-            release_tx(ch, &mut state, key);
-            state.close_channel(key);
+            close_in_state(ch, &mut state, key);
             drop(state);
             self.channels.remove(&id);
             self.outbox.method(
@@ -720,8 +712,7 @@ impl Connection {
                     })),
                 );
                 let mut state = self.shared.state.lock().expect("state lock");
-                release_tx(ch, &mut state, key);
-                state.close_channel(key);
+                close_in_state(ch, &mut state, key);
             }
         }
     }

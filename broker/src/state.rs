@@ -647,9 +647,7 @@ impl State {
         let unacked = std::mem::take(&mut slot.unacked);
         for (_, u) in unacked.into_iter().rev() {
             self.requeue_unacked(&vhost, u);
-            touched.push(String::new());
         }
-        touched.retain(|q| !q.is_empty());
         touched.sort();
         touched.dedup();
         for q in &touched {

@@ -19,11 +19,7 @@ pub(crate) struct Errors(Option<syn::Error>);
 
 impl Errors {
     pub(crate) fn push(&mut self, span: Span, message: impl std::fmt::Display) {
-        let err = syn::Error::new(span, message);
-        match &mut self.0 {
-            Some(all) => all.combine(err),
-            None => self.0 = Some(err),
-        }
+        self.push_error(syn::Error::new(span, message));
     }
 
     /// An error spanning all of `tokens` (first to last token, also on stable Rust).

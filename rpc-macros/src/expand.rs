@@ -34,6 +34,14 @@ fn doc_attrs(attrs: &[Attribute]) -> Vec<&Attribute> {
     attrs.iter().filter(|a| a.path().is_ident("doc")).collect()
 }
 
+/// `name: Type` for each argument of `m`.
+fn typed_args(m: &Method) -> impl Iterator<Item = TokenStream> + '_ {
+    m.args.iter().map(|a| {
+        let (arg, ty) = (&a.ident, &a.ty);
+        quote!(#arg: #ty)
+    })
+}
+
 fn return_type(output: &Output) -> TokenStream {
     match output {
         Output::Unit => quote!(()),
@@ -54,10 +62,7 @@ fn expand_trait(service: &Service) -> TokenStream {
     let methods = service.methods.iter().map(|m| {
         let attrs = &m.attrs;
         let name = &m.ident;
-        let args = m.args.iter().map(|a| {
-            let (arg, ty) = (&a.ident, &a.ty);
-            quote!(#arg: #ty)
-        });
+        let args = typed_args(m);
         let ret = return_type(&m.output);
         quote! {
             #(#attrs)*
@@ -109,26 +114,15 @@ fn expand_client(service: &Service) -> TokenStream {
         } else {
             None
         };
-        let params = m.args.iter().map(|a| {
-            let (arg, ty) = (&a.ident, &a.ty);
-            quote!(#arg: #ty)
-        });
-        let fields = m.args.iter().map(|a| {
-            let (arg, ty) = (&a.ident, &a.ty);
-            quote!(#arg: #ty)
-        });
+        let params = typed_args(m);
+        let fields = typed_args(m);
         let names: Vec<&Ident> = m.args.iter().map(|a| &a.ident).collect();
-        let (ret, call) = if m.options.oneway.is_some() {
-            (quote!(()), quote!(notify))
-        } else {
-            match &m.output {
-                Output::Unit => (quote!(()), quote!(call)),
-                Output::Value(ty) => (quote!(#ty), quote!(call)),
-                Output::Result { ok, err, .. } => (
-                    quote!(::core::result::Result<#ok, #err>),
-                    quote!(call_fallible),
-                ),
-            }
+        // Validation made every one-way method return `()`.
+        let ret = return_type(&m.output);
+        let call = match &m.output {
+            _ if m.options.oneway.is_some() => quote!(notify),
+            Output::Result { .. } => quote!(call_fallible),
+            Output::Unit | Output::Value(_) => quote!(call),
         };
         let span = m.ident.span();
         quote_spanned! {span=>
@@ -206,10 +200,7 @@ fn expand_server(service: &Service) -> TokenStream {
     let arms = service.methods.iter().map(|m| {
         let name = &m.ident;
         let wire_name = LitStr::new(&m.ident.unraw().to_string(), m.ident.span());
-        let fields = m.args.iter().map(|a| {
-            let (arg, ty) = (&a.ident, &a.ty);
-            quote!(#arg: #ty)
-        });
+        let fields = typed_args(m);
         let names: Vec<&Ident> = m.args.iter().map(|a| &a.ident).collect();
         let run = match &m.output {
             Output::Result { .. } => quote!(::warren_rpc::Dispatch::result),
