@@ -22,19 +22,27 @@
 //! attempt is sent again, with the same call id and the next `x-warren-attempt`, on the live
 //! session, as long as the policy allows and the call's deadline is not reached.
 //!
+//! A broadcast ([`Client::broadcast_call`]) publishes one request to the service's fanout
+//! exchange `warren.all.<service>`, which reaches every replica's instance queue, and collects
+//! the replies with its call id until the deadline or the wanted number of replies. Client
+//! layers ([`ClientBuilder::layer`]) wrap every call, one-way call and broadcast.
+//!
 //! Replies come through RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`) by default; when
 //! the broker lacks it, the client declares an exclusive, server-named reply queue instead.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::{FutureExt, StreamExt};
+use futures::future::BoxFuture;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, ExchangeKind};
+use tower::{Layer, ServiceExt};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -43,6 +51,8 @@ use tracing::Instrument;
 use crate::context::{unix_millis, CallId, Context};
 use crate::error::Error;
 use crate::in_flight::{InFlight, ReplyMessage};
+use crate::introspect::{self, PingReply, ServiceDescription, StatsReply};
+use crate::middleware::{CallKind, ClientService, Layers, OutgoingCall, RawReply};
 use crate::reconnect::{self, Endpoint, Link, Session, Tripwire};
 use crate::retry::{AttemptFailure, RetryPolicy};
 use crate::service::MethodSpec;
@@ -108,6 +118,65 @@ impl CallOptions {
     }
 }
 
+/// Settings of a broadcast ([`Client::broadcast_call`]): how long to collect replies, how many,
+/// and where to send the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BroadcastOptions {
+    timeout: Option<Duration>,
+    max_replies: Option<usize>,
+    service: Option<Arc<str>>,
+    exchange: Option<Arc<str>>,
+    codec: Option<Codec>,
+}
+
+impl BroadcastOptions {
+    /// Collect until the client's default timeout, from every replica.
+    pub fn new() -> Self {
+        BroadcastOptions::default()
+    }
+
+    /// How long to collect replies (the method's, else the client's default timeout, unless
+    /// set). The broadcast returns what arrived by then.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Return as soon as this many replies arrived (at least 1).
+    pub fn max_replies(mut self, n: usize) -> Self {
+        self.max_replies = Some(n.max(1));
+        self
+    }
+
+    /// Address the replicas of this service (queue) name instead of the method's.
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(Arc::from(name.into()));
+        self
+    }
+
+    /// Publish to this fanout exchange instead of `warren.all.<service>`: for example
+    /// [`introspect::DISCOVERY_EXCHANGE`], which reaches every server of every service.
+    pub fn exchange(mut self, name: impl Into<String>) -> Self {
+        self.exchange = Some(Arc::from(name.into()));
+        self
+    }
+
+    /// Encode the request (and so the replies) with this codec instead of the client's.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+}
+
+/// One replica's answer to a broadcast.
+#[derive(Debug, Clone)]
+pub struct Replica<T> {
+    /// The instance id of the replica (as in `$ping`), when its reply said.
+    pub instance: Option<String>,
+    /// Its reply, decoded; a fault or an undecodable reply is an error of this replica only.
+    pub result: Result<T, Error>,
+}
+
 /// Builds a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
@@ -119,6 +188,7 @@ pub struct ClientBuilder {
     method_retry: HashMap<String, RetryPolicy>,
     heartbeat: Duration,
     confirm_calls: bool,
+    layers: Layers<ClientService>,
 }
 
 impl Default for ClientBuilder {
@@ -132,6 +202,7 @@ impl Default for ClientBuilder {
             method_retry: HashMap::new(),
             heartbeat: DEFAULT_HEARTBEAT,
             confirm_calls: false,
+            layers: Layers::default(),
         }
     }
 }
@@ -193,6 +264,28 @@ impl ClientBuilder {
         self
     }
 
+    /// Wraps every call, one-way call and broadcast in a tower layer; the first layer added is
+    /// the outermost. See [`crate::middleware`].
+    ///
+    /// ```
+    /// # use warren_rpc::{middleware::LoggingLayer, Client};
+    /// let builder = Client::builder().layer(LoggingLayer);
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<ClientService> + Send + Sync + 'static,
+        L::Service: tower::Service<OutgoingCall, Response = Vec<RawReply>, Error = Error>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<OutgoingCall>>::Future: Send + 'static,
+    {
+        self.layers
+            .push(move |inner| ClientService::new(layer.layer(inner)));
+        self
+    }
+
     /// Connects to the broker at `url` (`amqp://user:pass@host:port/vhost`).
     ///
     /// The first connection must succeed; after that the client reconnects by itself whenever
@@ -210,14 +303,18 @@ impl ClientBuilder {
             reconnect::supervise(endpoint, Arc::new(first), move |connection| {
                 open_session(connection, mode, confirm_calls)
             });
+        let layers = self.layers;
         Ok(Client {
-            inner: Arc::new(ClientInner {
+            inner: Arc::new_cyclic(|weak| ClientInner {
                 link,
                 default_timeout: self.timeout,
                 codec: self.codec,
                 retry: self.retry,
                 method_retry: self.method_retry,
                 supervisor,
+                // The innermost service holds the client weakly: the client owns its layers.
+                layered: (!layers.is_empty())
+                    .then(|| layers.apply(ClientService::new(CoreCalls(weak.clone())))),
             }),
         })
     }
@@ -434,6 +531,10 @@ async fn read_replies(mut consumer: Consumer, in_flight: Arc<InFlight>, tripwire
                     continue;
                 };
                 let id = CallId::from_wire(id.as_str());
+                let instance = wire::application_header(
+                    delivery.properties.headers().as_ref(),
+                    wire::HEADER_INSTANCE,
+                );
                 let reply = ReplyMessage {
                     content_type: delivery
                         .properties
@@ -441,6 +542,7 @@ async fn read_replies(mut consumer: Consumer, in_flight: Arc<InFlight>, tripwire
                         .as_ref()
                         .map(|c| c.as_str().to_owned()),
                     body: delivery.data,
+                    instance,
                 };
                 if !in_flight.complete(&id, reply) {
                     tracing::debug!(call_id = %id, "late or unknown reply dropped");
@@ -468,6 +570,35 @@ struct ClientInner {
     retry: RetryPolicy,
     method_retry: HashMap<String, RetryPolicy>,
     supervisor: JoinHandle<()>,
+    /// The client layers over [`CoreCalls`]; `None` without layers.
+    layered: Option<ClientService>,
+}
+
+/// The innermost client service: runs an [`OutgoingCall`] on the client, if it still exists.
+#[derive(Clone)]
+struct CoreCalls(Weak<ClientInner>);
+
+impl tower::Service<OutgoingCall> for CoreCalls {
+    type Response = Vec<RawReply>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Vec<RawReply>, Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: OutgoingCall) -> Self::Future {
+        let inner = self.0.upgrade();
+        Box::pin(async move {
+            match inner {
+                Some(inner) => Client { inner }.execute(&call).await,
+                None => Err(Error::Shutdown),
+            }
+        })
+    }
 }
 
 impl Drop for ClientInner {
@@ -517,10 +648,31 @@ struct Call<'a> {
     call_id: &'a CallId,
     codec: Codec,
     body: &'a [u8],
+    headers: &'a BTreeMap<String, String>,
     deadline: Instant,
     timeout: Duration,
     policy: RetryPolicy,
     expect_reply: bool,
+    /// For a broadcast: the fanout exchange to publish to (the caller registered for replies).
+    exchange: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    fn of(call: &'a OutgoingCall, exchange: Option<&'a str>) -> Self {
+        Call {
+            service: &call.service,
+            method: &call.method,
+            call_id: &call.call_id,
+            codec: call.codec,
+            body: &call.body,
+            headers: &call.headers,
+            deadline: call.deadline,
+            timeout: call.timeout,
+            policy: call.policy,
+            expect_reply: call.kind == CallKind::Call,
+            exchange,
+        }
+    }
 }
 
 /// Trips a session whose channel failed under a publish, and turns the error into ours.
@@ -630,20 +782,265 @@ impl Client {
         let body = codec
             .encode(args)
             .map_err(|reason| Error::Encode { reason })?;
-        let call_id = CallId::random();
-        let span = call_span(&service, method, &call_id);
-        let call = Call {
-            service: &service,
-            method,
-            call_id: &call_id,
+        let call = self.outgoing(method, options, service, codec, body, deadline, timeout);
+        let span = call_span(&call.service, method, &call.call_id);
+        self.send(call, CallKind::Notify)
+            .instrument(span)
+            .await
+            .map(|_| ())
+    }
+
+    /// Calls `method` with arguments already encoded in `codec` and returns the reply
+    /// undecoded: for tools that handle values they have no Rust type for (the `warren`
+    /// command line sends JSON this way).
+    pub async fn call_raw(
+        &self,
+        method: &MethodSpec,
+        codec: Codec,
+        body: Vec<u8>,
+        options: &CallOptions,
+    ) -> Result<RawReply, Error> {
+        let (service, _, deadline, timeout) = self.plan(method, options);
+        let call = self.outgoing(method, options, service, codec, body, deadline, timeout);
+        let span = call_span(&call.service, method, &call.call_id);
+        let replies = self.send(call, CallKind::Call).instrument(span).await?;
+        replies.into_iter().next().ok_or_else(|| Error::Decode {
+            reason: "no reply was requested".into(),
+        })
+    }
+
+    /// Calls `method` on every replica of its service and collects the replies until the
+    /// deadline or [`BroadcastOptions::max_replies`] replies, whichever comes first.
+    ///
+    /// The request goes to the fanout exchange `warren.all.<service>`, which every server binds
+    /// its instance queue to (see [`crate::introspect`]). Each replica's reply is decoded on its
+    /// own: a fault from one is an `Err` in its [`Replica`], not a failure of the broadcast.
+    /// Fails with [`Error::ServiceUnavailable`] when no replica is running; returns the replies
+    /// that arrived (possibly none) when the deadline passes. A broadcast is not retried.
+    pub async fn broadcast_call<A, T>(
+        &self,
+        method: &MethodSpec,
+        args: &A,
+        options: &BroadcastOptions,
+    ) -> Result<Vec<Replica<T>>, Error>
+    where
+        A: Serialize,
+        T: DeserializeOwned,
+    {
+        let replies = self
+            .broadcast_fallible::<A, T, IgnoredAny>(method, args, options)
+            .await?;
+        Ok(replies
+            .into_iter()
+            .map(|replica| Replica {
+                instance: replica.instance,
+                result: replica.result.and_then(|r| {
+                    r.map_err(|_| Error::Decode {
+                        reason: format!(
+                            "`{}` has no application error, but a server replied with \"err\"",
+                            method.name
+                        ),
+                    })
+                }),
+            })
+            .collect())
+    }
+
+    /// [`Client::broadcast_call`] for a method returning `Result<T, E>`.
+    pub async fn broadcast_fallible<A, T, E>(
+        &self,
+        method: &MethodSpec,
+        args: &A,
+        options: &BroadcastOptions,
+    ) -> Result<Vec<Replica<Result<T, E>>>, Error>
+    where
+        A: Serialize,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let codec = options.codec.unwrap_or(self.inner.codec);
+        let body = codec
+            .encode(args)
+            .map_err(|reason| Error::Encode { reason })?;
+        let replies = self.broadcast_raw(method, codec, body, options).await?;
+        Ok(replies
+            .iter()
+            .map(|reply| Replica {
+                instance: reply.instance.clone(),
+                result: decode_reply(reply),
+            })
+            .collect())
+    }
+
+    /// [`Client::broadcast_call`] with arguments already encoded in `codec`, returning the
+    /// replies undecoded.
+    pub async fn broadcast_raw(
+        &self,
+        method: &MethodSpec,
+        codec: Codec,
+        body: Vec<u8>,
+        options: &BroadcastOptions,
+    ) -> Result<Vec<RawReply>, Error> {
+        let mut call_options = CallOptions::new().codec(codec);
+        if let Some(timeout) = options.timeout {
+            call_options = call_options.timeout(timeout);
+        }
+        if let Some(service) = &options.service {
+            call_options = call_options.service(service.to_string());
+        }
+        let (service, _, deadline, timeout) = self.plan(method, &call_options);
+        let call = self.outgoing(method, &call_options, service, codec, body, deadline, timeout);
+        let span = call_span(&call.service, method, &call.call_id);
+        let kind = CallKind::Broadcast {
+            max_replies: options.max_replies,
+            exchange: options.exchange.clone(),
+        };
+        self.send(call, kind).instrument(span).await
+    }
+
+    /// Asks one replica of `service` who it is (`$ping`).
+    pub async fn ping(&self, service: &str) -> Result<PingReply, Error> {
+        self.reserved(service, introspect::PING).await
+    }
+
+    /// Asks one replica of `service` for its methods (`$describe`).
+    pub async fn describe(&self, service: &str) -> Result<ServiceDescription, Error> {
+        self.reserved(service, introspect::DESCRIBE).await
+    }
+
+    /// Asks one replica of `service` for its per-method counters (`$stats`).
+    pub async fn stats(&self, service: &str) -> Result<StatsReply, Error> {
+        self.reserved(service, introspect::STATS).await
+    }
+
+    /// Pings every replica of `service` and collects the answers until `timeout` (or the
+    /// client's default timeout) or `max_replies`.
+    pub async fn ping_all(
+        &self,
+        service: &str,
+        options: &BroadcastOptions,
+    ) -> Result<Vec<Replica<PingReply>>, Error> {
+        let method = introspect::reserved_method("", introspect::PING);
+        let options = options.clone().service(service);
+        self.broadcast_call(&method, &NoArgs {}, &options).await
+    }
+
+    async fn reserved<T: DeserializeOwned>(
+        &self,
+        service: &str,
+        name: &'static str,
+    ) -> Result<T, Error> {
+        let method = introspect::reserved_method("", name);
+        self.call(&method, &NoArgs {}, &CallOptions::new().service(service))
+            .await
+    }
+
+    /// The one-time parts of a call, before any layer sees it.
+    #[allow(clippy::too_many_arguments)]
+    fn outgoing(
+        &self,
+        method: &MethodSpec,
+        options: &CallOptions,
+        service: String,
+        codec: Codec,
+        body: Vec<u8>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> OutgoingCall {
+        OutgoingCall {
+            service,
+            method: *method,
+            call_id: CallId::random(),
             codec,
-            body: &body,
+            body,
+            headers: BTreeMap::new(),
             deadline,
             timeout,
             policy: self.policy(method, options),
-            expect_reply: false,
-        };
-        self.run(&call).instrument(span).await.map(|_| ())
+            kind: CallKind::Call,
+        }
+    }
+
+    /// Sends a call through the client's layers, if any.
+    async fn send(&self, mut call: OutgoingCall, kind: CallKind) -> Result<Vec<RawReply>, Error> {
+        call.kind = kind;
+        match &self.inner.layered {
+            Some(layered) => layered.clone().oneshot(call).await,
+            None => self.execute(&call).await,
+        }
+    }
+
+    /// Runs a call as the innermost service: its attempts, or its broadcast.
+    async fn execute(&self, call: &OutgoingCall) -> Result<Vec<RawReply>, Error> {
+        match &call.kind {
+            CallKind::Call | CallKind::Notify => {
+                let reply = self.run(&Call::of(call, None)).await?;
+                Ok(reply.into_iter().collect())
+            }
+            CallKind::Broadcast {
+                max_replies,
+                exchange,
+            } => {
+                let exchange = match exchange {
+                    Some(exchange) => exchange.to_string(),
+                    None => introspect::all_exchange(&call.service),
+                };
+                self.broadcast(&Call::of(call, Some(&exchange)), *max_replies)
+                    .await
+            }
+        }
+    }
+
+    /// One broadcast: check that the exchange exists (no exchange: no replica ever started),
+    /// publish once, collect replies until the deadline or `max_replies`.
+    async fn broadcast(
+        &self,
+        call: &Call<'_>,
+        max_replies: Option<usize>,
+    ) -> Result<Vec<RawReply>, Error> {
+        let exchange = call.exchange.unwrap_or_default();
+        let session = self.inner.link.session(call.deadline).await?;
+        let probe = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(Error::connection)?;
+        let exists = probe
+            .exchange_declare(
+                ShortString::try_new(exchange).map_err(|e| Error::Config {
+                    reason: format!("broadcast exchange name: {e}"),
+                })?,
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match exists {
+            // A passive declare of a missing exchange closes the probe channel (404).
+            Err(_) => {
+                return Err(Error::ServiceUnavailable {
+                    service: call.service.to_owned(),
+                })
+            }
+            Ok(()) => {
+                let _ = probe.close(200, "broadcast probe".into()).await;
+            }
+        }
+        let mut pending = session.in_flight.register_many(call.call_id.clone())?;
+        self.publish(&session, call, 1).await?;
+        let mut replies = Vec::new();
+        while max_replies.is_none_or(|max| replies.len() < max) {
+            match tokio::time::timeout_at(call.deadline.into(), pending.next()).await {
+                Err(_) => break,
+                Ok(Ok(reply)) => replies.push(reply),
+                Ok(Err(err)) if replies.is_empty() => return Err(err),
+                Ok(Err(_)) => break,
+            }
+        }
+        Ok(replies)
     }
 
     async fn invoke<A, T, E>(
@@ -661,24 +1058,15 @@ impl Client {
         let body = codec
             .encode(args)
             .map_err(|reason| Error::Encode { reason })?;
-        let call_id = CallId::random();
-        let span = call_span(&service, method, &call_id);
-        let call = Call {
-            service: &service,
-            method,
-            call_id: &call_id,
-            codec,
-            body: &body,
-            deadline,
-            timeout,
-            policy: self.policy(method, options),
-            expect_reply: true,
-        };
-        let result = match self.run(&call).instrument(span.clone()).await {
-            Ok(Some(reply)) => decode_reply(&reply),
-            Ok(None) => Err(Error::Decode {
-                reason: "no reply was requested".into(),
-            }),
+        let call = self.outgoing(method, options, service, codec, body, deadline, timeout);
+        let span = call_span(&call.service, method, &call.call_id);
+        let result = match self.send(call, CallKind::Call).instrument(span.clone()).await {
+            Ok(replies) => match replies.first() {
+                Some(reply) => decode_reply(reply),
+                None => Err(Error::Decode {
+                    reason: "no reply was requested".into(),
+                }),
+            },
             Err(err) => Err(err),
         };
         if let Err(err) = &result {
@@ -805,14 +1193,21 @@ impl Client {
             call_id,
             codec,
             body,
+            headers: app_headers,
             deadline,
             timeout,
             expect_reply,
+            exchange,
             ..
         } = *call;
-        let routing_key = ShortString::try_new(service).map_err(|e| Error::Config {
+        let (exchange, routing_key) = match exchange {
+            Some(exchange) => (exchange, ""),
+            None => ("", service),
+        };
+        let routing_key = ShortString::try_new(routing_key).map_err(|e| Error::Config {
             reason: format!("service name: {e}"),
         })?;
+        let broadcast = call.exchange.is_some();
         let pending = if expect_reply {
             Some(session.in_flight.register(call_id.clone())?)
         } else {
@@ -827,6 +1222,12 @@ impl Client {
         let deadline_unix = unix_millis(SystemTime::now() + remaining);
 
         let mut headers = FieldTable::default();
+        for (name, value) in app_headers {
+            headers.insert(
+                name.as_str().into(),
+                AMQPValue::LongString(value.as_str().into()),
+            );
+        }
         headers.insert(
             wire::HEADER_PROTOCOL.into(),
             AMQPValue::LongLongInt(wire::PROTOCOL_VERSION),
@@ -852,18 +1253,18 @@ impl Client {
             .with_expiration(budget_ms.to_string().into())
             .with_timestamp(u64::try_from(unix_millis(SystemTime::now()) / 1000).unwrap_or(0))
             .with_headers(headers);
-        if expect_reply {
+        if expect_reply || broadcast {
             properties = properties.with_reply_to(session.reply_to.clone());
         }
 
-        let confirmed = session.confirm_calls || !expect_reply;
-        let channel = if expect_reply {
+        let confirmed = session.confirm_calls || !(expect_reply || broadcast);
+        let channel = if expect_reply || broadcast {
             &session.channel
         } else {
             &session.notify_channel
         };
         let publish = channel.basic_publish(
-            "".into(),
+            exchange.into(),
             routing_key,
             BasicPublishOptions {
                 mandatory: true,
@@ -907,6 +1308,10 @@ fn call_span(service: &str, method: &MethodSpec, call_id: &CallId) -> tracing::S
         call_id = %call_id,
     )
 }
+
+/// The empty arguments map of the reserved methods.
+#[derive(Serialize)]
+struct NoArgs {}
 
 fn decode_reply<T, E>(reply: &ReplyMessage) -> Result<Result<T, E>, Error>
 where

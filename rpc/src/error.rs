@@ -149,6 +149,9 @@ pub enum FaultCode {
     Unavailable,
     /// Any other server-side failure, such as a reply that could not be encoded (`internal`).
     Internal,
+    /// The request lacks valid credentials, as a server layer checking them reports it
+    /// (`unauthenticated`).
+    Unauthenticated,
     /// A code this version of Warren does not know, kept verbatim.
     Other(String),
 }
@@ -163,6 +166,7 @@ impl FaultCode {
             FaultCode::DeadlineExceeded => "deadline_exceeded",
             FaultCode::Unavailable => "unavailable",
             FaultCode::Internal => "internal",
+            FaultCode::Unauthenticated => "unauthenticated",
             FaultCode::Other(code) => code,
         }
     }
@@ -176,6 +180,7 @@ impl FaultCode {
             "deadline_exceeded" => FaultCode::DeadlineExceeded,
             "unavailable" => FaultCode::Unavailable,
             "internal" => FaultCode::Internal,
+            "unauthenticated" => FaultCode::Unauthenticated,
             other => FaultCode::Other(other.to_owned()),
         }
     }
@@ -205,6 +210,7 @@ mod tests {
             FaultCode::DeadlineExceeded,
             FaultCode::Unavailable,
             FaultCode::Internal,
+            FaultCode::Unauthenticated,
             FaultCode::Other("teapot".into()),
         ] {
             assert_eq!(FaultCode::parse(code.as_str()), code);

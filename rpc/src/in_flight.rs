@@ -4,24 +4,25 @@
 //! a [`PendingReply`] (dropping it removes the entry, so a call abandoned at its deadline or
 //! cancelled by its caller leaves nothing behind), [`InFlight::complete`] hands a reply to its
 //! caller, and [`InFlight::fail_all`] ends every pending call at once with the same error when
-//! the connection dies, so nothing hangs.
+//! the connection dies, so nothing hangs. A broadcast registers with [`InFlight::register_many`]
+//! and takes every reply with its id until it drops its [`PendingReplies`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::context::CallId;
 use crate::error::Error;
 
 /// A raw reply as it came off the reply queue.
-#[derive(Debug)]
-pub(crate) struct ReplyMessage {
-    pub(crate) content_type: Option<String>,
-    pub(crate) body: Vec<u8>,
-}
+pub(crate) use crate::middleware::RawReply as ReplyMessage;
 
-type Slot = oneshot::Sender<Result<ReplyMessage, Error>>;
+/// Where the replies of one call go: one reply, or any number for a broadcast.
+enum Slot {
+    One(oneshot::Sender<Result<ReplyMessage, Error>>),
+    Many(mpsc::UnboundedSender<Result<ReplyMessage, Error>>),
+}
 
 #[derive(Default)]
 struct State {
@@ -53,7 +54,7 @@ impl InFlight {
             return Err(err.clone());
         }
         let was_idle = state.pending.is_empty();
-        state.pending.insert(id.clone(), tx);
+        state.pending.insert(id.clone(), Slot::One(tx));
         drop(state);
         // `wait_busy` only waits while the map is empty, so only this transition can wake it.
         if was_idle {
@@ -64,6 +65,27 @@ impl InFlight {
             id,
             rx,
             answered: false,
+        })
+    }
+
+    /// Registers a broadcast: every reply with its id arrives through the returned
+    /// [`PendingReplies`] until it is dropped or a failure ends it.
+    pub(crate) fn register_many(self: &Arc<Self>, id: CallId) -> Result<PendingReplies, Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = self.lock();
+        if let Some(err) = &state.closed {
+            return Err(err.clone());
+        }
+        let was_idle = state.pending.is_empty();
+        state.pending.insert(id.clone(), Slot::Many(tx));
+        drop(state);
+        if was_idle {
+            self.registered.notify_waiters();
+        }
+        Ok(PendingReplies {
+            map: Arc::clone(self),
+            id,
+            rx,
         })
     }
 
@@ -79,9 +101,16 @@ impl InFlight {
     }
 
     fn resolve(&self, id: &CallId, result: Result<ReplyMessage, Error>) -> bool {
-        let slot = self.lock().pending.remove(id);
+        let mut state = self.lock();
+        // A broadcast stays registered for more replies; a failure ends it.
+        if let (Some(Slot::Many(tx)), true) = (state.pending.get(id), result.is_ok()) {
+            return tx.send(result).is_ok();
+        }
+        let slot = state.pending.remove(id);
+        drop(state);
         match slot {
-            Some(tx) => tx.send(result).is_ok(),
+            Some(Slot::One(tx)) => tx.send(result).is_ok(),
+            Some(Slot::Many(tx)) => tx.send(result).is_ok(),
             None => false,
         }
     }
@@ -112,8 +141,11 @@ impl InFlight {
             }
             std::mem::take(&mut state.pending)
         };
-        for (_, tx) in pending {
-            let _ = tx.send(Err(err.clone()));
+        for (_, slot) in pending {
+            let _ = match slot {
+                Slot::One(tx) => tx.send(Err(err.clone())).is_ok(),
+                Slot::Many(tx) => tx.send(Err(err.clone())).is_ok(),
+            };
         }
     }
 
@@ -155,6 +187,29 @@ impl Drop for PendingReply {
     }
 }
 
+/// The receiving end of one broadcast. Dropping it unregisters the broadcast.
+pub(crate) struct PendingReplies {
+    map: Arc<InFlight>,
+    id: CallId,
+    rx: mpsc::UnboundedReceiver<Result<ReplyMessage, Error>>,
+}
+
+impl PendingReplies {
+    /// Waits for the next reply; an error ends the broadcast.
+    pub(crate) async fn next(&mut self) -> Result<ReplyMessage, Error> {
+        match self.rx.recv().await {
+            Some(result) => result,
+            None => Err(Error::Shutdown),
+        }
+    }
+}
+
+impl Drop for PendingReplies {
+    fn drop(&mut self) {
+        self.map.cancel(&self.id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +218,7 @@ mod tests {
         ReplyMessage {
             content_type: None,
             body: body.to_vec(),
+            instance: None,
         }
     }
 
@@ -204,6 +260,25 @@ mod tests {
             .await
             .expect("wait_busy noticed the registration")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_takes_many_replies_until_dropped_or_failed() {
+        let map = Arc::new(InFlight::default());
+        let id = CallId::random();
+        let mut replies = map.register_many(id.clone()).unwrap();
+        assert!(map.complete(&id, reply(b"a")));
+        assert!(map.complete(&id, reply(b"b")));
+        assert_eq!(replies.next().await.unwrap().body, b"a");
+        assert_eq!(replies.next().await.unwrap().body, b"b");
+        assert!(map.fail(&id, Error::Shutdown));
+        assert!(matches!(replies.next().await, Err(Error::Shutdown)));
+        assert_eq!(map.len(), 0);
+        let other = CallId::random();
+        let replies = map.register_many(other.clone()).unwrap();
+        drop(replies);
+        assert!(!map.complete(&other, reply(b"late")));
+        assert_eq!(map.len(), 0);
     }
 
     #[tokio::test]

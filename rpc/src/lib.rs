@@ -103,19 +103,21 @@ mod context;
 mod dedup;
 mod error;
 mod in_flight;
+pub mod introspect;
+pub mod middleware;
 mod reconnect;
 mod retry;
 mod server;
 mod service;
 pub mod wire;
 
-pub use client::{CallOptions, Client, ClientBuilder, ReplyQueue};
+pub use client::{BroadcastOptions, CallOptions, Client, ClientBuilder, Replica, ReplyQueue};
 pub use context::{CallId, Context};
 pub use dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
 pub use error::{Error, FaultCode};
 pub use retry::RetryPolicy;
 pub use server::{Server, ServerBuilder};
-pub use service::{Dispatch, Fault, MethodSpec, Outcome, Request, Service};
+pub use service::{Dispatch, Fault, MethodSpec, Outcome, Param, Request, Service};
 pub use wire::Codec;
 
 /// Turns a trait into a Warren service: generates `{Trait}Client` and `{Trait}Server`.
@@ -132,6 +134,70 @@ pub struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod __private {
     pub use serde;
+    pub use serde_json;
     pub use std::sync::Arc;
     pub use std::time::Duration;
+
+    /// A function producing the JSON Schema of one type.
+    #[cfg(feature = "schemars")]
+    pub type SchemaFn = fn() -> serde_json::Value;
+
+    /// The JSON Schema of `T`.
+    #[cfg(feature = "schemars")]
+    pub fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default()
+    }
+
+    /// One method's entry of `Service::schemas`.
+    #[cfg(feature = "schemars")]
+    pub fn method_schema(
+        params: &[(&str, SchemaFn)],
+        result: SchemaFn,
+        error: &[SchemaFn],
+    ) -> serde_json::Value {
+        let params: serde_json::Map<String, serde_json::Value> = params
+            .iter()
+            .map(|(name, schema)| ((*name).to_owned(), schema()))
+            .collect();
+        let mut method = serde_json::Map::new();
+        method.insert("params".to_owned(), serde_json::Value::Object(params));
+        method.insert("result".to_owned(), result());
+        if let Some(error) = error.first() {
+            method.insert("error".to_owned(), error());
+        }
+        serde_json::Value::Object(method)
+    }
+}
+
+/// The body of a generated `Service::schemas`: the JSON Schemas of every method's types with
+/// the `schemars` feature, `None` without it. Not a public API.
+#[doc(hidden)]
+#[cfg(feature = "schemars")]
+#[macro_export]
+macro_rules! __schemas {
+    ($($method:literal { params: [$($param:literal : $pty:ty),*], result: $rty:ty, error: [$($ety:ty)?] })*) => {{
+        let mut methods = $crate::__private::serde_json::Map::new();
+        $(
+            methods.insert(
+                ::std::string::ToString::to_string($method),
+                $crate::__private::method_schema(
+                    &[$(($param, $crate::__private::schema_of::<$pty> as $crate::__private::SchemaFn)),*],
+                    $crate::__private::schema_of::<$rty>,
+                    &[$($crate::__private::schema_of::<$ety> as $crate::__private::SchemaFn)?],
+                ),
+            );
+        )*
+        ::core::option::Option::Some($crate::__private::serde_json::Value::Object(methods))
+    }};
+}
+
+/// The body of a generated `Service::schemas`: the JSON Schemas of every method's types with
+/// the `schemars` feature, `None` without it. Not a public API.
+#[doc(hidden)]
+#[cfg(not(feature = "schemars"))]
+#[macro_export]
+macro_rules! __schemas {
+    ($($tokens:tt)*) => {
+        ::core::option::Option::None
+    };
 }

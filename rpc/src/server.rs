@@ -7,6 +7,12 @@
 //! panics caught and the deadline enforced -> publish the reply -> ack. Shutdown cancels the
 //! consumer, lets the requests in flight finish within a grace period, and closes.
 //!
+//! Besides the service queue, each server has an exclusive instance queue bound to the fanout
+//! exchanges `warren.all.<queue>` and `warren.discovery` (see [`crate::introspect`]), so a
+//! broadcast reaches every replica once; requests from it are handled like any other. Reserved
+//! `$`-methods (`$ping`, `$describe`, `$stats`) are answered by the runtime, without waiting
+//! for a free concurrency slot. Server layers ([`ServerBuilder::layer`]) wrap every request.
+//!
 //! When the connection dies (socket error, missed heartbeats, the broker closing it or
 //! cancelling the consumer), the server reconnects with backoff, declares its queue again and
 //! resumes consuming. Requests it had taken but not acked go back to the queue; the broker
@@ -15,18 +21,24 @@
 //! replies and acks are lost with the connection.
 
 use std::any::Any;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::future::{BoxFuture, Either};
+use futures::stream::Select;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    QueueDeclareOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
+use tower::{Layer, ServiceExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -34,8 +46,10 @@ use tracing::Instrument;
 use crate::context::{unix_millis, CallId, Context};
 use crate::dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
 use crate::error::{Error, FaultCode};
+use crate::introspect::{self, Instance, PingReply, ServiceDescription, Stats, StatsReply};
+use crate::middleware::{Layers, ServerService};
 use crate::reconnect::{self, Endpoint, Tripwire};
-use crate::service::{Fault, Outcome, Request, Service};
+use crate::service::{Dispatch, Fault, Outcome, Request, Service};
 use crate::wire::{self, Codec};
 
 /// Builds and starts a [`Server`].
@@ -48,6 +62,8 @@ pub struct ServerBuilder {
     shutdown_grace: Duration,
     connection_name: String,
     heartbeat: Duration,
+    layers: Layers<ServerService>,
+    version: Option<String>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -58,6 +74,8 @@ impl std::fmt::Debug for ServerBuilder {
             .field("queue_type", &self.queue_type)
             .field("queue_name", &self.queue_name)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("layers", &self.layers)
+            .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +91,8 @@ impl Default for ServerBuilder {
             shutdown_grace: Duration::from_secs(10),
             connection_name: "warren-server".to_owned(),
             heartbeat: Duration::from_secs(10),
+            layers: Layers::default(),
+            version: None,
         }
     }
 }
@@ -131,6 +151,34 @@ impl ServerBuilder {
         self
     }
 
+    /// Wraps every request (reserved `$`-methods included) in a tower layer; the first layer
+    /// added is the outermost. See [`crate::middleware`].
+    ///
+    /// ```
+    /// # use warren_rpc::{middleware::MetricsLayer, Server};
+    /// let builder = Server::builder().layer(MetricsLayer);
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<ServerService> + Send + Sync + 'static,
+        L::Service: tower::Service<Request, Response = Outcome, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<Request>>::Future: Send + 'static,
+    {
+        self.layers
+            .push(move |inner| ServerService::new(layer.layer(inner)));
+        self
+    }
+
+    /// The application version `$ping` reports (warren-rpc's version unless set).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
     /// Connects to `url`, declares the service queue and starts serving `service`.
     ///
     /// The first connection must succeed; after that the server reconnects by itself whenever
@@ -155,8 +203,13 @@ impl ServerBuilder {
                 AMQPValue::LongString(queue_type.as_str().into()),
             );
         }
+        let all_exchange =
+            ShortString::try_new(introspect::all_exchange(&queue)).map_err(|e| Error::Config {
+                reason: format!("broadcast exchange name (queue name too long?): {e}"),
+            })?;
         let declare = Declare {
             queue: queue_name,
+            all_exchange,
             durable: self.durable,
             arguments,
             prefetch: self.concurrency,
@@ -164,8 +217,18 @@ impl ServerBuilder {
         let connection = endpoint.connect().await?;
         let session = declare.open(connection).await.map_err(|(_, err)| err)?;
 
-        let shared = Arc::new(Shared {
+        let core = Arc::new(Core {
+            stats: Stats::new(service.methods()),
             service: Box::new(service),
+            queue: queue.clone(),
+            instance: Instance::new(self.version),
+            in_flight: AtomicU64::new(0),
+        });
+        let handler = (!self.layers.is_empty())
+            .then(|| self.layers.apply(ServerService::new(CoreService(Arc::clone(&core)))));
+        let shared = Arc::new(Shared {
+            core,
+            handler,
             queue: queue.clone(),
             cache: self.cache,
         });
@@ -241,14 +304,84 @@ impl Drop for Server {
 }
 
 struct Shared {
-    service: Box<dyn Service>,
+    core: Arc<Core>,
+    /// The core wrapped in the builder's layers; `None` without layers.
+    handler: Option<ServerService>,
     queue: String,
     cache: Arc<dyn ReplyCache>,
+}
+
+/// The innermost handler: the service, and the runtime's answers to reserved methods.
+struct Core {
+    service: Box<dyn Service>,
+    queue: String,
+    instance: Instance,
+    stats: Stats,
+    /// Requests between delivery and ack.
+    in_flight: AtomicU64,
+}
+
+impl Core {
+    fn dispatch(&self, request: Request) -> Dispatch {
+        let codec = request.codec();
+        match request.method() {
+            introspect::PING => Dispatch::value(
+                codec,
+                futures::future::ready(PingReply {
+                    service: self.queue.clone(),
+                    instance: self.instance.id.clone(),
+                    host: self.instance.host.clone(),
+                    pid: std::process::id(),
+                    version: self.instance.version.clone(),
+                    warren_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    uptime_ms: self.instance.uptime_ms(),
+                    in_flight: self.in_flight.load(Ordering::Relaxed),
+                }),
+            ),
+            introspect::DESCRIBE => Dispatch::value(
+                codec,
+                futures::future::ready(ServiceDescription::of(&*self.service, &self.queue)),
+            ),
+            introspect::STATS => Dispatch::value(
+                codec,
+                futures::future::ready(StatsReply {
+                    service: self.queue.clone(),
+                    instance: self.instance.id.clone(),
+                    uptime_ms: self.instance.uptime_ms(),
+                    methods: self.stats.snapshot(),
+                }),
+            ),
+            _ => self.service.dispatch(request),
+        }
+    }
+}
+
+/// [`Core`] as the tower service the server's layers wrap.
+#[derive(Clone)]
+struct CoreService(Arc<Core>);
+
+impl tower::Service<Request> for CoreService {
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Outcome, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        self.0.dispatch(request).map(Ok).boxed()
+    }
 }
 
 /// What the server declares on every connection it makes.
 struct Declare {
     queue: ShortString,
+    /// `warren.all.<queue>`, which the instance queue is bound to.
+    all_exchange: ShortString,
     durable: bool,
     arguments: FieldTable,
     prefetch: u16,
@@ -258,7 +391,9 @@ struct Declare {
 struct ServerSession {
     connection: Connection,
     channel: Channel,
-    consumer: Consumer,
+    /// The service queue's consumer and the instance queue's, merged.
+    deliveries: Select<Consumer, Consumer>,
+    consumer_tags: [ShortString; 2],
     tripwire: Tripwire,
 }
 
@@ -266,18 +401,31 @@ impl Declare {
     /// Declares the queue, sets the prefetch and starts consuming on a fresh connection; on
     /// failure hands the connection back to be closed.
     async fn open(&self, connection: Connection) -> Result<ServerSession, (Connection, Error)> {
-        match self.setup(&connection).await {
-            Ok((channel, consumer)) => Ok(ServerSession {
-                connection,
-                channel,
-                consumer,
-                tripwire: Tripwire::new(),
-            }),
-            Err(err) => Err((connection, err)),
+        let mut attempt = 1;
+        loop {
+            match self.setup(&connection).await {
+                Ok((channel, service, instance)) => {
+                    return Ok(ServerSession {
+                        connection,
+                        channel,
+                        consumer_tags: [service.tag(), instance.tag()],
+                        deliveries: futures::stream::select(service, instance),
+                        tripwire: Tripwire::new(),
+                    })
+                }
+                // The auto-deleted exchanges can vanish between their declaration and the
+                // binding when the last other server of the service stops at that moment:
+                // the binding fails with 404 on that channel only, and a second try succeeds.
+                Err(err) if attempt < 3 && connection.status().connected() => {
+                    tracing::debug!(%err, "server setup failed; trying again");
+                    attempt += 1;
+                }
+                Err(err) => return Err((connection, err)),
+            }
         }
     }
 
-    async fn setup(&self, connection: &Connection) -> Result<(Channel, Consumer), Error> {
+    async fn setup(&self, connection: &Connection) -> Result<(Channel, Consumer, Consumer), Error> {
         let channel = connection
             .create_channel()
             .await
@@ -297,6 +445,7 @@ impl Declare {
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
             .map_err(Error::connection)?;
+        let instance_queue = self.instance_queue(&channel).await?;
         let consumer = channel
             .basic_consume(
                 self.queue.clone(),
@@ -306,7 +455,65 @@ impl Declare {
             )
             .await
             .map_err(Error::connection)?;
-        Ok((channel, consumer))
+        let instance = channel
+            .basic_consume(
+                instance_queue,
+                "".into(),
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::connection)?;
+        Ok((channel, consumer, instance))
+    }
+
+    /// Declares this server's exclusive instance queue and binds it to the service's broadcast
+    /// exchange and to the discovery exchange (both fanout, auto-deleted with their last
+    /// binding).
+    async fn instance_queue(&self, channel: &Channel) -> Result<ShortString, Error> {
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::connection)?;
+        for exchange in [
+            self.all_exchange.clone(),
+            ShortString::from(introspect::DISCOVERY_EXCHANGE),
+        ] {
+            channel
+                .exchange_declare(
+                    exchange.clone(),
+                    ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        auto_delete: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(Error::connection)?;
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    exchange,
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(Error::connection)?;
+        }
+        Ok(queue.name().clone())
     }
 }
 
@@ -338,13 +545,15 @@ impl Supervisor {
                 Ended::Stopped => {
                     // Stop new deliveries, then drain: requests in flight hold permits until
                     // replied and acked.
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        session
-                            .channel
-                            .basic_cancel(session.consumer.tag(), BasicCancelOptions::default()),
-                    )
-                    .await;
+                    for tag in &session.consumer_tags {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            session
+                                .channel
+                                .basic_cancel(tag.clone(), BasicCancelOptions::default()),
+                        )
+                        .await;
+                    }
                     self.drain().await;
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
@@ -400,14 +609,25 @@ impl Supervisor {
             let delivery = tokio::select! {
                 _ = self.stop.wait_for(|stopped| *stopped) => return Ended::Stopped,
                 reason = &mut dead => return Ended::Lost(reason),
-                delivery = session.consumer.next() => delivery,
+                delivery = session.deliveries.next() => delivery,
             };
             match delivery {
                 Some(Ok(delivery)) => {
                     // The budget runs from here: time spent waiting for a free slot counts.
                     let received = Instant::now();
-                    let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-                        return Ended::Stopped;
+                    let reserved = delivery
+                        .properties
+                        .kind()
+                        .as_ref()
+                        .is_some_and(|m| introspect::is_reserved(m.as_str()));
+                    // Introspection is answered even when every slot is busy.
+                    let permit = if reserved {
+                        None
+                    } else {
+                        match Arc::clone(&self.permits).acquire_owned().await {
+                            Ok(permit) => Some(permit),
+                            Err(_) => return Ended::Stopped,
+                        }
                     };
                     let shared = Arc::clone(&self.shared);
                     let channel = session.channel.clone();
@@ -438,6 +658,7 @@ struct Incoming {
     correlation_id: Option<ShortString>,
     codec: Option<Codec>,
     protocol: Option<i64>,
+    headers: BTreeMap<String, String>,
     context: Context,
 }
 
@@ -465,6 +686,7 @@ impl Incoming {
             correlation_id: props.correlation_id().clone(),
             codec: Codec::from_content_type(props.content_type().as_ref().map(|c| c.as_str())),
             protocol: wire::header_i64(headers, wire::HEADER_PROTOCOL),
+            headers: wire::application_headers(headers),
             context: Context {
                 call_id: call_id.unwrap_or_else(|| CallId::from_wire("")),
                 service: queue.to_owned(),
@@ -519,6 +741,7 @@ async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received
         call_id = %incoming.context.call_id,
         attempt = incoming.context.attempt,
     );
+    shared.core.in_flight.fetch_add(1, Ordering::Relaxed);
     async {
         if let Some(deadline) = incoming.context.deadline {
             if deadline <= Instant::now() {
@@ -533,12 +756,14 @@ async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received
             None => execute_once(shared, &incoming, codec, &delivery.data).await,
         };
         if let (Some(reply), Some(reply_to)) = (reply, &incoming.reply_to) {
-            send_reply(channel, reply_to, incoming.correlation_id.clone(), reply).await;
+            let instance = &shared.core.instance.id;
+            send_reply(channel, reply_to, incoming.correlation_id.clone(), instance, reply).await;
         }
         ack(channel, &delivery);
     }
     .instrument(span)
-    .await
+    .await;
+    shared.core.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Runs the request unless the cache says it already ran; returns the reply to send, or `None`
@@ -590,19 +815,32 @@ async fn run(
     codec: Codec,
     body: &[u8],
 ) -> Option<CachedReply> {
-    let request = Request::new(incoming.context.method.clone(), codec, body);
+    let method = incoming.context.method.as_str();
+    let request = Request::new(method, codec, body)
+        .with_service(shared.queue.as_str())
+        .with_headers(incoming.headers.clone());
     let context = incoming.context.clone();
-    // Decoding the arguments happens inside dispatch: guard it as well as the handler.
-    let handler =
-        match std::panic::catch_unwind(AssertUnwindSafe(|| shared.service.dispatch(request))) {
-            Ok(dispatch) => AssertUnwindSafe(context.scope(dispatch)).catch_unwind(),
-            Err(panic) => return Some(panicked(codec, panic)),
-        };
+    // Dispatching (which decodes the arguments) happens on the first poll, inside the panic
+    // guard, as does everything the layers do.
+    let handler = match &shared.handler {
+        Some(layered) => Either::Left(layered.clone().oneshot(request).map(|outcome| {
+            let Ok(outcome) = outcome;
+            outcome
+        })),
+        None => {
+            let core = Arc::clone(&shared.core);
+            Either::Right(async move { core.dispatch(request).await })
+        }
+    };
+    let handler = AssertUnwindSafe(context.scope(handler)).catch_unwind();
+    let started = Instant::now();
+    let stats = |kind: Option<&str>| shared.core.stats.record(method, started.elapsed(), kind);
     let outcome = match incoming.context.deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline.into(), handler).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 tracing::warn!("handler cancelled at the call's deadline");
+                stats(Some(FaultCode::DeadlineExceeded.as_str()));
                 return None;
             }
         },
@@ -613,9 +851,13 @@ async fn run(
             if let Outcome::Fault(fault) = &outcome {
                 tracing::debug!(%fault, "call failed");
             }
+            stats(outcome.error_kind());
             Some(reply_of(codec, outcome))
         }
-        Err(panic) => Some(panicked(codec, panic)),
+        Err(panic) => {
+            stats(Some(FaultCode::HandlerPanicked.as_str()));
+            Some(panicked(codec, panic))
+        }
     }
 }
 
@@ -649,9 +891,17 @@ async fn send_reply(
     channel: &Channel,
     reply_to: &ShortString,
     correlation_id: Option<ShortString>,
+    instance: &str,
     reply: CachedReply,
 ) {
-    let mut properties = BasicProperties::default().with_content_type(reply.content_type.into());
+    let mut headers = FieldTable::default();
+    headers.insert(
+        wire::HEADER_INSTANCE.into(),
+        AMQPValue::LongString(instance.into()),
+    );
+    let mut properties = BasicProperties::default()
+        .with_content_type(reply.content_type.into())
+        .with_headers(headers);
     if let Some(id) = correlation_id {
         properties = properties.with_correlation_id(id);
     }

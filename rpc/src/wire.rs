@@ -24,6 +24,11 @@ pub const HEADER_TIMEOUT_MS: &str = "x-warren-timeout-ms";
 pub const HEADER_DEADLINE: &str = "x-warren-deadline";
 /// Header: the attempt number, 1 for the first publication of a call.
 pub const HEADER_ATTEMPT: &str = "x-warren-attempt";
+/// Header of a reply: the instance id of the server that sent it (see [`crate::introspect`]).
+pub const HEADER_INSTANCE: &str = "x-warren-instance";
+/// The prefix of the protocol's own headers; other string-valued headers are application
+/// headers, visible to server middleware and handlers.
+pub const HEADER_PREFIX: &str = "x-warren-";
 /// Header: optional W3C trace context.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 /// The pseudo-queue of RabbitMQ's direct reply-to.
@@ -192,6 +197,37 @@ where
         }
 
         deserializer.deserialize_map(BodyVisitor(PhantomData))
+    }
+}
+
+/// The application headers of a message: its string-valued headers outside [`HEADER_PREFIX`].
+pub(crate) fn application_headers(
+    headers: Option<&FieldTable>,
+) -> std::collections::BTreeMap<String, String> {
+    let Some(headers) = headers else {
+        return std::collections::BTreeMap::new();
+    };
+    headers
+        .inner()
+        .iter()
+        .filter(|(name, _)| !name.as_str().starts_with(HEADER_PREFIX))
+        .filter_map(|(name, value)| {
+            let text = match value {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.as_str().to_owned(),
+                _ => return None,
+            };
+            Some((name.as_str().to_owned(), text))
+        })
+        .collect()
+}
+
+/// A string-valued header, if present.
+pub(crate) fn application_header(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
     }
 }
 
