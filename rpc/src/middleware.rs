@@ -17,7 +17,8 @@
 //! The first layer added is the outermost, as with `tower::ServiceBuilder`. Two layers come
 //! with the crate, each for both sides: [`MetricsLayer`] (per-method call counts, errors and
 //! latency through the [`metrics`] facade, so any exporter picks them up) and
-//! [`LoggingLayer`] (one `tracing` event per call).
+//! [`LoggingLayer`] (one `tracing` event per call); [`SetHeadersLayer`] sets headers on a
+//! client's calls.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -387,5 +388,68 @@ where
             );
             result
         })
+    }
+}
+
+/// A client layer setting application headers on every call, for example a token a server
+/// layer checks:
+///
+/// ```
+/// # use warren_rpc::{middleware::SetHeadersLayer, Client};
+/// let builder = Client::builder().layer(SetHeadersLayer::new().header("authorization", "Bearer s3cret"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SetHeadersLayer {
+    headers: Arc<BTreeMap<String, String>>,
+}
+
+impl SetHeadersLayer {
+    /// A layer setting no header yet.
+    pub fn new() -> Self {
+        SetHeadersLayer::default()
+    }
+
+    /// Sets `name` to `value` on every call.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.headers).insert(name.into(), value.into());
+        self
+    }
+}
+
+impl<S> Layer<S> for SetHeadersLayer {
+    type Service = SetHeaders<S>;
+
+    fn layer(&self, inner: S) -> SetHeaders<S> {
+        SetHeaders {
+            inner,
+            headers: Arc::clone(&self.headers),
+        }
+    }
+}
+
+/// The service of [`SetHeadersLayer`].
+#[derive(Debug, Clone)]
+pub struct SetHeaders<S> {
+    inner: S,
+    headers: Arc<BTreeMap<String, String>>,
+}
+
+impl<S> Service<OutgoingCall> for SetHeaders<S>
+where
+    S: Service<OutgoingCall, Response = Vec<RawReply>, Error = Error>,
+{
+    type Response = Vec<RawReply>;
+    type Error = Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut call: OutgoingCall) -> Self::Future {
+        for (name, value) in self.headers.iter() {
+            call.headers.insert(name.clone(), value.clone());
+        }
+        self.inner.call(call)
     }
 }
