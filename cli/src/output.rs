@@ -4,6 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// `println!` that ignores a closed stdout (`warren ... | head`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 use serde::Serialize;
 use serde_json::{json, Value};
 use warren_rpc::introspect::{PingReply, ServiceDescription, StatsReply};
@@ -43,7 +51,7 @@ impl Failure {
             if let Some(value) = &self.value {
                 error["value"] = value.clone();
             }
-            println!("{}", json!({ "error": error }));
+            outln!("{}", json!({ "error": error }));
         } else {
             eprintln!("error ({}): {}", self.kind, self.message);
         }
@@ -72,7 +80,7 @@ pub(crate) struct Printer {
 impl Printer {
     fn print_json(&self, value: &impl Serialize) {
         match serde_json::to_string_pretty(value) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => outln!("{text}"),
             Err(err) => eprintln!("error (encode): {err}"),
         }
     }
@@ -80,7 +88,7 @@ impl Printer {
     /// A call's result: the JSON value itself in both formats (readable is pretty-printed).
     pub(crate) fn value(&self, value: &Value) {
         if self.json {
-            println!("{}", json!({ "ok": value }));
+            outln!("{}", json!({ "ok": value }));
         } else {
             self.print_json(value);
         }
@@ -90,7 +98,7 @@ impl Printer {
         if self.json {
             return self.print_json(d);
         }
-        println!(
+        outln!(
             "service {} (queue {}, protocol {})",
             d.service, d.queue, d.protocol
         );
@@ -119,13 +127,13 @@ impl Printer {
             } else {
                 format!("  [{}]", flags.join(", "))
             };
-            println!("  {}({}) -> {}{}", m.name, params.join(", "), result, flags);
+            outln!("  {}({}) -> {}{}", m.name, params.join(", "), result, flags);
             for line in m.doc.lines() {
-                println!("      {line}");
+                outln!("      {line}");
             }
         }
         if d.schemas.is_some() {
-            println!("  (JSON Schemas available: use --json)");
+            outln!("  (JSON Schemas available: use --json)");
         }
     }
 
@@ -134,7 +142,7 @@ impl Printer {
             return self.print_json(&pings);
         }
         for p in pings {
-            println!(
+            outln!(
                 "{}  instance={}  host={}  pid={}  version={}  uptime={:.1}s  in_flight={}",
                 p.service,
                 p.instance,
@@ -146,7 +154,7 @@ impl Printer {
             );
         }
         if pings.is_empty() {
-            println!("no replica answered");
+            outln!("no replica answered");
         }
     }
 
@@ -166,10 +174,10 @@ impl Printer {
         }
         for (name, pings) in services {
             let replicas = if pings.len() == 1 { "replica" } else { "replicas" };
-            println!("{name}  {} {replicas}", pings.len());
+            outln!("{name}  {} {replicas}", pings.len());
         }
         if services.is_empty() {
-            println!("no service answered");
+            outln!("no service answered");
         }
     }
 
@@ -178,7 +186,7 @@ impl Printer {
             return self.print_json(&replies);
         }
         for r in replies {
-            println!(
+            outln!(
                 "{} instance={} uptime={:.1}s",
                 r.service,
                 r.instance,
@@ -188,7 +196,7 @@ impl Printer {
                 let errors: Vec<String> =
                     m.errors.iter().map(|(k, n)| format!("{k}={n}")).collect();
                 let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}ms"));
-                println!(
+                outln!(
                     "  {name:<20} calls={:<8} errors=[{}]  p50={}  p99={}",
                     m.calls,
                     errors.join(" "),
@@ -203,23 +211,23 @@ impl Printer {
         if self.json {
             return self.print_json(report);
         }
-        println!(
+        outln!(
             "{} calls in {:.3}s: {:.0} calls/s",
             report.calls, report.seconds, report.calls_per_second
         );
-        println!(
+        outln!(
             "latency p50={:.3}ms p99={:.3}ms max={:.3}ms",
             report.p50_ms, report.p99_ms, report.max_ms
         );
         if report.errors.is_empty() {
-            println!("errors: none");
+            outln!("errors: none");
         } else {
             let errors: Vec<String> = report
                 .errors
                 .iter()
                 .map(|(k, n)| format!("{k}={n}"))
                 .collect();
-            println!("errors: {}", errors.join(" "));
+            outln!("errors: {}", errors.join(" "));
         }
     }
 }
