@@ -164,7 +164,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             args,
             calls,
             concurrency,
-        } => bench(&client, &cli, service, method, args, *calls, *concurrency, &out).await,
+        } => {
+            bench(
+                &client,
+                &cli,
+                service,
+                method,
+                args,
+                *calls,
+                *concurrency,
+                &out,
+            )
+            .await
+        }
     };
     client.close().await;
     result
@@ -248,7 +260,10 @@ async fn services(client: &Client, cli: &Cli, out: &output::Printer) -> Result<(
     };
     let mut by_service: BTreeMap<String, Vec<PingReply>> = BTreeMap::new();
     for ping in ok_replicas(replicas)? {
-        by_service.entry(ping.service.clone()).or_default().push(ping);
+        by_service
+            .entry(ping.service.clone())
+            .or_default()
+            .push(ping);
     }
     out.services(&by_service);
     Ok(())

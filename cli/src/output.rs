@@ -100,7 +100,9 @@ impl Printer {
         }
         outln!(
             "service {} (queue {}, protocol {})",
-            d.service, d.queue, d.protocol
+            d.service,
+            d.queue,
+            d.protocol
         );
         for m in &d.methods {
             let params: Vec<String> = m
@@ -173,7 +175,11 @@ impl Printer {
             return self.print_json(&list);
         }
         for (name, pings) in services {
-            let replicas = if pings.len() == 1 { "replica" } else { "replicas" };
+            let replicas = if pings.len() == 1 {
+                "replica"
+            } else {
+                "replicas"
+            };
             outln!("{name}  {} {replicas}", pings.len());
         }
         if services.is_empty() {
@@ -213,11 +219,15 @@ impl Printer {
         }
         outln!(
             "{} calls in {:.3}s: {:.0} calls/s",
-            report.calls, report.seconds, report.calls_per_second
+            report.calls,
+            report.seconds,
+            report.calls_per_second
         );
         outln!(
             "latency p50={:.3}ms p99={:.3}ms max={:.3}ms",
-            report.p50_ms, report.p99_ms, report.max_ms
+            report.p50_ms,
+            report.p99_ms,
+            report.max_ms
         );
         if report.errors.is_empty() {
             outln!("errors: none");

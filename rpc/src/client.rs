@@ -34,18 +34,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::{FutureExt, StreamExt};
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, ExchangeKind};
-use tower::{Layer, ServiceExt};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
 use tokio::task::JoinHandle;
+use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
 use crate::context::{unix_millis, CallId, Context};
@@ -583,10 +583,7 @@ impl tower::Service<OutgoingCall> for CoreCalls {
     type Error = Error;
     type Future = BoxFuture<'static, Result<Vec<RawReply>, Error>>;
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -889,7 +886,15 @@ impl Client {
             call_options = call_options.service(service.to_string());
         }
         let (service, _, deadline, timeout) = self.plan(method, &call_options);
-        let call = self.outgoing(method, &call_options, service, codec, body, deadline, timeout);
+        let call = self.outgoing(
+            method,
+            &call_options,
+            service,
+            codec,
+            body,
+            deadline,
+            timeout,
+        );
         let span = call_span(&call.service, method, &call.call_id);
         let kind = CallKind::Broadcast {
             max_replies: options.max_replies,
@@ -1060,7 +1065,11 @@ impl Client {
             .map_err(|reason| Error::Encode { reason })?;
         let call = self.outgoing(method, options, service, codec, body, deadline, timeout);
         let span = call_span(&call.service, method, &call.call_id);
-        let result = match self.send(call, CallKind::Call).instrument(span.clone()).await {
+        let result = match self
+            .send(call, CallKind::Call)
+            .instrument(span.clone())
+            .await
+        {
             Ok(replies) => match replies.first() {
                 Some(reply) => decode_reply(reply),
                 None => Err(Error::Decode {

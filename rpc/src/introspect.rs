@@ -158,7 +158,11 @@ impl ServiceDescription {
             service: service.name().to_owned(),
             queue: queue.to_owned(),
             protocol: crate::wire::PROTOCOL_VERSION,
-            methods: service.methods().iter().map(MethodDescription::from).collect(),
+            methods: service
+                .methods()
+                .iter()
+                .map(MethodDescription::from)
+                .collect(),
             schemas: service.schemas(),
         }
     }

@@ -143,7 +143,10 @@ impl RawReply {
     /// error, the fault code for a fault, `"decode"` for a body that is none of these.
     pub fn error_kind(&self) -> Option<String> {
         let codec = Codec::from_content_type(self.content_type.as_deref());
-        let body = codec.and_then(|c| c.decode::<ReplyBody<IgnoredAny, IgnoredAny>>(&self.body).ok());
+        let body = codec.and_then(|c| {
+            c.decode::<ReplyBody<IgnoredAny, IgnoredAny>>(&self.body)
+                .ok()
+        });
         match body {
             Some(ReplyBody::Ok(_)) => None,
             Some(ReplyBody::Err(_)) => Some("err".to_owned()),
@@ -185,7 +188,10 @@ impl<S> Layers<S> {
 
     /// Wraps `inner`: the first layer pushed ends up outermost.
     pub(crate) fn apply(&self, inner: S) -> S {
-        self.0.iter().rev().fold(inner, |service, layer| layer(service))
+        self.0
+            .iter()
+            .rev()
+            .fold(inner, |service, layer| layer(service))
     }
 }
 
@@ -226,8 +232,7 @@ fn record(side: Side, service: String, method: String, elapsed: Duration, error:
             "warren_rpc_client_duration_seconds",
         ),
     };
-    metrics::counter!(calls, "service" => service.clone(), "method" => method.clone())
-        .increment(1);
+    metrics::counter!(calls, "service" => service.clone(), "method" => method.clone()).increment(1);
     if let Some(kind) = error {
         metrics::counter!(errors, "service" => service.clone(), "method" => method.clone(), "kind" => kind)
             .increment(1);

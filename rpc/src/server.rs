@@ -38,9 +38,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
-use tower::{Layer, ServiceExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
 use crate::context::{unix_millis, CallId, Context};
@@ -224,8 +224,10 @@ impl ServerBuilder {
             instance: Instance::new(self.version),
             in_flight: AtomicU64::new(0),
         });
-        let handler = (!self.layers.is_empty())
-            .then(|| self.layers.apply(ServerService::new(CoreService(Arc::clone(&core)))));
+        let handler = (!self.layers.is_empty()).then(|| {
+            self.layers
+                .apply(ServerService::new(CoreService(Arc::clone(&core))))
+        });
         let shared = Arc::new(Shared {
             core,
             handler,
@@ -757,7 +759,14 @@ async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received
         };
         if let (Some(reply), Some(reply_to)) = (reply, &incoming.reply_to) {
             let instance = &shared.core.instance.id;
-            send_reply(channel, reply_to, incoming.correlation_id.clone(), instance, reply).await;
+            send_reply(
+                channel,
+                reply_to,
+                incoming.correlation_id.clone(),
+                instance,
+                reply,
+            )
+            .await;
         }
         ack(channel, &delivery);
     }
