@@ -6,6 +6,8 @@
 //! calculator`.
 #![deny(missing_docs)]
 
+pub mod auth;
+
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde::{Deserialize, Serialize};
