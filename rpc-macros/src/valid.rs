@@ -138,7 +138,12 @@ fn check_method(method: &Method, errors: &mut Errors) {
     }
     if let Output::Value(ty) = &method.output {
         if let Type::Path(path) = &**ty {
-            if path.path.segments.last().is_some_and(|s| s.ident == "Stream") {
+            if path
+                .path
+                .segments
+                .last()
+                .is_some_and(|s| s.ident == "Stream")
+            {
                 errors.push_tokens(
                     ty,
                     "a streaming method returns `warren_rpc::Stream<T>` with exactly one item \

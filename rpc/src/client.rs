@@ -944,7 +944,9 @@ impl Client {
             reason: format!("service name: {e}"),
         })?;
         let pending = match stream_credit {
-            Some(credit) => Sent::Stream(session.in_flight.register_stream(call_id.clone(), credit)?),
+            Some(credit) => {
+                Sent::Stream(session.in_flight.register_stream(call_id.clone(), credit)?)
+            }
             None if expect_reply => Sent::Reply(
                 session
                     .in_flight
@@ -1063,7 +1065,9 @@ impl Client {
             return;
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let budget_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX).max(1);
+        let budget_ms = u64::try_from(remaining.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut headers = FieldTable::default();
         headers.insert(
             wire::HEADER_PROTOCOL.into(),

@@ -210,7 +210,6 @@ enum Kind {
     },
 }
 
-
 impl Dispatch {
     /// Runs a handler returning a plain value `T`, replied as `{"ok": value}`.
     pub fn value<T, F>(codec: Codec, handler: F) -> Self

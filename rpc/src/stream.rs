@@ -36,7 +36,9 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::client::{call_span, call_trace, decode_reply, Call, CallOptions, Client, ClientSession, Sent};
+use crate::client::{
+    call_span, call_trace, decode_reply, Call, CallOptions, Client, ClientSession, Sent,
+};
 use crate::context::CallId;
 use crate::error::Error;
 use crate::in_flight::{PendingStream, ReplyKind, ReplyMessage};
@@ -143,7 +145,12 @@ impl<T> fmt::Debug for ReplyStream<T> {
 
 impl Client {
     /// Calls a streaming method: the items arrive through the returned [`ReplyStream`].
-    pub fn stream<A, T>(&self, method: &MethodSpec, args: &A, options: &CallOptions) -> ReplyStream<T>
+    pub fn stream<A, T>(
+        &self,
+        method: &MethodSpec,
+        args: &A,
+        options: &CallOptions,
+    ) -> ReplyStream<T>
     where
         A: Serialize,
         T: DeserializeOwned + Send + 'static,
@@ -176,14 +183,13 @@ impl Client {
         };
         let items = match body {
             Err(reason) => futures::stream::once(async { Err(Error::Encode { reason }) }).boxed(),
-            Ok(body) => futures::stream::unfold(
-                (state, body, span),
-                |(mut state, body, span)| async move {
+            Ok(body) => {
+                futures::stream::unfold((state, body, span), |(mut state, body, span)| async move {
                     let item = state.next_item(&body).instrument(span.clone()).await?;
                     Some((item, (state, body, span)))
-                },
-            )
-            .boxed(),
+                })
+                .boxed()
+            }
         };
         ReplyStream { items, call_id }
     }
@@ -259,7 +265,8 @@ impl<T: DeserializeOwned> StreamCall<T> {
         self.grant().await;
         loop {
             let pending = self.pending.as_mut()?;
-            let message = match tokio::time::timeout_at(self.deadline.into(), pending.next()).await {
+            let message = match tokio::time::timeout_at(self.deadline.into(), pending.next()).await
+            {
                 Err(_) => return Some(Err(self.out_of_time())),
                 Ok(Err(err)) => return Some(Err(self.interrupted(err))),
                 Ok(Ok(message)) => message,

@@ -194,7 +194,7 @@ impl TraceContext {
             trace_id: TraceId(trace_id),
             span_id: SpanId(span_id),
             flags,
-        state: None,
+            state: None,
         }
         .with_tracestate(tracestate))
     }
