@@ -49,6 +49,7 @@ fn return_type(output: &Output) -> TokenStream {
         Output::Result { ok, err, .. } => {
             quote!(::core::result::Result<#ok, #err>)
         }
+        Output::Stream(item) => quote!(::warren_rpc::Stream<#item>),
     }
 }
 
@@ -83,6 +84,7 @@ fn method_spec(service: &Service, method: &Method) -> TokenStream {
     let method_name = LitStr::new(&method.ident.unraw().to_string(), method.ident.span());
     let idempotent = method.options.idempotent.is_some();
     let oneway = method.options.oneway.is_some();
+    let streaming = matches!(method.output, Output::Stream(_));
     let timeout = method
         .options
         .timeout_ms
@@ -96,6 +98,7 @@ fn method_spec(service: &Service, method: &Method) -> TokenStream {
         Output::Unit => ("()".to_owned(), None),
         Output::Value(ty) => (type_name(ty), None),
         Output::Result { ok, err } => (type_name(ok), Some(type_name(err))),
+        Output::Stream(item) => (format!("Stream<{}>", type_name(item)), None),
     };
     let error = error.map(|e| quote!(.error(#e)));
     let doc = LitStr::new(&doc_text(&method.attrs), Span::call_site());
@@ -103,6 +106,7 @@ fn method_spec(service: &Service, method: &Method) -> TokenStream {
         ::warren_rpc::MethodSpec::new(#service_name, #method_name)
             .idempotent(#idempotent)
             .oneway(#oneway)
+            .streaming(#streaming)
             #timeout
             .params(&[#(#params),*])
             .returns(#returns)
@@ -168,6 +172,8 @@ fn schemas_body(service: &Service) -> TokenStream {
             Output::Unit => (quote!(()), None),
             Output::Value(ty) => (quote!(#ty), None),
             Output::Result { ok, err } => (quote!(#ok), Some(quote!(#err))),
+            // The schema of one item of the stream.
+            Output::Stream(item) => (quote!(#item), None),
         };
         quote!(#name { params: [#(#params),*], result: #result, error: [#error] })
     });
@@ -196,14 +202,30 @@ fn expand_client(service: &Service) -> TokenStream {
         let params = typed_args(m);
         let fields = typed_args(m);
         let names: Vec<&Ident> = m.args.iter().map(|a| &a.ident).collect();
+        let span = m.ident.span();
+        if let Output::Stream(item) = &m.output {
+            // Not async: the stream sends its call when first polled.
+            return quote_spanned! {span=>
+                #(#docs)*
+                #default_doc
+                pub fn #name(&self, #(#params),*) -> ::warren_rpc::ReplyStream<#item> {
+                    #[derive(::warren_rpc::__private::serde::Serialize)]
+                    #[serde(crate = "::warren_rpc::__private::serde")]
+                    struct __WarrenArgs {
+                        #(#fields,)*
+                    }
+                    self.client
+                        .stream(&Self::METHODS[#index], &__WarrenArgs { #(#names),* }, &self.options)
+                }
+            };
+        }
         // Validation made every one-way method return `()`.
         let ret = return_type(&m.output);
         let call = match &m.output {
             _ if m.options.oneway.is_some() => quote!(notify),
             Output::Result { .. } => quote!(call_fallible),
-            Output::Unit | Output::Value(_) => quote!(call),
+            Output::Unit | Output::Value(_) | Output::Stream(_) => quote!(call),
         };
-        let span = m.ident.span();
         quote_spanned! {span=>
             #(#docs)*
             #default_doc
@@ -284,6 +306,7 @@ fn expand_server(service: &Service) -> TokenStream {
         let names: Vec<&Ident> = m.args.iter().map(|a| &a.ident).collect();
         let run = match &m.output {
             Output::Result { .. } => quote!(::warren_rpc::Dispatch::result),
+            Output::Stream(_) => quote!(::warren_rpc::Dispatch::stream),
             Output::Unit | Output::Value(_) => quote!(::warren_rpc::Dispatch::value),
         };
         quote! {

@@ -25,12 +25,21 @@
 //! A broadcast ([`Client::broadcast_call`]) publishes one request to the service's fanout
 //! exchange `warren.all.<service>`, which reaches every replica's instance queue, and collects
 //! the replies with its call id until the deadline or the wanted number of replies. Client
-//! layers ([`ClientBuilder::layer`]) wrap every call, one-way call and broadcast.
+//! layers ([`ClientBuilder::layer`]) wrap every call, one-way call and broadcast (streamed
+//! calls do not pass them).
 //!
 //! Replies come through RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`) by default; when
 //! the broker lacks it, the client declares an exclusive, server-named reply queue instead.
+//!
+//! A call asks servers for a `started` notice (`x-warren-notices`): a server whose handler runs
+//! for more than a moment says so, and a call that reaches its deadline ends with
+//! [`Error::DeadlineExceeded`] if a server said so, [`Error::Expired`] if none did. A call whose
+//! future is dropped (or whose [`CancelToken`] is cancelled) after it was published sends a
+//! `cancel` to [`wire::CONTROL_EXCHANGE`], which every server of the service hears. Every
+//! request carries the W3C `traceparent` of its `warren.call` span ([`crate::trace`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -48,14 +57,16 @@ use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
+use crate::cancel::CancelToken;
 use crate::context::{unix_millis, CallId, Context};
 use crate::error::Error;
-use crate::in_flight::{InFlight, ReplyMessage};
+use crate::in_flight::{InFlight, PendingReply, PendingStream, ReplyKind, ReplyMessage};
 use crate::introspect::{self, PingReply, ServiceDescription, StatsReply};
 use crate::middleware::{CallKind, ClientService, Layers, OutgoingCall, RawReply};
 use crate::reconnect::{self, Endpoint, Link, Session, Tripwire};
 use crate::retry::{AttemptFailure, RetryPolicy};
 use crate::service::MethodSpec;
+use crate::trace::TraceContext;
 use crate::wire::{self, Codec, ReplyBody};
 
 /// How the client receives replies.
@@ -79,6 +90,9 @@ pub struct CallOptions {
     service: Option<Arc<str>>,
     codec: Option<Codec>,
     retry: Option<RetryPolicy>,
+    cancel: Option<CancelToken>,
+    trace: Option<TraceContext>,
+    stream_window: Option<u32>,
 }
 
 impl CallOptions {
@@ -112,11 +126,46 @@ impl CallOptions {
         self
     }
 
+    /// Cancels calls made with these options when `token` is cancelled: the call returns
+    /// [`Error::Cancelled`] (a stream ends with it) and the servers are told, as when the
+    /// call's future is dropped.
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Sends this as the caller's span in `traceparent`/`tracestate` (the server's span becomes
+    /// its child), instead of a span of the current handler's trace or a new trace. With the
+    /// `opentelemetry` feature and an OpenTelemetry layer installed, the current span wins.
+    pub fn trace(mut self, parent: TraceContext) -> Self {
+        self.trace = Some(parent);
+        self
+    }
+
+    /// How many items of a streamed reply may be on their way at once (32 unless set; at
+    /// least 1): the flow-control window. The server sends no more until the caller has taken
+    /// half of them, so a slow caller bounds what is buffered on both sides.
+    pub fn stream_window(mut self, items: u32) -> Self {
+        self.stream_window = Some(items.max(1));
+        self
+    }
+
     /// The timeout override, if any.
     pub fn timeout_override(&self) -> Option<Duration> {
         self.timeout
     }
+
+    pub(crate) fn window(&self) -> usize {
+        usize::try_from(self.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW)).unwrap_or(1)
+    }
+
+    pub(crate) fn cancel(&self) -> Option<&CancelToken> {
+        self.cancel.as_ref()
+    }
 }
+
+/// The flow-control window of a streamed reply when the call does not set one.
+const DEFAULT_STREAM_WINDOW: u32 = 32;
 
 /// Settings of a broadcast ([`Client::broadcast_call`]): how long to collect replies, how many,
 /// and where to send the request.
@@ -388,6 +437,9 @@ async fn open_session(
             Ok(opened) => opened,
             Err(err) => return Err((connection, err)),
         };
+    if let Err(err) = crate::server::declare_control_exchange(&channel).await {
+        return Err((connection, err));
+    }
     let notify_channel = if confirm_calls {
         channel.clone()
     } else {
@@ -531,18 +583,27 @@ async fn read_replies(mut consumer: Consumer, in_flight: Arc<InFlight>, tripwire
                     continue;
                 };
                 let id = CallId::from_wire(id.as_str());
-                let instance = wire::application_header(
-                    delivery.properties.headers().as_ref(),
-                    wire::HEADER_INSTANCE,
-                );
+                let props = &delivery.properties;
+                let kind = match props.kind().as_ref().map(|k| k.as_str()) {
+                    Some(wire::KIND_STARTED) => ReplyKind::Started,
+                    Some(wire::KIND_ITEM) => ReplyKind::Item,
+                    Some(wire::KIND_END) => ReplyKind::End,
+                    _ => ReplyKind::Final,
+                };
+                let server = wire::header_str(props.headers().as_ref(), wire::HEADER_SERVER)
+                    .map(str::to_owned);
+                let instance = wire::header_str(props.headers().as_ref(), wire::HEADER_INSTANCE)
+                    .map(str::to_owned);
                 let reply = ReplyMessage {
+                    kind,
+                    server,
+                    instance,
                     content_type: delivery
                         .properties
                         .content_type()
                         .as_ref()
                         .map(|c| c.as_str().to_owned()),
                     body: delivery.data,
-                    instance,
                 };
                 if !in_flight.complete(&id, reply) {
                     tracing::debug!(call_id = %id, "late or unknown reply dropped");
@@ -633,26 +694,43 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// What one publication of a request resolved to.
-struct Sent {
-    pending: Option<crate::in_flight::PendingReply>,
+/// What one publication of a request waits for.
+pub(crate) enum Sent {
+    /// Nothing (a one-way call).
+    Nothing,
+    /// One reply.
+    Reply(PendingReply),
+    /// The messages of a stream.
+    Stream(PendingStream),
 }
 
 /// Everything about one call that stays the same across its attempts.
-struct Call<'a> {
-    service: &'a str,
-    method: &'a MethodSpec,
-    call_id: &'a CallId,
-    codec: Codec,
-    body: &'a [u8],
-    headers: &'a BTreeMap<String, String>,
-    deadline: Instant,
-    timeout: Duration,
-    policy: RetryPolicy,
-    expect_reply: bool,
+pub(crate) struct Call<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) method: &'a MethodSpec,
+    pub(crate) call_id: &'a CallId,
+    pub(crate) codec: Codec,
+    pub(crate) body: &'a [u8],
+    pub(crate) deadline: Instant,
+    pub(crate) timeout: Duration,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) expect_reply: bool,
+    /// The credit granted to a streamed reply; `None` for other calls.
+    pub(crate) stream_credit: Option<usize>,
+    /// The caller's span, sent as `traceparent`.
+    pub(crate) trace: &'a TraceContext,
+    /// Set once a server reported that it took the call.
+    pub(crate) started: Arc<AtomicBool>,
+    /// Set once a request of the call was handed to the connection.
+    pub(crate) published: AtomicBool,
+    /// Application headers (set by client layers).
+    pub(crate) headers: &'a BTreeMap<String, String>,
     /// For a broadcast: the fanout exchange to publish to (the caller registered for replies).
-    exchange: Option<&'a str>,
+    pub(crate) exchange: Option<&'a str>,
 }
+
+/// No application headers.
+pub(crate) static NO_HEADERS: BTreeMap<String, String> = BTreeMap::new();
 
 impl<'a> Call<'a> {
     fn of(call: &'a OutgoingCall, exchange: Option<&'a str>) -> Self {
@@ -662,12 +740,48 @@ impl<'a> Call<'a> {
             call_id: &call.call_id,
             codec: call.codec,
             body: &call.body,
-            headers: &call.headers,
             deadline: call.deadline,
             timeout: call.timeout,
             policy: call.policy,
             expect_reply: call.kind == CallKind::Call,
+            stream_credit: None,
+            trace: &call.trace,
+            started: Arc::default(),
+            published: AtomicBool::new(false),
+            headers: &call.headers,
             exchange,
+        }
+    }
+}
+
+impl Call<'_> {
+    /// The error of a call that reached its deadline: whether a server reported it started.
+    fn out_of_time(&self) -> Error {
+        if self.started.load(Ordering::SeqCst) {
+            Error::DeadlineExceeded {
+                timeout: self.timeout,
+            }
+        } else {
+            Error::Expired {
+                timeout: self.timeout,
+            }
+        }
+    }
+}
+
+/// Tells the servers of a call that its caller gave up on it, unless disarmed: dropped with
+/// the future of a call that was published and has not finished.
+struct CancelOnDrop<'a> {
+    client: &'a Client,
+    call: &'a Call<'a>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.call.published.load(Ordering::SeqCst) {
+            self.client
+                .send_cancel(self.call.service, self.call.call_id, self.call.deadline);
         }
     }
 }
@@ -779,8 +893,7 @@ impl Client {
         let body = codec
             .encode(args)
             .map_err(|reason| Error::Encode { reason })?;
-        let call = self.outgoing(method, options, service, codec, body, deadline, timeout);
-        let span = call_span(&call.service, method, &call.call_id);
+        let (call, span) = self.outgoing(method, options, service, codec, body, deadline, timeout);
         self.send(call, CallKind::Notify)
             .instrument(span)
             .await
@@ -798,8 +911,7 @@ impl Client {
         options: &CallOptions,
     ) -> Result<RawReply, Error> {
         let (service, _, deadline, timeout) = self.plan(method, options);
-        let call = self.outgoing(method, options, service, codec, body, deadline, timeout);
-        let span = call_span(&call.service, method, &call.call_id);
+        let (call, span) = self.outgoing(method, options, service, codec, body, deadline, timeout);
         let replies = self.send(call, CallKind::Call).instrument(span).await?;
         replies.into_iter().next().ok_or_else(|| Error::Decode {
             reason: "no reply was requested".into(),
@@ -864,7 +976,7 @@ impl Client {
             .iter()
             .map(|reply| Replica {
                 instance: reply.instance.clone(),
-                result: decode_reply(reply),
+                result: decode_raw(reply),
             })
             .collect())
     }
@@ -886,7 +998,7 @@ impl Client {
             call_options = call_options.service(service.to_string());
         }
         let (service, _, deadline, timeout) = self.plan(method, &call_options);
-        let call = self.outgoing(
+        let (call, span) = self.outgoing(
             method,
             &call_options,
             service,
@@ -895,7 +1007,6 @@ impl Client {
             deadline,
             timeout,
         );
-        let span = call_span(&call.service, method, &call.call_id);
         let kind = CallKind::Broadcast {
             max_replies: options.max_replies,
             exchange: options.exchange.clone(),
@@ -951,11 +1062,14 @@ impl Client {
         body: Vec<u8>,
         deadline: Instant,
         timeout: Duration,
-    ) -> OutgoingCall {
-        OutgoingCall {
+    ) -> (OutgoingCall, tracing::Span) {
+        let call_id = CallId::random();
+        let span = call_span(&service, method, &call_id);
+        let trace = call_trace(&span, options);
+        let call = OutgoingCall {
             service,
             method: *method,
-            call_id: CallId::random(),
+            call_id,
             codec,
             body,
             headers: BTreeMap::new(),
@@ -963,7 +1077,10 @@ impl Client {
             timeout,
             policy: self.policy(method, options),
             kind: CallKind::Call,
-        }
+            trace,
+            cancel: options.cancel().cloned(),
+        };
+        (call, span)
     }
 
     /// Sends a call through the client's layers, if any.
@@ -978,9 +1095,29 @@ impl Client {
     /// Runs a call as the innermost service: its attempts, or its broadcast.
     async fn execute(&self, call: &OutgoingCall) -> Result<Vec<RawReply>, Error> {
         match &call.kind {
-            CallKind::Call | CallKind::Notify => {
-                let reply = self.run(&Call::of(call, None)).await?;
-                Ok(reply.into_iter().collect())
+            CallKind::Notify => {
+                self.run(&Call::of(call, None)).await?;
+                Ok(Vec::new())
+            }
+            CallKind::Call => {
+                let attempts = Call::of(call, None);
+                // Dropping this future before the reply tells the servers to cancel the call.
+                let mut cancel_on_drop = CancelOnDrop {
+                    client: self,
+                    call: &attempts,
+                    armed: true,
+                };
+                let run = self.run(&attempts);
+                let outcome = match &call.cancel {
+                    Some(token) => tokio::select! {
+                        outcome = run => outcome,
+                        () = token.cancelled() => Err(Error::Cancelled),
+                    },
+                    None => run.await,
+                };
+                cancel_on_drop.armed = matches!(outcome, Err(Error::Cancelled));
+                drop(cancel_on_drop);
+                Ok(outcome?.into_iter().map(RawReply::from).collect())
             }
             CallKind::Broadcast {
                 max_replies,
@@ -1040,7 +1177,7 @@ impl Client {
         while max_replies.is_none_or(|max| replies.len() < max) {
             match tokio::time::timeout_at(call.deadline.into(), pending.next()).await {
                 Err(_) => break,
-                Ok(Ok(reply)) => replies.push(reply),
+                Ok(Ok(reply)) => replies.push(RawReply::from(reply)),
                 Ok(Err(err)) if replies.is_empty() => return Err(err),
                 Ok(Err(_)) => break,
             }
@@ -1063,15 +1200,14 @@ impl Client {
         let body = codec
             .encode(args)
             .map_err(|reason| Error::Encode { reason })?;
-        let call = self.outgoing(method, options, service, codec, body, deadline, timeout);
-        let span = call_span(&call.service, method, &call.call_id);
+        let (call, span) = self.outgoing(method, options, service, codec, body, deadline, timeout);
         let result = match self
             .send(call, CallKind::Call)
             .instrument(span.clone())
             .await
         {
             Ok(replies) => match replies.first() {
-                Some(reply) => decode_reply(reply),
+                Some(reply) => decode_raw(reply),
                 None => Err(Error::Decode {
                     reason: "no reply was requested".into(),
                 }),
@@ -1112,9 +1248,7 @@ impl Client {
             let now = Instant::now();
             let give_up = |failure: AttemptFailure| match failure {
                 AttemptFailure::Error(err) => err,
-                AttemptFailure::TimedOut => Error::DeadlineExceeded {
-                    timeout: call.timeout,
-                },
+                AttemptFailure::TimedOut => call.out_of_time(),
             };
             if now >= call.deadline || last || !policy.retries(&failure, call.method.idempotent) {
                 return Err(give_up(failure));
@@ -1144,10 +1278,9 @@ impl Client {
             .await
             .map_err(AttemptFailure::Error)?;
         let work = async {
-            let sent = self.publish(&session, call, attempt).await?;
-            match sent.pending {
-                Some(mut pending) => pending.wait().await.map(Some),
-                None => Ok(None),
+            match self.publish(&session, call, attempt).await? {
+                Sent::Reply(mut pending) => pending.wait().await.map(Some),
+                Sent::Nothing | Sent::Stream(_) => Ok(None),
             }
         };
         match tokio::time::timeout_at(attempt_deadline.into(), work).await {
@@ -1158,7 +1291,7 @@ impl Client {
     }
 
     /// Resolves the service name, codec, deadline and budget of a call.
-    fn plan(
+    pub(crate) fn plan(
         &self,
         method: &MethodSpec,
         options: &CallOptions,
@@ -1190,7 +1323,7 @@ impl Client {
     /// Publishes one attempt of a call on `session`, and waits for the broker's confirm if the
     /// call is confirmed (one-way calls always are). A failure to publish means the session is
     /// broken: it is tripped, so the next attempt waits for a new one.
-    async fn publish(
+    pub(crate) async fn publish(
         &self,
         session: &ClientSession,
         call: &Call<'_>,
@@ -1202,10 +1335,10 @@ impl Client {
             call_id,
             codec,
             body,
-            headers: app_headers,
             deadline,
-            timeout,
             expect_reply,
+            stream_credit,
+            headers: app_headers,
             exchange,
             ..
         } = *call;
@@ -1216,17 +1349,25 @@ impl Client {
         let routing_key = ShortString::try_new(routing_key).map_err(|e| Error::Config {
             reason: format!("service name: {e}"),
         })?;
+        // A broadcast registered for its replies itself; it wants them like a call does.
         let broadcast = call.exchange.is_some();
-        let pending = if expect_reply {
-            Some(session.in_flight.register(call_id.clone())?)
-        } else {
-            None
+        let wants_reply = expect_reply || broadcast;
+        let pending = match stream_credit {
+            Some(credit) => {
+                Sent::Stream(session.in_flight.register_stream(call_id.clone(), credit)?)
+            }
+            None if expect_reply => Sent::Reply(
+                session
+                    .in_flight
+                    .register(call_id.clone(), Arc::clone(&call.started))?,
+            ),
+            None => Sent::Nothing,
         };
         // The budget left for this attempt, rounded down: an expired call is not sent.
         let remaining = deadline.saturating_duration_since(Instant::now());
         let budget_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
         if budget_ms == 0 {
-            return Err(Error::DeadlineExceeded { timeout });
+            return Err(call.out_of_time());
         }
         let deadline_unix = unix_millis(SystemTime::now() + remaining);
 
@@ -1253,6 +1394,25 @@ impl Client {
             wire::HEADER_ATTEMPT.into(),
             AMQPValue::LongLongInt(i64::from(attempt)),
         );
+        headers.insert(
+            wire::HEADER_TRACEPARENT.into(),
+            AMQPValue::LongString(call.trace.traceparent().into()),
+        );
+        if let Some(state) = call.trace.tracestate() {
+            headers.insert(
+                wire::HEADER_TRACESTATE.into(),
+                AMQPValue::LongString(state.into()),
+            );
+        }
+        if expect_reply {
+            headers.insert(wire::HEADER_NOTICES.into(), AMQPValue::LongLongInt(1));
+        }
+        if let Some(credit) = stream_credit {
+            headers.insert(
+                wire::HEADER_STREAM_CREDIT.into(),
+                AMQPValue::LongLongInt(i64::try_from(credit).unwrap_or(i64::MAX)),
+            );
+        }
 
         let mut properties = BasicProperties::default()
             .with_type(method.name.into())
@@ -1262,12 +1422,12 @@ impl Client {
             .with_expiration(budget_ms.to_string().into())
             .with_timestamp(u64::try_from(unix_millis(SystemTime::now()) / 1000).unwrap_or(0))
             .with_headers(headers);
-        if expect_reply || broadcast {
+        if wants_reply {
             properties = properties.with_reply_to(session.reply_to.clone());
         }
 
-        let confirmed = session.confirm_calls || !(expect_reply || broadcast);
-        let channel = if expect_reply || broadcast {
+        let confirmed = session.confirm_calls || !wants_reply;
+        let channel = if wants_reply {
             &session.channel
         } else {
             &session.notify_channel
@@ -1282,6 +1442,7 @@ impl Client {
             body,
             properties,
         );
+        call.published.store(true, Ordering::SeqCst);
         if !confirmed {
             // lapin queues the frames for its I/O thread when the publish is first polled, then
             // waits for the thread to have written them. The reply (or the session's death,
@@ -1289,7 +1450,7 @@ impl Client {
             // skipping it saves two thread hand-offs per call.
             return match publish.now_or_never() {
                 Some(Err(e)) => Err(broken(session, e)),
-                Some(Ok(_)) | None => Ok(Sent { pending }),
+                Some(Ok(_)) | None => Ok(pending),
             };
         }
         let confirm = publish
@@ -1304,38 +1465,175 @@ impl Client {
                 })
             }
             Confirmation::Nack(None) => Err(Error::PublishRejected),
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Sent { pending }),
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(pending),
         }
+    }
+
+    /// Tells every server of `service` that the caller gave up on `call_id`: the one running
+    /// it cancels its handler, the others skip it if it reaches them before `deadline`.
+    /// Best effort and without waiting: lapin queues the message when first polled.
+    pub(crate) fn send_cancel(&self, service: &str, call_id: &CallId, deadline: Instant) {
+        let Some(session) = self.inner.link.current() else {
+            return;
+        };
+        let Ok(routing_key) = ShortString::try_new(service) else {
+            return;
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let budget_ms = u64::try_from(remaining.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut headers = FieldTable::default();
+        headers.insert(
+            wire::HEADER_PROTOCOL.into(),
+            AMQPValue::LongLongInt(wire::PROTOCOL_VERSION),
+        );
+        headers.insert(
+            wire::HEADER_TIMEOUT_MS.into(),
+            AMQPValue::LongLongInt(i64::try_from(budget_ms).unwrap_or(i64::MAX)),
+        );
+        let properties = BasicProperties::default()
+            .with_type(wire::KIND_CANCEL.into())
+            .with_correlation_id(call_id.as_str().into())
+            .with_expiration(budget_ms.to_string().into())
+            .with_headers(headers);
+        let published = session
+            .channel
+            .basic_publish(
+                wire::CONTROL_EXCHANGE.into(),
+                routing_key,
+                BasicPublishOptions::default(),
+                &[],
+                properties,
+            )
+            .now_or_never();
+        if let Some(Err(err)) = published {
+            tracing::debug!(%err, %call_id, "could not send a cancel");
+        }
+        tracing::debug!(%call_id, "call cancelled by its caller; servers told");
+    }
+
+    /// Grants `items` more credit to the stream of `call_id` served by the server whose control
+    /// queue is `server`.
+    pub(crate) async fn send_credit(
+        &self,
+        session: &ClientSession,
+        server: &str,
+        call_id: &CallId,
+        items: usize,
+    ) {
+        let Ok(routing_key) = ShortString::try_new(server) else {
+            return;
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(
+            wire::HEADER_CREDIT.into(),
+            AMQPValue::LongLongInt(i64::try_from(items).unwrap_or(i64::MAX)),
+        );
+        let properties = BasicProperties::default()
+            .with_type(wire::KIND_CREDIT.into())
+            .with_correlation_id(call_id.as_str().into())
+            .with_headers(headers);
+        let published = session
+            .channel
+            .basic_publish(
+                "".into(),
+                routing_key,
+                BasicPublishOptions::default(),
+                &[],
+                properties,
+            )
+            .now_or_never();
+        if let Some(Err(err)) = published {
+            tracing::debug!(%err, %call_id, "could not send stream credit");
+        }
+    }
+
+    /// The live session, waiting for one until `deadline`.
+    pub(crate) async fn session(&self, deadline: Instant) -> Result<Arc<ClientSession>, Error> {
+        self.inner.link.session(deadline).await
+    }
+
+    /// The retry policy of a call (see [`Client::policy`]).
+    pub(crate) fn policy_of(&self, method: &MethodSpec, options: &CallOptions) -> RetryPolicy {
+        self.policy(method, options)
     }
 }
 
-fn call_span(service: &str, method: &MethodSpec, call_id: &CallId) -> tracing::Span {
+pub(crate) fn call_span(service: &str, method: &MethodSpec, call_id: &CallId) -> tracing::Span {
     tracing::info_span!(
         "warren.call",
         service = %service,
         method = method.name,
         call_id = %call_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     )
+}
+
+/// The caller's span a call sends as `traceparent`, recorded on the call's `span`: the span
+/// itself under OpenTelemetry, else the trace in `options`, else a new span of the current
+/// handler's trace, else a new trace.
+pub(crate) fn call_trace(span: &tracing::Span, options: &CallOptions) -> TraceContext {
+    #[cfg(feature = "opentelemetry")]
+    let from_span = crate::otel::span_trace(span);
+    #[cfg(not(feature = "opentelemetry"))]
+    let from_span = None;
+    let trace = from_span
+        .or_else(|| options.trace.clone())
+        .unwrap_or_else(|| match Context::current_trace() {
+            Some(handler) => handler.child(),
+            None => TraceContext::new_root(),
+        });
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
+    span.record("span_id", tracing::field::display(trace.span_id()));
+    trace
 }
 
 /// The empty arguments map of the reserved methods.
 #[derive(Serialize)]
 struct NoArgs {}
 
-fn decode_reply<T, E>(reply: &ReplyMessage) -> Result<Result<T, E>, Error>
+pub(crate) fn decode_reply<T, E>(reply: &ReplyMessage) -> Result<Result<T, E>, Error>
 where
     T: DeserializeOwned,
     E: DeserializeOwned,
 {
-    let codec =
-        Codec::from_content_type(reply.content_type.as_deref()).ok_or_else(|| Error::Decode {
-            reason: format!(
-                "unsupported reply content type {:?}",
-                reply.content_type.as_deref().unwrap_or("")
-            ),
-        })?;
+    decode_body(reply.content_type.as_deref(), &reply.body)
+}
+
+impl From<ReplyMessage> for RawReply {
+    fn from(reply: ReplyMessage) -> Self {
+        RawReply {
+            content_type: reply.content_type,
+            body: reply.body,
+            instance: reply.instance,
+        }
+    }
+}
+
+/// Decodes a reply that went through the client's layers.
+fn decode_raw<T, E>(reply: &RawReply) -> Result<Result<T, E>, Error>
+where
+    T: DeserializeOwned,
+    E: DeserializeOwned,
+{
+    decode_body(reply.content_type.as_deref(), &reply.body)
+}
+
+fn decode_body<T, E>(content_type: Option<&str>, body: &[u8]) -> Result<Result<T, E>, Error>
+where
+    T: DeserializeOwned,
+    E: DeserializeOwned,
+{
+    let codec = Codec::from_content_type(content_type).ok_or_else(|| Error::Decode {
+        reason: format!(
+            "unsupported reply content type {:?}",
+            content_type.unwrap_or("")
+        ),
+    })?;
     let body: ReplyBody<T, E> = codec
-        .decode(&reply.body)
+        .decode(body)
         .map_err(|reason| Error::Decode { reason })?;
     match body {
         ReplyBody::Ok(value) => Ok(Ok(value)),

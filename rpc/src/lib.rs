@@ -98,19 +98,26 @@
 //! ends with a typed [`Error`] by its deadline.
 #![deny(missing_docs)]
 
+mod cancel;
 mod client;
 mod context;
+mod control;
 mod dedup;
 mod error;
 mod in_flight;
 pub mod introspect;
 pub mod middleware;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod reconnect;
 mod retry;
 mod server;
-mod service;
+pub mod service;
+pub mod stream;
+pub mod trace;
 pub mod wire;
 
+pub use cancel::CancelToken;
 pub use client::{BroadcastOptions, CallOptions, Client, ClientBuilder, Replica, ReplyQueue};
 pub use context::{CallId, Context};
 pub use dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
@@ -118,6 +125,8 @@ pub use error::{Error, FaultCode};
 pub use retry::RetryPolicy;
 pub use server::{Server, ServerBuilder};
 pub use service::{Dispatch, Fault, MethodSpec, Outcome, Param, Request, Service};
+pub use stream::{ReplyStream, Stream};
+pub use trace::{SpanId, TraceContext, TraceId};
 pub use wire::Codec;
 
 /// Turns a trait into a Warren service: generates `{Trait}Client` and `{Trait}Server`.

@@ -32,10 +32,12 @@ use serde::de::IgnoredAny;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
+use crate::cancel::CancelToken;
 use crate::context::CallId;
 use crate::error::Error;
 use crate::retry::RetryPolicy;
 use crate::service::{MethodSpec, Outcome, Request};
+use crate::trace::TraceContext;
 use crate::wire::{Codec, ReplyBody};
 
 /// The server-side service a layer wraps: request in, outcome out, never an error.
@@ -72,6 +74,10 @@ pub struct OutgoingCall {
     pub(crate) timeout: Duration,
     pub(crate) policy: RetryPolicy,
     pub(crate) kind: CallKind,
+    /// The caller's span, sent as `traceparent`.
+    pub(crate) trace: TraceContext,
+    /// Cancels the call when cancelled.
+    pub(crate) cancel: Option<CancelToken>,
 }
 
 impl OutgoingCall {

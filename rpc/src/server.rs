@@ -2,16 +2,22 @@
 //!
 //! One connection and channel per [`Server`]. The server declares the service queue, sets the
 //! channel's prefetch to its concurrency, and runs each delivery in a task of its own:
-//! decode the request -> skip it if its deadline passed -> consult the [`ReplyCache`] (replay,
-//! wait for a running duplicate, or execute) -> run the handler inside its [`Context`] with
-//! panics caught and the deadline enforced -> publish the reply -> ack. Shutdown cancels the
+//! decode the request -> skip it if its deadline passed or its caller cancelled it -> consult
+//! the [`ReplyCache`] (replay, wait for a running duplicate, or execute) -> run the handler
+//! inside its [`Context`] with panics caught, the deadline enforced and cancellation heard
+//! (telling a caller that asks for notices that it started) -> publish the reply -> ack. A
+//! streaming method sends its items instead, as the caller grants credit. Shutdown cancels the
 //! consumer, lets the requests in flight finish within a grace period, and closes.
+//!
+//! Each session also consumes the server's control queue (see [`control`](crate::control)):
+//! cancels and stream credit from callers.
 //!
 //! Besides the service queue, each server has an exclusive instance queue bound to the fanout
 //! exchanges `warren.all.<queue>` and `warren.discovery` (see [`crate::introspect`]), so a
 //! broadcast reaches every replica once; requests from it are handled like any other. Reserved
 //! `$`-methods (`$ping`, `$describe`, `$stats`) are answered by the runtime, without waiting
-//! for a free concurrency slot. Server layers ([`ServerBuilder::layer`]) wrap every request.
+//! for a free concurrency slot. Server layers ([`ServerBuilder::layer`]) wrap every request
+//! except streamed ones.
 //!
 //! When the connection dies (socket error, missed heartbeats, the broker closing it or
 //! cancelling the consumer), the server reconnects with backoff, declares its queue again and
@@ -28,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::future::{BoxFuture, Either};
+use futures::future::BoxFuture;
 use futures::stream::Select;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -44,12 +50,14 @@ use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
 use crate::context::{unix_millis, CallId, Context};
+use crate::control::{Controls, RunGuard};
 use crate::dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
 use crate::error::{Error, FaultCode};
 use crate::introspect::{self, Instance, PingReply, ServiceDescription, Stats, StatsReply};
 use crate::middleware::{Layers, ServerService};
 use crate::reconnect::{self, Endpoint, Tripwire};
-use crate::service::{Dispatch, Fault, Outcome, Request, Service};
+use crate::service::{Dispatch, EncodedItems, Fault, Outcome, Request, Service};
+use crate::trace::TraceContext;
 use crate::wire::{self, Codec};
 
 /// Builds and starts a [`Server`].
@@ -62,6 +70,7 @@ pub struct ServerBuilder {
     shutdown_grace: Duration,
     connection_name: String,
     heartbeat: Duration,
+    cancel_grace: Duration,
     layers: Layers<ServerService>,
     version: Option<String>,
 }
@@ -74,6 +83,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("queue_type", &self.queue_type)
             .field("queue_name", &self.queue_name)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("cancel_grace", &self.cancel_grace)
             .field("layers", &self.layers)
             .field("version", &self.version)
             .finish_non_exhaustive()
@@ -91,11 +101,15 @@ impl Default for ServerBuilder {
             shutdown_grace: Duration::from_secs(10),
             connection_name: "warren-server".to_owned(),
             heartbeat: Duration::from_secs(10),
+            cancel_grace: DEFAULT_CANCEL_GRACE,
             layers: Layers::default(),
             version: None,
         }
     }
 }
+
+/// How long a cancelled handler may run on when the builder does not say.
+const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
 
 impl ServerBuilder {
     /// How many requests run at once (32 unless set); also the channel's prefetch count.
@@ -151,8 +165,17 @@ impl ServerBuilder {
         self
     }
 
-    /// Wraps every request (reserved `$`-methods included) in a tower layer; the first layer
-    /// added is the outermost. See [`crate::middleware`].
+    /// How long a handler whose caller cancelled the call may run on to notice it
+    /// ([`Context::cancelled`]) and finish cleanly before its future is dropped (100 ms unless
+    /// set). Its result is discarded either way. A handler past its deadline is dropped at
+    /// once.
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// Wraps every request (reserved `$`-methods included, streamed ones not) in a tower
+    /// layer; the first layer added is the outermost. See [`crate::middleware`].
     ///
     /// ```
     /// # use warren_rpc::{middleware::MetricsLayer, Server};
@@ -233,6 +256,8 @@ impl ServerBuilder {
             handler,
             queue: queue.clone(),
             cache: self.cache,
+            controls: Arc::new(Controls::default()),
+            cancel_grace: self.cancel_grace,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let supervisor = Supervisor {
@@ -311,6 +336,8 @@ struct Shared {
     handler: Option<ServerService>,
     queue: String,
     cache: Arc<dyn ReplyCache>,
+    controls: Arc<Controls>,
+    cancel_grace: Duration,
 }
 
 /// The innermost handler: the service, and the runtime's answers to reserved methods.
@@ -396,6 +423,9 @@ struct ServerSession {
     /// The service queue's consumer and the instance queue's, merged.
     deliveries: Select<Consumer, Consumer>,
     consumer_tags: [ShortString; 2],
+    /// The control queue's consumer (cancels, stream credit) and the queue's name.
+    control: Consumer,
+    control_queue: ShortString,
     tripwire: Tripwire,
 }
 
@@ -406,12 +436,14 @@ impl Declare {
         let mut attempt = 1;
         loop {
             match self.setup(&connection).await {
-                Ok((channel, service, instance)) => {
+                Ok((channel, (service, instance), (control, control_queue))) => {
                     return Ok(ServerSession {
                         connection,
                         channel,
                         consumer_tags: [service.tag(), instance.tag()],
                         deliveries: futures::stream::select(service, instance),
+                        control,
+                        control_queue,
                         tripwire: Tripwire::new(),
                     })
                 }
@@ -427,7 +459,10 @@ impl Declare {
         }
     }
 
-    async fn setup(&self, connection: &Connection) -> Result<(Channel, Consumer, Consumer), Error> {
+    async fn setup(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Channel, (Consumer, Consumer), (Consumer, ShortString)), Error> {
         let channel = connection
             .create_channel()
             .await
@@ -447,7 +482,6 @@ impl Declare {
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
             .map_err(Error::connection)?;
-        let instance_queue = self.instance_queue(&channel).await?;
         let consumer = channel
             .basic_consume(
                 self.queue.clone(),
@@ -457,6 +491,7 @@ impl Declare {
             )
             .await
             .map_err(Error::connection)?;
+        let instance_queue = self.instance_queue(&channel).await?;
         let instance = channel
             .basic_consume(
                 instance_queue,
@@ -469,9 +504,9 @@ impl Declare {
             )
             .await
             .map_err(Error::connection)?;
-        Ok((channel, consumer, instance))
+        let control = self.setup_control(&channel).await?;
+        Ok((channel, (consumer, instance), control))
     }
-
     /// Declares this server's exclusive instance queue and binds it to the service's broadcast
     /// exchange and to the discovery exchange (both fanout, auto-deleted with their last
     /// binding).
@@ -517,6 +552,65 @@ impl Declare {
         }
         Ok(queue.name().clone())
     }
+
+    /// Declares the server's control queue, binds it to the control exchange under the
+    /// service's name and consumes it.
+    async fn setup_control(&self, channel: &Channel) -> Result<(Consumer, ShortString), Error> {
+        declare_control_exchange(channel).await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::connection)?;
+        let name = queue.name().clone();
+        channel
+            .queue_bind(
+                name.clone(),
+                wire::CONTROL_EXCHANGE.into(),
+                self.queue.clone(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::connection)?;
+        let consumer = channel
+            .basic_consume(
+                name.clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::connection)?;
+        Ok((consumer, name))
+    }
+}
+
+/// Declares [`wire::CONTROL_EXCHANGE`] (direct, durable); clients and servers declare it alike.
+pub(crate) async fn declare_control_exchange(channel: &Channel) -> Result<(), Error> {
+    channel
+        .exchange_declare(
+            wire::CONTROL_EXCHANGE.into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::connection)
 }
 
 /// Why a session's consume loop ended.
@@ -611,6 +705,21 @@ impl Supervisor {
             let delivery = tokio::select! {
                 _ = self.stop.wait_for(|stopped| *stopped) => return Ended::Stopped,
                 reason = &mut dead => return Ended::Lost(reason),
+                control = session.control.next() => {
+                    match control {
+                        Some(Ok(message)) => self.shared.controls.handle(&message),
+                        Some(Err(err)) => {
+                            session.tripwire.trip(err.to_string());
+                            return Ended::Lost(format!("control consumer failed: {err}"));
+                        }
+                        None => {
+                            let reason = "control consumer cancelled by the broker".to_owned();
+                            session.tripwire.trip(reason.clone());
+                            return Ended::Lost(reason);
+                        }
+                    }
+                    continue;
+                }
                 delivery = session.deliveries.next() => delivery,
             };
             match delivery {
@@ -633,8 +742,9 @@ impl Supervisor {
                     };
                     let shared = Arc::clone(&self.shared);
                     let channel = session.channel.clone();
+                    let control_queue = session.control_queue.clone();
                     tokio::spawn(async move {
-                        handle(&shared, &channel, delivery, received).await;
+                        handle(&shared, &channel, &control_queue, delivery, received).await;
                         drop(permit);
                     });
                 }
@@ -660,7 +770,15 @@ struct Incoming {
     correlation_id: Option<ShortString>,
     codec: Option<Codec>,
     protocol: Option<i64>,
+    /// The caller understands `started` notices (`x-warren-notices`).
+    notices: bool,
+    /// The caller wants a streamed reply and granted this much credit.
+    stream_credit: Option<usize>,
+    /// Application headers (string-valued, outside `x-warren-`), for middleware.
     headers: BTreeMap<String, String>,
+    /// The caller's span, from `traceparent` (the OpenTelemetry glue makes it the parent).
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    parent: Option<TraceContext>,
     context: Context,
 }
 
@@ -682,13 +800,25 @@ impl Incoming {
             .and_then(|a| u32::try_from(a).ok())
             .unwrap_or(1);
         let method = props.kind().as_ref().map(|m| m.as_str().to_owned());
+        // A malformed traceparent is ignored, as W3C asks: the handler starts a new trace.
+        let parent = wire::header_str(headers, wire::HEADER_TRACEPARENT).and_then(|tp| {
+            TraceContext::parse(tp, wire::header_str(headers, wire::HEADER_TRACESTATE)).ok()
+        });
+        let (trace, parent_span) = match &parent {
+            Some(parent) => (parent.child(), Some(parent.span_id())),
+            None => (TraceContext::new_root(), None),
+        };
         Incoming {
             call_id: call_id.clone(),
             reply_to: props.reply_to().clone().filter(|r| !r.as_str().is_empty()),
             correlation_id: props.correlation_id().clone(),
             codec: Codec::from_content_type(props.content_type().as_ref().map(|c| c.as_str())),
             protocol: wire::header_i64(headers, wire::HEADER_PROTOCOL),
+            notices: wire::header_i64(headers, wire::HEADER_NOTICES).is_some_and(|n| n != 0),
+            stream_credit: wire::header_i64(headers, wire::HEADER_STREAM_CREDIT)
+                .map(|n| usize::try_from(n).unwrap_or(0)),
             headers: wire::application_headers(headers),
+            parent,
             context: Context {
                 call_id: call_id.unwrap_or_else(|| CallId::from_wire("")),
                 service: queue.to_owned(),
@@ -699,6 +829,9 @@ impl Incoming {
                     budget_ms.map(|ms| unix_millis(SystemTime::now()).saturating_add(ms.max(0)))
                 }),
                 redelivered: delivery.redelivered,
+                trace,
+                parent_span,
+                cancel: crate::cancel::CancelToken::new(),
             },
             method,
         }
@@ -732,17 +865,103 @@ impl Incoming {
     }
 }
 
+/// Where a handled request's messages go: the reply queue and call of the request, and this
+/// server's control queue (named in notices and stream messages).
+struct Responder<'a> {
+    channel: &'a Channel,
+    reply_to: Option<&'a ShortString>,
+    correlation_id: Option<&'a ShortString>,
+    control_queue: &'a ShortString,
+    codec: Codec,
+}
+
+impl Responder<'_> {
+    /// Publishes a notice or stream message of `kind` and waits until lapin wrote it.
+    async fn send(&self, kind: &str, body: &[u8], seq: Option<u64>) {
+        let Some(reply_to) = self.reply_to else {
+            return;
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(
+            wire::HEADER_SERVER.into(),
+            AMQPValue::LongString(self.control_queue.as_str().into()),
+        );
+        if let Some(seq) = seq {
+            headers.insert(
+                wire::HEADER_SEQ.into(),
+                AMQPValue::LongLongInt(i64::try_from(seq).unwrap_or(i64::MAX)),
+            );
+        }
+        let mut properties = BasicProperties::default()
+            .with_type(kind.into())
+            .with_content_type(self.codec.content_type().into())
+            .with_headers(headers);
+        if let Some(id) = self.correlation_id {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        let published = self
+            .channel
+            .basic_publish(
+                "".into(),
+                reply_to.clone(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await;
+        if let Err(err) = published {
+            tracing::warn!(%err, kind, "could not publish a stream message");
+        }
+    }
+
+    async fn started(&self) {
+        self.send(wire::KIND_STARTED, &[], None).await;
+    }
+
+    /// Ends a stream: `{"ok": items}` or `{"fault": ...}`.
+    async fn end(&self, items: u64, fault: Option<Fault>) {
+        let body = match fault {
+            None => wire::encode_ok(self.codec, &items).unwrap_or_default(),
+            Some(fault) => wire::encode_fault(self.codec, &fault.code, &fault.message),
+        };
+        self.send(wire::KIND_END, &body, None).await;
+    }
+}
+
 /// Handles one delivery from start to ack; the reply goes out on `channel`, the channel the
 /// request came from.
-async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received: Instant) {
-    let incoming = Incoming::parse(&shared.queue, &delivery, received);
+async fn handle(
+    shared: &Shared,
+    channel: &Channel,
+    control_queue: &ShortString,
+    delivery: Delivery,
+    received: Instant,
+) {
+    #[cfg_attr(not(feature = "opentelemetry"), allow(unused_mut))]
+    let mut incoming = Incoming::parse(&shared.queue, &delivery, received);
     let span = tracing::info_span!(
         "warren.handle",
         service = %shared.queue,
         method = incoming.method.as_deref().unwrap_or(""),
         call_id = %incoming.context.call_id,
         attempt = incoming.context.attempt,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
     );
+    // Under OpenTelemetry the span is the caller's span's child, and its ids are the handler's.
+    #[cfg(feature = "opentelemetry")]
+    if let Some(parent) = &incoming.parent {
+        if let Some(own) = crate::otel::continue_trace(&span, parent) {
+            incoming.context.trace = own;
+        }
+    }
+    let trace = &incoming.context.trace;
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
+    span.record("span_id", tracing::field::display(trace.span_id()));
+    if let Some(parent) = incoming.context.parent_span {
+        span.record("parent_span_id", tracing::field::display(parent));
+    }
     shared.core.in_flight.fetch_add(1, Ordering::Relaxed);
     async {
         if let Some(deadline) = incoming.context.deadline {
@@ -752,10 +971,33 @@ async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received
                 return;
             }
         }
+        if let Some(id) = &incoming.call_id {
+            if shared.controls.was_cancelled(id) {
+                tracing::debug!("cancelled by its caller before it started; skipped");
+                ack(channel, &delivery);
+                return;
+            }
+        }
         let codec = incoming.codec.unwrap_or_default();
+        let responder = Responder {
+            channel,
+            reply_to: incoming.reply_to.as_ref(),
+            correlation_id: incoming.correlation_id.as_ref(),
+            control_queue,
+            codec,
+        };
         let reply = match incoming.invalid() {
             Some(fault) => Some(reply_of(codec, Outcome::Fault(fault))),
-            None => execute_once(shared, &incoming, codec, &delivery.data).await,
+            None => match dispatch(shared, &incoming, codec, &delivery.data) {
+                Err(reply) => Some(reply),
+                Ok(dispatch) => match (dispatch.is_stream(), incoming.stream_credit) {
+                    (true, Some(credit)) => {
+                        stream(shared, &incoming, &responder, dispatch, credit).await;
+                        None
+                    }
+                    _ => execute_once(shared, &incoming, &responder, dispatch).await,
+                },
+            },
         };
         if let (Some(reply), Some(reply_to)) = (reply, &incoming.reply_to) {
             let instance = &shared.core.instance.id;
@@ -775,18 +1017,50 @@ async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received
     shared.core.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Runs the request unless the cache says it already ran; returns the reply to send, or `None`
-/// when there is none (the call was abandoned at its deadline).
-async fn execute_once(
+/// Decodes the arguments and prepares the handler; a panic there is a `handler_panicked` reply.
+fn dispatch(
     shared: &Shared,
     incoming: &Incoming,
     codec: Codec,
     body: &[u8],
+) -> Result<Dispatch, CachedReply> {
+    let method = incoming.context.method.as_str();
+    let request = Request::new(method, codec, body)
+        .with_service(shared.queue.as_str())
+        .with_headers(incoming.headers.clone());
+    let streaming = shared
+        .core
+        .service
+        .methods()
+        .iter()
+        .any(|m| m.name == method && m.streaming);
+    match &shared.handler {
+        // Through the layers: dispatching happens when the layered future is first polled,
+        // inside the handler's panic guard. Streamed replies do not pass the layers.
+        Some(layered) if !streaming => {
+            let layered = layered.clone();
+            Ok(Dispatch::outcome(layered.oneshot(request).map(|outcome| {
+                let Ok(outcome) = outcome;
+                outcome
+            })))
+        }
+        _ => std::panic::catch_unwind(AssertUnwindSafe(|| shared.core.dispatch(request)))
+            .map_err(|panic| panicked(codec, panic)),
+    }
+}
+
+/// Runs the request unless the cache says it already ran; returns the reply to send, or `None`
+/// when there is none (the call was abandoned at its deadline or cancelled).
+async fn execute_once(
+    shared: &Shared,
+    incoming: &Incoming,
+    responder: &Responder<'_>,
+    dispatch: Dispatch,
 ) -> Option<CachedReply> {
     let deadline = incoming.context.deadline;
     let Some(call_id) = incoming.call_id.clone() else {
-        // Without an id there is nothing to de-duplicate on.
-        return run(shared, incoming, codec, body).await;
+        // Without an id there is nothing to de-duplicate on, nor to cancel.
+        return run(shared, incoming, responder, dispatch, None).await;
     };
     let keep_for = deadline
         .map(|d| d.saturating_duration_since(Instant::now()))
@@ -807,7 +1081,13 @@ async fn execute_once(
             }
         }
         CacheLookup::Execute => {
-            let reply = run(shared, incoming, codec, body).await;
+            let reply = match shared.controls.start(&call_id, 0) {
+                Some(guard) => run(shared, incoming, responder, dispatch, Some(guard)).await,
+                None => {
+                    tracing::debug!("cancelled by its caller before it started; skipped");
+                    None
+                }
+            };
             match &reply {
                 Some(reply) => shared.cache.finish(&call_id, reply.clone()),
                 None => shared.cache.abandon(&call_id),
@@ -817,73 +1097,221 @@ async fn execute_once(
     }
 }
 
-/// Runs the handler with its context, its deadline and a panic guard.
+/// How long a handler runs before a caller that asked for notices is told it started: short
+/// handlers reply first and cost no notice.
+const NOTICE_AFTER: Duration = Duration::from_millis(10);
+
+/// Why a handler stopped before its outcome.
+enum Stopped {
+    /// The caller cancelled the call.
+    Cancelled,
+    /// The call's deadline passed.
+    Deadline,
+}
+
+/// Runs the handler with its context, its deadline, cancellation and a panic guard.
 async fn run(
     shared: &Shared,
     incoming: &Incoming,
-    codec: Codec,
-    body: &[u8],
+    responder: &Responder<'_>,
+    dispatch: Dispatch,
+    guard: Option<RunGuard>,
 ) -> Option<CachedReply> {
-    let method = incoming.context.method.as_str();
-    let request = Request::new(method, codec, body)
-        .with_service(shared.queue.as_str())
-        .with_headers(incoming.headers.clone());
-    let context = incoming.context.clone();
-    // Dispatching (which decodes the arguments) happens on the first poll, inside the panic
-    // guard, as does everything the layers do.
-    let handler = match &shared.handler {
-        Some(layered) => Either::Left(layered.clone().oneshot(request).map(|outcome| {
-            let Ok(outcome) = outcome;
-            outcome
-        })),
-        None => {
-            let core = Arc::clone(&shared.core);
-            Either::Right(async move { core.dispatch(request).await })
+    let codec = responder.codec;
+    let mut context = incoming.context.clone();
+    if let Some(guard) = &guard {
+        context.cancel = guard.running.cancel.clone();
+    }
+    let cancel = context.cancel.clone();
+    let handler = AssertUnwindSafe(context.scope(dispatch)).catch_unwind();
+    let mut handler = std::pin::pin!(handler);
+    // Tell the caller it started once the handler has run for a moment, well before its
+    // deadline: a quarter of the budget at most.
+    let mut notice = (incoming.notices && responder.reply_to.is_some()).then(|| {
+        let after = incoming
+            .context
+            .remaining()
+            .map_or(NOTICE_AFTER, |left| NOTICE_AFTER.min(left / 4));
+        tokio::time::Instant::now() + after
+    });
+    let deadline = incoming.context.deadline;
+    let started = Instant::now();
+    let stats = |kind: Option<&str>| {
+        shared
+            .core
+            .stats
+            .record(&incoming.context.method, started.elapsed(), kind)
+    };
+    let stopped = loop {
+        tokio::select! {
+            biased;
+            outcome = &mut handler => {
+                return Some(match outcome {
+                    Ok(outcome) => {
+                        if let Outcome::Fault(fault) = &outcome {
+                            tracing::debug!(%fault, "call failed");
+                        }
+                        stats(outcome.error_kind());
+                        reply_of(codec, outcome)
+                    }
+                    Err(panic) => {
+                        stats(Some(FaultCode::HandlerPanicked.as_str()));
+                        panicked(codec, panic)
+                    }
+                });
+            }
+            _ = cancel.cancelled() => break Stopped::Cancelled,
+            _ = sleep_until(deadline) => break Stopped::Deadline,
+            _ = sleep_until(notice), if notice.is_some() => {
+                notice = None;
+                responder.started().await;
+            }
         }
     };
-    let handler = AssertUnwindSafe(context.scope(handler)).catch_unwind();
-    let started = Instant::now();
-    let stats = |kind: Option<&str>| shared.core.stats.record(method, started.elapsed(), kind);
-    let outcome = match incoming.context.deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline.into(), handler).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                tracing::warn!("handler cancelled at the call's deadline");
-                stats(Some(FaultCode::DeadlineExceeded.as_str()));
-                return None;
+    cancel.cancel();
+    match stopped {
+        Stopped::Deadline => stats(Some(FaultCode::DeadlineExceeded.as_str())),
+        Stopped::Cancelled => stats(Some("cancelled")),
+    }
+    match stopped {
+        Stopped::Deadline => tracing::warn!("handler cancelled at the call's deadline"),
+        Stopped::Cancelled => {
+            // The handler may notice (`Context::cancelled`) and finish within the grace.
+            let grace = tokio::time::timeout(shared.cancel_grace, &mut handler).await;
+            tracing::debug!(finished = grace.is_ok(), "handler cancelled by its caller");
+        }
+    }
+    None
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until<T: Into<tokio::time::Instant>>(at: Option<T>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// How long a stream waits for credit when its call has no deadline, before giving up on a
+/// caller that went away.
+const CREDIT_WAIT: Duration = Duration::from_secs(60);
+
+/// Streams a reply: a `started` notice, then one item per credit, then the end marker. Not
+/// de-duplicated: a stream runs for each request that asks for one.
+async fn stream(
+    shared: &Shared,
+    incoming: &Incoming,
+    responder: &Responder<'_>,
+    dispatch: Dispatch,
+    credit: usize,
+) {
+    let Ok(start) = dispatch.into_stream() else {
+        return;
+    };
+    let guard = match &incoming.call_id {
+        Some(id) => match shared.controls.start(id, credit) {
+            Some(guard) => Some(guard),
+            None => {
+                tracing::debug!("cancelled by its caller before it started; skipped");
+                return;
             }
         },
-        None => handler.await,
+        None => None,
     };
-    match outcome {
-        Ok(outcome) => {
-            if let Outcome::Fault(fault) = &outcome {
-                tracing::debug!(%fault, "call failed");
-            }
-            stats(outcome.error_kind());
-            Some(reply_of(codec, outcome))
+    let mut context = incoming.context.clone();
+    let own_credit = tokio::sync::Semaphore::new(credit);
+    let credit = match &guard {
+        Some(guard) => {
+            context.cancel = guard.running.cancel.clone();
+            &guard.running.credit
         }
-        Err(panic) => {
-            stats(Some(FaultCode::HandlerPanicked.as_str()));
-            Some(panicked(codec, panic))
+        None => &own_credit,
+    };
+    let cancel = context.cancel.clone();
+    let run = async {
+        responder.started().await;
+        match AssertUnwindSafe(start).catch_unwind().await {
+            Ok(items) => send_items(responder, items, credit, incoming.context.deadline).await,
+            Err(panic) => responder.end(0, Some(panicked_fault(panic))).await,
+        }
+    };
+    let stopped = tokio::select! {
+        biased;
+        () = context.scope(run) => return,
+        () = cancel.cancelled() => Stopped::Cancelled,
+        () = sleep_until(incoming.context.deadline) => Stopped::Deadline,
+    };
+    // The handler's stream is dropped by now; work it spawned may watch the context.
+    cancel.cancel();
+    match stopped {
+        Stopped::Cancelled => tracing::debug!("stream cancelled by its caller"),
+        Stopped::Deadline => {
+            tracing::debug!("stream stopped at the call's deadline");
+            let fault = Fault {
+                code: FaultCode::DeadlineExceeded,
+                message: "the stream ran past the call's deadline".into(),
+            };
+            responder.end(0, Some(fault)).await;
+        }
+    }
+}
+
+/// Sends the items of a stream as credit allows, then its end marker. The handler's stream
+/// is polled only with credit in hand, so a slow caller holds back the producer instead of
+/// filling the server's memory. Without a deadline, a caller silent for [`CREDIT_WAIT`] is
+/// taken to be gone.
+async fn send_items(
+    responder: &Responder<'_>,
+    items: EncodedItems,
+    credit: &tokio::sync::Semaphore,
+    deadline: Option<Instant>,
+) {
+    let mut items = AssertUnwindSafe(items).catch_unwind();
+    let mut sent = 0u64;
+    loop {
+        let permit = match deadline {
+            Some(_) => credit.acquire().await.ok(),
+            None => tokio::time::timeout(CREDIT_WAIT, credit.acquire())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        let Some(permit) = permit else {
+            tracing::debug!("no credit from the caller; stream abandoned");
+            return;
+        };
+        permit.forget();
+        match items.next().await {
+            Some(Ok(Ok(item))) => {
+                sent += 1;
+                let body = wire::ok_from_encoded(responder.codec, &item);
+                responder.send(wire::KIND_ITEM, &body, Some(sent)).await;
+            }
+            Some(Ok(Err(fault))) => {
+                tracing::debug!(%fault, "stream ended with a fault");
+                return responder.end(sent, Some(fault)).await;
+            }
+            Some(Err(panic)) => return responder.end(sent, Some(panicked_fault(panic))).await,
+            None => return responder.end(sent, None).await,
         }
     }
 }
 
 fn panicked(codec: Codec, panic: Box<dyn Any + Send>) -> CachedReply {
+    reply_of(codec, Outcome::Fault(panicked_fault(panic)))
+}
+
+fn panicked_fault(panic: Box<dyn Any + Send>) -> Fault {
     let detail = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string panic payload".to_owned());
     tracing::error!(panic = %detail, "handler panicked");
-    reply_of(
-        codec,
-        Outcome::Fault(Fault {
-            code: FaultCode::HandlerPanicked,
-            message: format!("the handler panicked: {detail}"),
-        }),
-    )
+    Fault {
+        code: FaultCode::HandlerPanicked,
+        message: format!("the handler panicked: {detail}"),
+    }
 }
 
 /// The reply a server sends (and caches) for `outcome`.

@@ -6,6 +6,11 @@
 //! matching on the method name; the [`Server`](crate::Server) does everything else (consuming,
 //! deadlines, de-duplication, panics, replies). Implementing [`Service`] by hand is possible
 //! too, for dynamic services.
+//!
+//! A streaming method (returning [`Stream<T>`](crate::Stream)) dispatches to
+//! [`Dispatch::stream`]: the server sends its items one message each under the caller's flow
+//! control. Awaited as a plain future (by a caller that did not ask for a stream, or by a
+//! test), such a dispatch collects the items into one `{"ok": [items]}` reply instead.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +20,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{BoxStream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -53,6 +59,8 @@ pub struct MethodSpec {
     pub error: Option<&'static str>,
     /// The method's documentation (its doc comment), empty when it has none.
     pub doc: &'static str,
+    /// Whether the method streams its reply (it returns [`Stream<T>`](crate::Stream)).
+    pub streaming: bool,
 }
 
 impl MethodSpec {
@@ -68,7 +76,14 @@ impl MethodSpec {
             returns: "()",
             error: None,
             doc: "",
+            streaming: false,
         }
+    }
+
+    /// Marks the method as streaming its reply (or not).
+    pub const fn streaming(mut self, streaming: bool) -> Self {
+        self.streaming = streaming;
+        self
     }
 
     /// Marks the method idempotent (or not).
@@ -271,9 +286,25 @@ impl Outcome {
     }
 }
 
+/// The items of a streamed reply, each encoded on its own (not wrapped in `{"ok": ...}`), or
+/// the fault that ends the stream.
+pub(crate) type EncodedItems = BoxStream<'static, Result<Vec<u8>, Fault>>;
+
+/// At most this many items are collected into one reply for a caller that did not ask for a
+/// stream; a longer stream ends that call with a `bad_request` fault.
+pub const MAX_COLLECTED_ITEMS: usize = 10_000;
+
 /// The future of one handled request, returned by [`Service::dispatch`].
 #[must_use = "a Dispatch does nothing until awaited"]
-pub struct Dispatch(BoxFuture<'static, Outcome>);
+pub struct Dispatch(Kind);
+
+enum Kind {
+    Unary(BoxFuture<'static, Outcome>),
+    Stream {
+        codec: Codec,
+        start: BoxFuture<'static, EncodedItems>,
+    },
+}
 
 impl Dispatch {
     /// Runs a handler returning a plain value `T`, replied as `{"ok": value}`.
@@ -282,11 +313,11 @@ impl Dispatch {
         T: Serialize,
         F: Future<Output = T> + Send + 'static,
     {
-        Dispatch(
+        Dispatch(Kind::Unary(
             handler
                 .map(move |value| Outcome::encoded(wire::encode_ok(codec, &value), true))
                 .boxed(),
-        )
+        ))
     }
 
     /// Runs a handler returning `Result<T, E>`, replied as `{"ok": t}` or `{"err": e}`.
@@ -296,19 +327,67 @@ impl Dispatch {
         E: Serialize,
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        Dispatch(
+        Dispatch(Kind::Unary(
             handler
                 .map(move |result| match result {
                     Ok(value) => Outcome::encoded(wire::encode_ok(codec, &value), true),
                     Err(err) => Outcome::encoded(wire::encode_err(codec, &err), false),
                 })
                 .boxed(),
-        )
+        ))
+    }
+
+    /// Runs a handler returning a [`Stream<T>`](crate::Stream), whose items are sent to the
+    /// caller one by one as `{"ok": item}` messages, as fast as the caller grants credit.
+    pub fn stream<T, F>(codec: Codec, handler: F) -> Self
+    where
+        T: Serialize + Send + 'static,
+        F: Future<Output = crate::Stream<T>> + Send + 'static,
+    {
+        let start = handler.map(move |items| {
+            items
+                .map(move |item| {
+                    codec.encode(&item).map_err(|reason| Fault {
+                        code: FaultCode::Internal,
+                        message: format!("could not encode a streamed item: {reason}"),
+                    })
+                })
+                .boxed()
+        });
+        Dispatch(Kind::Stream {
+            codec,
+            start: start.boxed(),
+        })
+    }
+
+    /// Whether this dispatch streams its reply ([`Dispatch::stream`]).
+    pub fn is_stream(&self) -> bool {
+        matches!(self.0, Kind::Stream { .. })
+    }
+
+    /// The handler's future yielding its stream, for a streaming dispatch; the dispatch
+    /// itself otherwise.
+    pub(crate) fn into_stream(self) -> Result<BoxFuture<'static, EncodedItems>, Dispatch> {
+        match self.0 {
+            Kind::Stream { start, .. } => Ok(start),
+            unary => Err(Dispatch(unary)),
+        }
+    }
+
+    /// Runs any future producing an [`Outcome`], such as a request going through server
+    /// middleware ([`crate::middleware`]).
+    pub fn outcome<F>(future: F) -> Self
+    where
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        Dispatch(Kind::Unary(future.boxed()))
     }
 
     /// A request that fails without running a handler.
     pub fn fault(fault: Fault) -> Self {
-        Dispatch(futures::future::ready(Outcome::Fault(fault)).boxed())
+        Dispatch(Kind::Unary(
+            futures::future::ready(Outcome::Fault(fault)).boxed(),
+        ))
     }
 
     /// The `unknown_method` fault for a request no method matches.
@@ -320,11 +399,43 @@ impl Dispatch {
     }
 }
 
+/// Runs a stream to its end and replies `{"ok": [items]}` (or the fault that ended it).
+async fn collect(codec: Codec, start: BoxFuture<'static, EncodedItems>) -> Outcome {
+    let mut items = start.await;
+    let mut collected = Vec::new();
+    while let Some(item) = items.next().await {
+        match item {
+            Ok(item) if collected.len() < MAX_COLLECTED_ITEMS => collected.push(item),
+            Ok(_) => {
+                return Outcome::Fault(Fault {
+                    code: FaultCode::BadRequest,
+                    message: format!(
+                        "the method streams more than {MAX_COLLECTED_ITEMS} items; call it \
+                         with the `{}` header to receive them as a stream",
+                        wire::HEADER_STREAM_CREDIT
+                    ),
+                })
+            }
+            Err(fault) => return Outcome::Fault(fault),
+        }
+    }
+    Outcome::Ok(wire::ok_list_from_encoded(codec, &collected))
+}
+
 impl Future for Dispatch {
     type Output = Outcome;
 
+    /// A unary dispatch's outcome; a streaming dispatch's items collected into one list.
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Outcome> {
-        self.0.as_mut().poll(cx)
+        let this = &mut self.0;
+        if let Kind::Stream { codec, start } = this {
+            let start = std::mem::replace(start, futures::future::pending().boxed());
+            *this = Kind::Unary(collect(*codec, start).boxed());
+        }
+        match this {
+            Kind::Unary(run) => run.as_mut().poll(cx),
+            Kind::Stream { .. } => Poll::Pending,
+        }
     }
 }
 
