@@ -1,12 +1,14 @@
 //! Run with: cargo run -p warren-examples --example calculator
 //!
 //! Everything in one process: starts the bundled broker on a free port, a calculator server and
-//! a client, then shows results, an application error, a timeout and an unavailable service.
+//! a client, then shows results, an application error, a timeout and an unavailable service;
+//! then introspection (`$describe`, `$ping` to every replica, `$stats`) and a broadcast to two
+//! replicas.
 
 use std::time::{Duration, Instant};
 
 use warren_examples::{Calc, CalculatorClient, CalculatorServer};
-use warren_rpc::{CallOptions, Client, Error, Server};
+use warren_rpc::{BroadcastOptions, CallOptions, Client, Error, Server};
 
 /// A service with one slow method, to show what a deadline does.
 #[warren_rpc::service(name = "reports")]
@@ -109,6 +111,68 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             e.is_retryable()
         ),
     }
+
+    // Introspection: what does the service offer, who serves it, what have they served?
+    println!();
+    let description = client.describe("calculator").await?;
+    println!(
+        "$describe {} (protocol {}):",
+        description.service, description.protocol
+    );
+    for m in &description.methods {
+        let params: Vec<String> = m
+            .params
+            .iter()
+            .map(|p| format!("{}: {}", p.name, p.ty))
+            .collect();
+        let returns = match &m.error {
+            Some(err) => format!("Result<{}, {err}>", m.returns),
+            None => m.returns.clone(),
+        };
+        let idempotent = if m.idempotent { "  [idempotent]" } else { "" };
+        println!(
+            "  {}({}) -> {returns}{idempotent}",
+            m.name,
+            params.join(", ")
+        );
+    }
+    // A second replica; a broadcast reaches both, each with its own memory.
+    let replica = Server::serve(&url, CalculatorServer::new(Calc::new())).await?;
+    let every = BroadcastOptions::new().timeout(Duration::from_millis(500));
+    for ping in client.ping_all("calculator", &every).await? {
+        let ping = ping.result?;
+        println!(
+            "$ping     instance {} on {} (pid {}), up {}ms, {} in flight",
+            ping.instance, ping.host, ping.pid, ping.uptime_ms, ping.in_flight
+        );
+    }
+    #[derive(serde::Serialize)]
+    struct MemoryAdd {
+        x: i64,
+    }
+    let memory_add = &CalculatorClient::METHODS[4];
+    let totals = client
+        .broadcast_call::<_, i64>(
+            memory_add,
+            &MemoryAdd { x: 1 },
+            &every.clone().max_replies(2),
+        )
+        .await?;
+    for total in totals {
+        println!(
+            "broadcast memory_add(1) -> {} from {}",
+            total.result?,
+            total.instance.unwrap_or_default()
+        );
+    }
+    let stats = client.stats("calculator").await?;
+    for (method, s) in stats.methods.iter().filter(|(_, s)| s.calls > 0) {
+        println!(
+            "$stats    {method}: {} call(s), errors {:?}, p50 {:?}ms",
+            s.calls, s.errors, s.p50_ms
+        );
+    }
+    replica.shutdown().await;
 
     println!();
     client.close().await;
