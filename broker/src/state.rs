@@ -266,6 +266,8 @@ pub struct State {
     conns: HashMap<ConnId, ConnSlot>,
     reply_names: HashMap<String, ChannelKey>,
     next_queue_id: u64,
+    /// Log a warning when a durable queue is created without a store (`--memory-only`).
+    pub(crate) warn_durable_without_storage: bool,
 }
 
 /// What a publish did.
@@ -445,6 +447,7 @@ impl State {
             conns: HashMap::new(),
             reply_names: HashMap::new(),
             next_queue_id: 1,
+            warn_durable_without_storage: false,
         }
     }
 
@@ -1018,6 +1021,9 @@ impl State {
         vh.queues.insert(name.clone(), q);
         if durable {
             self.save_definitions();
+            if self.store.is_none() && self.warn_durable_without_storage {
+                tracing::warn!(queue = %name, vhost, "durable queue declared on a memory-only broker: it and its messages are lost when the broker stops");
+            }
         }
         Ok((name, 0, 0))
     }
