@@ -2,7 +2,7 @@
 //!
 //! Run with: `cargo run -p warren-broker -- --listen 127.0.0.1:5672`. Durable by default: it
 //! keeps durable definitions and persistent messages in a data directory (see
-//! [`default_data_dir`]) unless `--memory-only` says otherwise. SIGTERM and SIGINT stop it
+//! `default_data_dir`) unless `--memory-only` says otherwise. SIGTERM and SIGINT stop it
 //! gracefully (connections closed with 320 CONNECTION_FORCED, storage flushed, exit status 0).
 //! `docs/operations.md` describes every flag.
 
