@@ -203,6 +203,9 @@ async fn sigterm_closes_connections_with_320_and_exits_0() {
     );
 }
 
+/// Persistent messages published without confirms just before the stop.
+const UNCONFIRMED: u32 = 200;
+
 #[tokio::test]
 async fn without_flags_a_durable_queue_and_persistent_message_survive_a_restart() {
     let home = TempHome::new("durable");
@@ -248,7 +251,23 @@ async fn without_flags_a_durable_queue_and_persistent_message_survive_a_restart(
                 .expect("confirm");
             assert!(confirm.is_ack(), "publish confirmed");
         }
-        let _ = conn.close(200, "bye".into()).await;
+        // Unconfirmed persistent messages: the broker has handled them once it answers the
+        // connection.close that follows them, but nothing says they reached the disk; the
+        // graceful stop must flush them.
+        let unconfirmed = conn.create_channel().await.expect("channel");
+        for i in 0..UNCONFIRMED {
+            unconfirmed
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    format!("unconfirmed {i}").as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+        }
+        conn.close(200, "bye".into()).await.expect("close");
     }
     first.terminate();
     assert_eq!(first.wait().code(), Some(0), "first run exits 0");
@@ -269,8 +288,8 @@ async fn without_flags_a_durable_queue_and_persistent_message_survive_a_restart(
         .expect("the durable queue survived the restart");
     assert_eq!(
         declared.message_count(),
-        1,
-        "only the persistent message survived"
+        1 + UNCONFIRMED,
+        "the persistent messages survived, the transient one did not"
     );
     let got = ch
         .basic_get(queue.into(), BasicGetOptions { no_ack: true })
@@ -278,6 +297,14 @@ async fn without_flags_a_durable_queue_and_persistent_message_survive_a_restart(
         .expect("basic.get")
         .expect("a message");
     assert_eq!(got.delivery.data, b"persistent");
+    for i in 0..UNCONFIRMED {
+        let got = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+            .expect("a message");
+        assert_eq!(got.delivery.data, format!("unconfirmed {i}").as_bytes());
+    }
     let _ = conn.close(200, "bye".into()).await;
 }
 
