@@ -75,11 +75,16 @@ impl BrokerProcess {
 
     /// Sends SIGTERM with the `kill` command, as a service manager or container runtime does.
     fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`) with the `kill` command.
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
+        assert!(status.success(), "kill -{name} failed: {status}");
     }
 
     /// Waits for the process to exit (bounded, so a hang fails the test instead of CI).
@@ -91,7 +96,7 @@ impl BrokerProcess {
             }
             assert!(
                 Instant::now() < give_up,
-                "warren-broker did not exit after SIGTERM"
+                "warren-broker did not exit after the signal"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -311,7 +316,7 @@ async fn without_flags_a_durable_queue_and_persistent_message_survive_a_restart(
 #[tokio::test]
 async fn memory_only_warns_and_writes_nothing() {
     let home = TempHome::new("memory");
-    let broker = BrokerProcess::start(&home.0, &["--memory-only"]);
+    let mut broker = BrokerProcess::start(&home.0, &["--memory-only"]);
     assert!(
         !broker.logged("memory-only").is_empty(),
         "a warning at start: {:?}",
@@ -353,4 +358,8 @@ async fn memory_only_warns_and_writes_nothing() {
         !home.default_data_dir().exists(),
         "--memory-only creates no data directory"
     );
+    // Ctrl-C stops it as gracefully as SIGTERM.
+    broker.signal("INT");
+    let status = broker.wait();
+    assert_eq!(status.code(), Some(0), "exit status after SIGINT: {status}");
 }
