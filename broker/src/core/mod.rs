@@ -14,8 +14,8 @@
 //! - `args` (queue argument validation), `exchange` (routing within one exchange), `store`
 //!   (durable definitions and persistent messages), `pager` (messages beyond the memory
 //!   budget), `deadletter` (x-death), `queue` (one queue's messages and consumers).
-//! - `vhost`, `session`, `definitions`, then `state` (the lock and the data) with its
-//!   operations: `topology`, `delivery`, `settle`.
+//! - `vhost`, `session` (a session's delivery state), `definitions`, then `state` (the lock
+//!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`.
 
 pub(crate) mod args;
 pub(crate) mod deadletter;
@@ -24,6 +24,7 @@ pub(crate) mod delivery;
 pub(crate) mod error;
 pub(crate) mod exchange;
 pub(crate) mod fieldtable;
+pub(crate) mod lifecycle;
 pub(crate) mod message;
 pub(crate) mod pager;
 pub(crate) mod props;
