@@ -29,7 +29,7 @@ pub const PING: &str = "$ping";
 pub const DESCRIBE: &str = "$describe";
 /// The reserved method answering a [`StatsReply`].
 pub const STATS: &str = "$stats";
-/// The exchange every server binds its instance queue to, for [`services`]-style discovery: a
+/// The exchange every server binds its instance queue to, for discovery (`warren services`): a
 /// fanout exchange reaching one instance queue per running server of any service.
 pub const DISCOVERY_EXCHANGE: &str = "warren.discovery";
 
