@@ -146,18 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ping.instance, ping.host, ping.pid, ping.uptime_ms, ping.in_flight
         );
     }
-    #[derive(serde::Serialize)]
-    struct MemoryAdd {
-        x: i64,
-    }
-    let memory_add = &CalculatorClient::METHODS[4];
-    let totals = client
-        .broadcast_call::<_, i64>(
-            memory_add,
-            &MemoryAdd { x: 1 },
-            &every.clone().max_replies(2),
-        )
-        .await?;
+    let totals = calc.broadcast().max_replies(2).memory_add(1).await?;
     for total in totals {
         println!(
             "broadcast memory_add(1) -> {} from {}",

@@ -10,7 +10,7 @@ use syn::{GenericArgument, PathArguments, ReturnType, Type};
 use crate::ast::{Errors, Method, Output, Service};
 
 /// Method names the generated client already uses.
-const RESERVED: &[&str] = &["new", "with_timeout", "with_options"];
+const RESERVED: &[&str] = &["new", "with_timeout", "with_options", "broadcast"];
 
 pub(crate) fn check(service: &Service, errors: &mut Errors) {
     if service.name.is_empty() || service.name.len() > 255 {

@@ -217,6 +217,18 @@ impl BroadcastOptions {
     }
 }
 
+impl From<&CallOptions> for BroadcastOptions {
+    /// The timeout, service name and codec of `options`, for a broadcast of the same calls.
+    fn from(options: &CallOptions) -> Self {
+        BroadcastOptions {
+            timeout: options.timeout,
+            service: options.service.clone(),
+            codec: options.codec,
+            ..BroadcastOptions::default()
+        }
+    }
+}
+
 /// One replica's answer to a broadcast.
 #[derive(Debug, Clone)]
 pub struct Replica<T> {

@@ -173,6 +173,20 @@ async fn every_replica_answers_a_broadcast() {
             assert_eq!(replica.result.unwrap(), Err(CalcError::DivisionByZero));
         }
 
+        // The typed broadcast of the generated client, with its call options' service name.
+        let calc = calculator(&client, &queue);
+        let sums = calc.broadcast().timeout(COLLECT).add(2, 3).await.unwrap();
+        assert_eq!(sums.len(), 2, "{target}: typed broadcast");
+        assert!(sums.iter().all(|r| matches!(r.result, Ok(5))), "{target}");
+        let divided = calc.broadcast().max_replies(2).div(7, 0).await.unwrap();
+        assert_eq!(divided.len(), 2, "{target}");
+        assert!(
+            divided
+                .iter()
+                .all(|r| matches!(r.result, Ok(Err(CalcError::DivisionByZero)))),
+            "{target}: application errors per replica"
+        );
+
         // Stop at the first reply: well before the collection window.
         let first = client
             .ping_all(
@@ -201,6 +215,10 @@ async fn every_replica_answers_a_broadcast() {
         for s in stats {
             let s = s.result.unwrap();
             assert_eq!(s.methods["memory_add"].calls, 1, "{target}");
+            assert_eq!(
+                s.methods["add"].calls, 1,
+                "{target}: one typed broadcast add each"
+            );
         }
 
         stop(&target, servers, &queue).await;
