@@ -212,14 +212,14 @@ async fn every_replica_answers_a_broadcast() {
             .await
             .unwrap();
         assert_eq!(stats.len(), 2, "{target}");
+        let mut adds = 0;
         for s in stats {
             let s = s.result.unwrap();
             assert_eq!(s.methods["memory_add"].calls, 1, "{target}");
-            assert_eq!(
-                s.methods["add"].calls, 1,
-                "{target}: one typed broadcast add each"
-            );
+            assert!(s.methods["add"].calls >= 1, "{target}: the typed broadcast");
+            adds += s.methods["add"].calls;
         }
+        assert_eq!(adds, 3, "{target}: a broadcast add on each, one plain add");
 
         stop(&target, servers, &queue).await;
     }
