@@ -1,9 +1,10 @@
 //! The wire protocol, version 1: header names, content types, and the reply body.
 //!
-//! This module is the code form of the "RPC wire protocol" section of Warren's design: a request
-//! carries the method in `type`, the call id in `correlation_id` and `message_id`, the budget in
-//! `expiration` and the `x-warren-*` headers, and the arguments as a map from parameter name to
-//! value. A reply body is a map with exactly one key: `ok`, `err` or `fault`.
+//! This module is the code form of the RPC wire protocol, specified in `docs/protocol.md` in
+//! the repository: a request carries the method in `type`, the call id in `correlation_id` and
+//! `message_id`, the budget in `expiration` and the `x-warren-*` headers, and the arguments as a
+//! map from parameter name to value. A reply body is a map with exactly one key: `ok`, `err` or
+//! `fault`.
 
 use std::fmt;
 use std::marker::PhantomData;

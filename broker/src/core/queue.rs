@@ -5,122 +5,12 @@
 //! Delivery itself (which consumer has credit) is driven from `state.rs`, which also sees the
 //! channels' prefetch limits.
 
-use crate::props::PropsView;
-use amq_protocol::protocol::basic::AMQPProperties;
+use super::message::{ChannelKey, ConnId, Message};
 use amq_protocol::types::{AMQPValue, FieldTable};
-use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A connection's id, unique for the broker's lifetime.
-pub type ConnId = u64;
-
-/// Identifies a channel across the broker: its connection and its number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChannelKey {
-    /// The connection.
-    pub conn: ConnId,
-    /// The channel number within the connection.
-    pub channel: u16,
-}
-
-/// A published message: routing information, the encoded content header and the body,
-/// immutable once published. Properties stay encoded (see `props.rs`); the few the broker acts
-/// on are read once at publish time.
-#[derive(Debug)]
-pub struct Message {
-    /// The exchange it was published to.
-    pub exchange: String,
-    /// The routing key it was published with.
-    pub routing_key: String,
-    /// The encoded content header payload, re-sent verbatim on delivery.
-    pub header: Bytes,
-    /// The body.
-    pub body: Bytes,
-    /// delivery-mode 2.
-    pub persistent: bool,
-    /// The priority property.
-    pub priority: Option<u8>,
-    /// The expiration property in milliseconds, when valid.
-    pub expiration_ms: Option<u64>,
-    /// Extra routing keys from the CC and BCC headers.
-    pub cc: Vec<String>,
-}
-
-impl Message {
-    /// A message from an encoded header; None if the header's properties are malformed.
-    pub fn new(exchange: String, routing_key: String, header: Bytes, body: Bytes) -> Option<Self> {
-        let v = PropsView::parse(&header)?;
-        let expiration_ms =
-            PropsView::text(&header, &v.expiration).and_then(|e| parse_expiration(e).ok());
-        Some(Message {
-            exchange,
-            routing_key,
-            persistent: v.delivery_mode == Some(2),
-            priority: v.priority,
-            expiration_ms,
-            header,
-            body,
-            cc: Vec::new(),
-        })
-    }
-
-    /// A message with the given properties (encoded here).
-    pub fn with_properties(
-        exchange: String,
-        routing_key: String,
-        properties: &AMQPProperties,
-        body: Bytes,
-    ) -> Self {
-        let header = crate::frame::encode_header_payload(body.len() as u64, properties);
-        let expiration_ms = properties
-            .expiration()
-            .as_ref()
-            .and_then(|e| parse_expiration(e.as_str()).ok());
-        Message {
-            exchange,
-            routing_key,
-            persistent: *properties.delivery_mode() == Some(2),
-            priority: *properties.priority(),
-            expiration_ms,
-            header,
-            body,
-            cc: Vec::new(),
-        }
-    }
-
-    /// Bytes counted against queue length limits: the body size, as RabbitMQ counts it.
-    pub fn body_len(&self) -> usize {
-        self.body.len()
-    }
-
-    /// The per-message TTL from the `expiration` property, if valid.
-    pub fn expiration(&self) -> Option<Duration> {
-        self.expiration_ms.map(Duration::from_millis)
-    }
-
-    /// The headers table, decoded (for headers exchanges and dead-lettering).
-    pub fn headers(&self) -> Option<FieldTable> {
-        PropsView::parse(&self.header)?.headers_table(&self.header)
-    }
-
-    /// All properties, decoded.
-    pub fn properties(&self) -> AMQPProperties {
-        amq_protocol::frame::parsing::parse_content_header(&self.header[..])
-            .map(|(_, h)| h.properties)
-            .unwrap_or_default()
-    }
-}
-
-/// Parses an `expiration` property like RabbitMQ: a non-negative integer of milliseconds.
-pub fn parse_expiration(s: &str) -> Result<u64, &'static str> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("invalid");
-    }
-    s.parse::<u64>().map_err(|_| "invalid")
-}
 
 /// One copy of a message waiting in (or delivered from) a queue.
 #[derive(Debug, Clone)]
@@ -138,7 +28,7 @@ pub struct QueuedMessage {
     /// Effective priority in a priority queue (0 elsewhere).
     pub priority: u8,
     /// Where the message is persisted, for a persistent message in a durable queue.
-    pub stored: Option<crate::store::StoreRef>,
+    pub stored: Option<super::store::StoreRef>,
 }
 
 impl QueuedMessage {
@@ -154,7 +44,7 @@ pub enum Payload {
     /// In memory, shared by every queue it was routed to.
     Mem(Arc<Message>),
     /// On disk (see `pager.rs`).
-    Paged(crate::pager::PageRef),
+    Paged(super::pager::PageRef),
 }
 
 impl QueuedMessage {
@@ -176,28 +66,6 @@ pub enum Overflow {
     RejectPublish,
     /// Refuse new messages and dead-letter them.
     RejectPublishDlx,
-}
-
-/// Why a message is dead-lettered, as written in x-death.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeathReason {
-    /// Rejected or nacked without requeue.
-    Rejected,
-    /// Its TTL passed.
-    Expired,
-    /// The queue was over its length limit.
-    Maxlen,
-}
-
-impl DeathReason {
-    /// The reason as RabbitMQ writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeathReason::Rejected => "rejected",
-            DeathReason::Expired => "expired",
-            DeathReason::Maxlen => "maxlen",
-        }
-    }
 }
 
 /// A consumer of a queue.
@@ -226,8 +94,8 @@ pub struct Consumer {
 pub struct Queue {
     /// Unique id, so acks for a deleted and re-created queue don't touch the new one.
     pub id: u64,
-    /// The queue name.
-    pub name: String,
+    /// The queue name (shared: deliveries and dead letters refer to it without a copy).
+    pub name: Arc<str>,
     /// Survives a broker restart.
     pub durable: bool,
     /// The connection that owns an exclusive queue.
@@ -274,13 +142,13 @@ pub struct Queue {
 }
 
 fn arg_int(args: &FieldTable, key: &str) -> Option<i128> {
-    args.inner().get(key).and_then(crate::exchange::value_int)
+    args.inner().get(key).and_then(super::fieldtable::value_int)
 }
 
 fn arg_str(args: &FieldTable, key: &str) -> Option<String> {
     args.inner()
         .get(key)
-        .and_then(crate::exchange::value_string)
+        .and_then(super::fieldtable::value_string)
 }
 
 impl Queue {
@@ -321,7 +189,7 @@ impl Queue {
         let dlrk = arg_str(&args, "x-dead-letter-routing-key");
         Queue {
             id,
-            name,
+            name: name.into(),
             durable,
             owner,
             auto_delete,
@@ -412,8 +280,8 @@ impl Queue {
         &mut self,
         msg: Arc<Message>,
         now: Instant,
-        stored: Option<crate::store::StoreRef>,
-        paged: Option<crate::pager::PageRef>,
+        stored: Option<super::store::StoreRef>,
+        paged: Option<super::pager::PageRef>,
     ) {
         let ttl = match (self.message_ttl, msg.expiration()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -520,22 +388,13 @@ impl Queue {
         }
         Some(self.consumers.remove(i))
     }
-
-    /// The x-queue-type argument, if given.
-    pub fn queue_type(&self) -> &str {
-        match self.args.inner().get("x-queue-type") {
-            Some(AMQPValue::LongString(s)) => {
-                std::str::from_utf8(s.as_bytes()).unwrap_or("classic")
-            }
-            Some(AMQPValue::ShortString(s)) => s.as_str(),
-            _ => "classic",
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amq_protocol::protocol::basic::AMQPProperties;
+    use bytes::Bytes;
 
     fn msg() -> Arc<Message> {
         Arc::new(Message::with_properties(
@@ -561,13 +420,5 @@ mod tests {
         assert_eq!(seqs, vec![0, 1, 2]);
         assert!(q.messages[0].redelivered && !q.messages[2].redelivered);
         assert_eq!(q.ready_bytes, 3);
-    }
-
-    #[test]
-    fn expiration_parsing() {
-        assert_eq!(parse_expiration("1500"), Ok(1500));
-        assert!(parse_expiration("-1").is_err());
-        assert!(parse_expiration("").is_err());
-        assert!(parse_expiration("1.5").is_err());
     }
 }

@@ -6,7 +6,6 @@
 //! error RabbitMQ reports, and so that body frames are zero-copy slices of the read buffer.
 
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
-use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use amq_protocol::protocol::AMQPClass;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -215,26 +214,6 @@ pub fn write_method(out: &mut Vec<u8>, channel: u16, method: AMQPClass) {
     };
 }
 
-/// Encodes the payload of a content header frame (class, weight, body size, properties).
-pub fn encode_header_payload(body_size: u64, properties: &AMQPProperties) -> Bytes {
-    let mut buf = Vec::with_capacity(64);
-    buf.put_u16(60);
-    buf.put_u16(0);
-    buf.put_u64(body_size);
-    match gen_properties(properties)(WriteContext::from(buf)) {
-        Ok(ctx) => Bytes::from(ctx.write),
-        Err(e) => {
-            tracing::error!(error = %e, "failed to encode content properties");
-            let mut buf = Vec::with_capacity(14);
-            buf.put_u16(60);
-            buf.put_u16(0);
-            buf.put_u64(body_size);
-            buf.put_u16(0);
-            Bytes::from(buf)
-        }
-    }
-}
-
 /// Appends a content header frame with an already encoded payload to `out`.
 pub fn write_header(out: &mut Vec<u8>, channel: u16, header_payload: &[u8]) {
     out.put_u8(FRAME_HEADER);
@@ -258,13 +237,6 @@ pub fn write_body(out: &mut Vec<u8>, channel: u16, body: &[u8], frame_max: u32) 
         out.extend_from_slice(part);
         out.put_u8(FRAME_END);
     }
-}
-
-/// Appends an AMQP short string (length octet + bytes), cut at 255 bytes.
-pub fn put_short_str(out: &mut Vec<u8>, s: &str) {
-    let b = &s.as_bytes()[..s.len().min(255)];
-    out.put_u8(b.len() as u8);
-    out.extend_from_slice(b);
 }
 
 /// Appends a heartbeat frame to `out`.

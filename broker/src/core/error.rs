@@ -6,6 +6,7 @@ use std::fmt;
 /// The AMQP reply codes the broker uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)]
+#[allow(dead_code)] // the whole table of reply codes, as RabbitMQ names them
 pub enum Code {
     ContentTooLarge = 311,
     NoRoute = 312,

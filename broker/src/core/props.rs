@@ -6,7 +6,10 @@
 //! the encoded header as it arrived and reads fields out of it on demand. The full decoder
 //! (amq-protocol) is used only when a header must be rewritten.
 
+use amq_protocol::frame::WriteContext;
+use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use amq_protocol::types::FieldTable;
+use bytes::{BufMut, Bytes};
 use std::ops::Range;
 
 /// The flag bits of the basic properties, in wire order (AMQP 0-9-1, class basic).
@@ -144,6 +147,33 @@ pub fn with_reply_to(h: &[u8], v: &PropsView, reply_to: &str) -> Vec<u8> {
     out
 }
 
+/// Encodes the payload of a content header frame (class, weight, body size, properties).
+pub fn encode_header_payload(body_size: u64, properties: &AMQPProperties) -> Bytes {
+    let mut buf = Vec::with_capacity(64);
+    buf.put_u16(60);
+    buf.put_u16(0);
+    buf.put_u64(body_size);
+    match gen_properties(properties)(WriteContext::from(buf)) {
+        Ok(ctx) => Bytes::from(ctx.write),
+        Err(e) => {
+            tracing::error!(error = %e, "failed to encode content properties");
+            let mut buf = Vec::with_capacity(14);
+            buf.put_u16(60);
+            buf.put_u16(0);
+            buf.put_u64(body_size);
+            buf.put_u16(0);
+            Bytes::from(buf)
+        }
+    }
+}
+
+/// Appends an AMQP short string (length octet + bytes), cut at 255 bytes.
+pub fn put_short_str(out: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(255)];
+    out.put_u8(b.len() as u8);
+    out.extend_from_slice(b);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +195,7 @@ mod tests {
             .with_timestamp(42)
             .with_user_id("guest".into())
             .with_app_id("app".into());
-        let h = crate::frame::encode_header_payload(3, &props);
+        let h = encode_header_payload(3, &props);
         let v = PropsView::parse(&h).unwrap();
         assert_eq!(v.delivery_mode, Some(2));
         assert_eq!(v.priority, Some(7));

@@ -4,6 +4,7 @@
 //! matches. Following exchange-to-exchange bindings and alternate exchanges is the vhost's job
 //! (see `state.rs`), because it needs every exchange.
 
+use super::fieldtable::{type_name, value_eq, value_int, value_str};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use std::collections::HashMap;
 
@@ -271,18 +272,10 @@ pub fn validate_headers_binding(args: &FieldTable) -> Result<(), String> {
                 };
                 Err(format!(
                     "Invalid x-match field type {} (value {value}); expected longstr",
-                    crate::args::type_name(v)
+                    type_name(v)
                 ))
             }
         },
-    }
-}
-
-fn value_str(v: &AMQPValue) -> Option<&str> {
-    match v {
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-        AMQPValue::ShortString(s) => Some(s.as_str()),
-        _ => None,
     }
 }
 
@@ -313,42 +306,6 @@ fn headers_match(args: &FieldTable, headers: Option<&FieldTable>) -> bool {
     } else {
         considered.all(matches)
     }
-}
-
-/// Header value equality as RabbitMQ's `=:=` on decoded values: strings compare by content
-/// whatever their wire type, integers by value.
-pub fn value_eq(a: &AMQPValue, b: &AMQPValue) -> bool {
-    if let (Some(x), Some(y)) = (value_str(a), value_str(b)) {
-        return x == y;
-    }
-    if let (Some(x), Some(y)) = (value_int(a), value_int(b)) {
-        return x == y;
-    }
-    a == b
-}
-
-/// The text in a string-typed value (long or short string), invalid UTF-8 replaced.
-pub fn value_string(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
-
-/// The integer in an integer-typed value.
-pub fn value_int(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(x) => *x as i128,
-        AMQPValue::ShortShortUInt(x) => *x as i128,
-        AMQPValue::ShortInt(x) => *x as i128,
-        AMQPValue::ShortUInt(x) => *x as i128,
-        AMQPValue::LongInt(x) => *x as i128,
-        AMQPValue::LongUInt(x) => *x as i128,
-        AMQPValue::LongLongInt(x) => *x as i128,
-        AMQPValue::Timestamp(x) => *x as i128,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

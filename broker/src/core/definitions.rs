@@ -4,9 +4,10 @@
 //! queues, and bindings whose source exchange is durable and whose destination is a durable queue
 //! or exchange (as RabbitMQ keeps them).
 
-use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::Queue;
-use crate::state::{State, Vhost};
+use crate::core::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::core::queue::Queue;
+use crate::core::state::State;
+use crate::core::vhost::Vhost;
 use amq_protocol::types::FieldTable;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -60,7 +61,7 @@ pub fn snapshot(vhosts: &HashMap<String, Vhost>) -> Value {
             .filter(|q| q.durable)
             .map(|q| {
                 json!({
-                    "name": q.name,
+                    "name": &*q.name,
                     "auto_delete": q.auto_delete,
                     "arguments": q.args,
                 })

@@ -4,24 +4,28 @@
 //! A channel lives inside its connection's task. Methods that touch exchanges, queues or
 //! deliveries take the broker state lock for the duration of one method.
 
-use crate::error::{AmqpError, AmqpResult, Code};
-use crate::exchange::Destination;
-use crate::frame::{self, RawFrame};
-use crate::props::PropsView;
-use crate::queue::{parse_expiration, ChannelKey, ConnId, Message};
-use crate::state::{
-    ConsumeOptions, ExchangeDeclare, Outbox, QueueDeclare, SettleOp, State, Unacked, REPLY_TO,
-};
+use super::frame::{self, RawFrame};
+use super::outbox::{Out, Outbox};
+use crate::core::delivery::{ConsumeOptions, REPLY_TO};
+use crate::core::error::{AmqpError, AmqpResult, Code};
+use crate::core::exchange::Destination;
+use crate::core::fieldtable::value_string;
+use crate::core::message::{parse_expiration, ChannelKey, ConnId, Message};
+use crate::core::props::{encode_header_payload, with_reply_to, PropsView};
+use crate::core::session::Unacked;
+use crate::core::settle::SettleOp;
+use crate::core::state::{State, StateLock};
+use crate::core::topology::{ExchangeDeclare, QueueDeclare};
 use amq_protocol::protocol::basic;
 use amq_protocol::protocol::{channel, confirm, exchange, queue, tx, AMQPClass};
 use amq_protocol::types::{AMQPValue, ShortString};
 use bytes::{Bytes, BytesMut};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// What a channel needs from its connection.
 pub(crate) struct Ctx<'a> {
     /// The broker state.
-    pub state: &'a Mutex<State>,
+    pub state: &'a StateLock,
     /// The connection.
     pub conn: ConnId,
     /// The connection's outbox.
@@ -288,7 +292,7 @@ impl Channel {
             ))));
         }
         let exchange = p.publish.exchange.as_str();
-        let mut state = ctx.state.lock().expect("state lock");
+        let mut state = ctx.state.lock();
         state.check_publish(ctx.vhost, exchange).map_err(fail)?;
         if PropsView::text(&header, &view.reply_to) == Some(REPLY_TO) {
             let Some(name) = state.reply_name(self.key(ctx)) else {
@@ -296,7 +300,7 @@ impl Channel {
                     "fast reply consumer does not exist",
                 )));
             };
-            header = Bytes::from(crate::props::with_reply_to(&header, &view, name));
+            header = Bytes::from(with_reply_to(&header, &view, name));
             // Offsets of every later property moved: read the rewritten header afresh.
             view = PropsView::parse(&header).expect("rewritten header is well-formed");
         }
@@ -321,11 +325,7 @@ impl Channel {
         if let Some(h) = &headers {
             for key in ["CC", "BCC"] {
                 if let Some(AMQPValue::FieldArray(a)) = h.inner().get(key) {
-                    cc.extend(
-                        a.as_slice()
-                            .iter()
-                            .filter_map(crate::exchange::value_string),
-                    );
+                    cc.extend(a.as_slice().iter().filter_map(value_string));
                 }
             }
             if h.contains_key("BCC") {
@@ -340,7 +340,7 @@ impl Channel {
                         .map(|m| m.properties())
                         .unwrap_or_default()
                         .with_headers(kept.into());
-                header = frame::encode_header_payload(p.body_size, &props);
+                header = encode_header_payload(p.body_size, &props);
             }
         }
         let Some(mut msg) = Message::new(
@@ -369,7 +369,7 @@ impl Channel {
         if self.confirm {
             let tag = self.next_publish_seq;
             self.next_publish_seq += 1;
-            let confirm = crate::state::Out::Confirm {
+            let confirm = Out::Confirm {
                 channel: self.id,
                 tag,
                 ack: routed.rejected == 0,
@@ -387,7 +387,7 @@ impl Channel {
     }
 
     fn send_return(&self, ctx: &Ctx<'_>, msg: Arc<Message>) {
-        ctx.outbox.send(crate::state::Out::Return {
+        ctx.outbox.send(Out::Return {
             channel: self.id,
             reply_code: 312,
             reply_text: "NO_ROUTE",
@@ -430,7 +430,7 @@ impl Channel {
                     // RabbitMQ 3.x does not implement stopping deliveries with channel.flow.
                     return Err(AmqpError::new(Code::NotImplemented, "active=false"));
                 }
-                ctx.state.lock().expect("state lock").flow(key, f.active);
+                ctx.state.lock().flow(key, f.active);
                 ctx.outbox.method(
                     self.id,
                     AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
@@ -477,10 +477,7 @@ impl Channel {
                         format!("prefetch_size!=0 ({size})"),
                     ));
                 }
-                ctx.state
-                    .lock()
-                    .expect("state lock")
-                    .qos(key, q.prefetch_count, q.global);
+                ctx.state.lock().qos(key, q.prefetch_count, q.global);
                 ctx.outbox
                     .method(self.id, AMQPClass::Basic(B::QosOk(basic::QosOk {})));
                 Ok(())
@@ -491,7 +488,7 @@ impl Channel {
                 } else {
                     self.queue_name(&c.queue)?
                 };
-                let mut state = ctx.state.lock().expect("state lock");
+                let mut state = ctx.state.lock();
                 let tag = state.consume(
                     key,
                     &queue,
@@ -502,19 +499,21 @@ impl Channel {
                         args: c.arguments,
                     },
                 )?;
-                let ok = (!c.nowait).then(|| {
-                    AMQPClass::Basic(B::ConsumeOk(basic::ConsumeOk {
-                        consumer_tag: short(&tag),
-                    }))
-                });
-                state.consume_ok_then_deliver(key, &queue, ok);
+                // consume-ok goes out ahead of the first delivery: both leave through the
+                // same outbox, and the lock is still held.
+                if !c.nowait {
+                    ctx.outbox.method(
+                        self.id,
+                        AMQPClass::Basic(B::ConsumeOk(basic::ConsumeOk {
+                            consumer_tag: short(&tag),
+                        })),
+                    );
+                }
+                state.pump(ctx.vhost, &queue);
                 Ok(())
             }
             AMQPClass::Basic(B::Cancel(c)) => {
-                ctx.state
-                    .lock()
-                    .expect("state lock")
-                    .cancel(key, c.consumer_tag.as_str());
+                ctx.state.lock().cancel(key, c.consumer_tag.as_str());
                 self.reply(
                     ctx,
                     c.nowait,
@@ -527,11 +526,7 @@ impl Channel {
             AMQPClass::Basic(B::CancelOk(_)) => Ok(()),
             AMQPClass::Basic(B::Get(g)) => {
                 let queue = self.queue_name(&g.queue)?;
-                let sent = ctx
-                    .state
-                    .lock()
-                    .expect("state lock")
-                    .get(key, &queue, g.no_ack)?;
+                let sent = ctx.state.lock().get(key, &queue, g.no_ack)?;
                 if !sent {
                     ctx.outbox
                         .method(self.id, AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {})));
@@ -553,14 +548,14 @@ impl Channel {
                 // queues redeliver asynchronously after the channel replied).
                 ctx.outbox
                     .method(self.id, AMQPClass::Basic(B::RecoverOk(basic::RecoverOk {})));
-                ctx.state.lock().expect("state lock").recover(key);
+                ctx.state.lock().recover(key);
                 Ok(())
             }
             AMQPClass::Basic(B::RecoverAsync(r)) => {
                 if !r.requeue {
                     return Err(AmqpError::new(Code::NotImplemented, "requeue=false"));
                 }
-                ctx.state.lock().expect("state lock").recover(key);
+                ctx.state.lock().recover(key);
                 Ok(())
             }
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
@@ -590,7 +585,7 @@ impl Channel {
         reject_requeue: Option<bool>,
     ) -> AmqpResult<()> {
         let key = self.key(ctx);
-        let mut state = ctx.state.lock().expect("state lock");
+        let mut state = ctx.state.lock();
         if let Some(tx) = self.tx.as_mut() {
             let taken = state.take_unacked(key, tag, multiple)?;
             let op = match reject_requeue {
@@ -628,7 +623,7 @@ impl Channel {
                 let mut returns = Vec::new();
                 let mut persisted = false;
                 let store = {
-                    let mut state = ctx.state.lock().expect("state lock");
+                    let mut state = ctx.state.lock();
                     for (msg, mandatory) in t.publishes {
                         let routed = state.publish(ctx.vhost, msg.clone());
                         persisted |= routed.persisted;
@@ -659,7 +654,7 @@ impl Channel {
                 let Some(t) = self.tx.replace(Tx::default()) else {
                     return Err(AmqpError::precondition("channel is not transactional"));
                 };
-                let mut state = ctx.state.lock().expect("state lock");
+                let mut state = ctx.state.lock();
                 for s in t.settles {
                     state.restore_unacked(key, s.taken);
                 }
@@ -673,7 +668,7 @@ impl Channel {
 
     fn exchange_method(&mut self, ctx: &Ctx<'_>, m: exchange::AMQPMethod) -> AmqpResult<()> {
         use exchange::AMQPMethod as X;
-        let mut state = ctx.state.lock().expect("state lock");
+        let mut state = ctx.state.lock();
         let (nowait, ok) = match m {
             X::Declare(d) => {
                 state.exchange_declare(
@@ -727,19 +722,18 @@ impl Channel {
         use queue::AMQPMethod as Q;
         let (nowait, ok) = match m {
             Q::Declare(d) => {
-                let (name, messages, consumers) =
-                    ctx.state.lock().expect("state lock").queue_declare(
-                        ctx.vhost,
-                        ctx.conn,
-                        QueueDeclare {
-                            name: d.queue.as_str().replace(['\r', '\n'], ""),
-                            passive: d.passive,
-                            durable: d.durable,
-                            exclusive: d.exclusive,
-                            auto_delete: d.auto_delete,
-                            args: d.arguments,
-                        },
-                    )?;
+                let (name, messages, consumers) = ctx.state.lock().queue_declare(
+                    ctx.vhost,
+                    ctx.conn,
+                    QueueDeclare {
+                        name: d.queue.as_str().replace(['\r', '\n'], ""),
+                        passive: d.passive,
+                        durable: d.durable,
+                        exclusive: d.exclusive,
+                        auto_delete: d.auto_delete,
+                        args: d.arguments,
+                    },
+                )?;
                 self.last_queue = Some(name.clone());
                 (
                     d.nowait,
@@ -757,7 +751,7 @@ impl Channel {
                 } else {
                     b.routing_key.to_string()
                 };
-                ctx.state.lock().expect("state lock").bind(
+                ctx.state.lock().bind(
                     ctx.vhost,
                     ctx.conn,
                     b.exchange.as_str(),
@@ -774,7 +768,7 @@ impl Channel {
                 } else {
                     b.routing_key.to_string()
                 };
-                ctx.state.lock().expect("state lock").unbind(
+                ctx.state.lock().unbind(
                     ctx.vhost,
                     ctx.conn,
                     b.exchange.as_str(),
@@ -786,16 +780,12 @@ impl Channel {
             }
             Q::Purge(p) => {
                 let q = self.queue_name(&p.queue)?;
-                let n = ctx
-                    .state
-                    .lock()
-                    .expect("state lock")
-                    .queue_purge(ctx.vhost, ctx.conn, &q)?;
+                let n = ctx.state.lock().queue_purge(ctx.vhost, ctx.conn, &q)?;
                 (p.nowait, Q::PurgeOk(queue::PurgeOk { message_count: n }))
             }
             Q::Delete(d) => {
                 let q = self.queue_name(&d.queue)?;
-                let n = ctx.state.lock().expect("state lock").queue_delete(
+                let n = ctx.state.lock().queue_delete(
                     ctx.vhost,
                     ctx.conn,
                     &q,

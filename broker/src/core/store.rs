@@ -13,7 +13,7 @@
 //! - Recovery reads segments in order, skips acknowledged records, and stops at the first torn or
 //!   corrupt record of a file (CRC and length checked), truncating the damage away and logging it.
 
-use crate::queue::Message;
+use crate::core::message::Message;
 use bytes::{Buf, BufMut, Bytes};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -116,8 +116,8 @@ fn encode_record(id: u64, vhost: &str, queue: &str, m: &Message) -> Vec<u8> {
     payload.put_u64(id);
     put_str16(&mut payload, vhost);
     put_str16(&mut payload, queue);
-    crate::frame::put_short_str(&mut payload, &m.exchange);
-    crate::frame::put_short_str(&mut payload, &m.routing_key);
+    crate::core::props::put_short_str(&mut payload, &m.exchange);
+    crate::core::props::put_short_str(&mut payload, &m.routing_key);
     payload.put_u32(m.header.len() as u32);
     payload.extend_from_slice(&m.header);
     payload.put_u32(m.body.len() as u32);

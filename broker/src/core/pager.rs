@@ -6,7 +6,7 @@
 //! nothing refers to it any more. Pages are a cache, not durability: they are not fsynced and
 //! are discarded at startup (persistent messages live in the store, see `store.rs`).
 
-use crate::queue::Message;
+use crate::core::message::Message;
 use bytes::{Buf, BufMut, Bytes};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -70,8 +70,8 @@ impl Pager {
             self.writer = Some(f);
         }
         let mut rec = Vec::with_capacity(16 + m.header.len() + m.body.len());
-        crate::frame::put_short_str(&mut rec, &m.exchange);
-        crate::frame::put_short_str(&mut rec, &m.routing_key);
+        crate::core::props::put_short_str(&mut rec, &m.exchange);
+        crate::core::props::put_short_str(&mut rec, &m.routing_key);
         rec.put_u32(m.header.len() as u32);
         rec.extend_from_slice(&m.header);
         rec.extend_from_slice(&m.body);
