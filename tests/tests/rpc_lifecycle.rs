@@ -458,7 +458,11 @@ async fn a_server_that_does_not_stream_answers_a_stream_with_one_list() {
         let server = tokio::spawn({
             let ch = ch.clone();
             async move {
-                let request = requests.next().await.expect("a request").expect("delivered");
+                let request = requests
+                    .next()
+                    .await
+                    .expect("a request")
+                    .expect("delivered");
                 let props = &request.properties;
                 let headers = props.headers().clone().unwrap_or_default();
                 let reply = BasicProperties::default()
@@ -479,7 +483,11 @@ async fn a_server_that_does_not_stream_answers_a_stream_with_one_list() {
 
         let client = client(&target).await;
         let items: Vec<u32> = probe(&client, &queue)
-            .with_options(CallOptions::new().service(queue.as_str()).codec(Codec::Json))
+            .with_options(
+                CallOptions::new()
+                    .service(queue.as_str())
+                    .codec(Codec::Json),
+            )
             .numbers(3, 0)
             .map(|item| item.unwrap_or_else(|e| panic!("{target}: {e}")))
             .collect()
@@ -494,11 +502,18 @@ async fn a_server_that_does_not_stream_answers_a_stream_with_one_list() {
             Some(AMQPValue::LongLongInt(32)),
             "{target}: the default window"
         );
-        assert_eq!(header("x-warren-notices"), Some(AMQPValue::LongLongInt(1)), "{target}");
+        assert_eq!(
+            header("x-warren-notices"),
+            Some(AMQPValue::LongLongInt(1)),
+            "{target}"
+        );
         match header("traceparent") {
             Some(AMQPValue::LongString(value)) => {
                 let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                assert!(TraceContext::parse(&value, None).is_ok(), "{target}: {value}");
+                assert!(
+                    TraceContext::parse(&value, None).is_ok(),
+                    "{target}: {value}"
+                );
             }
             other => panic!("{target}: traceparent is {other:?}"),
         }
