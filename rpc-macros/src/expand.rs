@@ -479,6 +479,10 @@ pub(crate) fn fallback(item: &ItemTrait, service: &Service) -> TokenStream {
     for trait_item in &mut item.items {
         if let TraitItem::Fn(f) = trait_item {
             f.attrs.retain(|a| !a.path().is_ident("warren"));
+            // A `Stream` without exactly one item type is reported once, by us.
+            if crate::valid::is_malformed_stream(&f.sig.output) {
+                f.sig.output = syn::ReturnType::Default;
+            }
             // Patterns are not allowed in a declaration without a body: name them, so the only
             // error the user sees about them is ours.
             for (index, input) in f.sig.inputs.iter_mut().enumerate() {

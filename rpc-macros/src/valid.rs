@@ -154,6 +154,19 @@ fn check_method(method: &Method, errors: &mut Errors) {
     }
 }
 
+/// Whether `output` is spelled `Stream` without exactly one item type.
+pub(crate) fn is_malformed_stream(output: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    let Type::Path(path) = &**ty else {
+        return false;
+    };
+    path.path.segments.last().is_some_and(|s| {
+        s.ident == "Stream" && crate::ast::single_type_argument(&s.arguments).is_none()
+    })
+}
+
 fn problem_help(problem: &str) -> &'static str {
     match problem {
         "a reference" => {

@@ -404,6 +404,8 @@ pub(crate) struct ClientSession {
     /// One-way calls go out here, in confirm mode (`channel` itself when it is).
     notify_channel: Channel,
     reply_to: ShortString,
+    /// Whether the control exchange exists, so cancels can be published to it.
+    control: bool,
     in_flight: Arc<InFlight>,
     tripwire: Tripwire,
     reader: JoinHandle<()>,
@@ -449,9 +451,7 @@ async fn open_session(
             Ok(opened) => opened,
             Err(err) => return Err((connection, err)),
         };
-    if let Err(err) = crate::server::declare_control_exchange(&channel).await {
-        return Err((connection, err));
-    }
+    let control = declare_control_exchange(&connection).await;
     let notify_channel = if confirm_calls {
         channel.clone()
     } else {
@@ -475,11 +475,34 @@ async fn open_session(
         confirm_calls,
         notify_channel,
         reply_to: ShortString::from(reply_to),
+        control,
         in_flight,
         tripwire,
         reader,
         returns,
     })
+}
+
+/// Declares the control exchange cancels go to, on a channel of its own: a broker that refuses
+/// (a user without the permission) closes that channel only, and the session works without
+/// cancellation. Returns whether the exchange is there.
+async fn declare_control_exchange(connection: &Connection) -> bool {
+    let declared = async {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(Error::connection)?;
+        crate::server::declare_control_exchange(&channel).await?;
+        let _ = channel.close(200, "control exchange declared".into()).await;
+        Ok::<_, Error>(())
+    };
+    match declared.await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(%err, "cannot declare the control exchange; calls cannot be cancelled");
+            false
+        }
+    }
 }
 
 /// While calls are pending, collects the requests the broker returned (no queue took them)
@@ -1485,7 +1508,7 @@ impl Client {
     /// it cancels its handler, the others skip it if it reaches them before `deadline`.
     /// Best effort and without waiting: lapin queues the message when first polled.
     pub(crate) fn send_cancel(&self, service: &str, call_id: &CallId, deadline: Instant) {
-        let Some(session) = self.inner.link.current() else {
+        let Some(session) = self.inner.link.current().filter(|s| s.control) else {
             return;
         };
         let Ok(routing_key) = ShortString::try_new(service) else {

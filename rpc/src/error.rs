@@ -27,7 +27,7 @@ pub enum Error {
     /// A server started the call and it ran past its deadline: the server told the caller it
     /// took the call (a `started` notice or a streamed item), and no reply came in time. The
     /// server cancels the handler at the deadline; its side effects so far remain.
-    #[error("deadline of {}ms exceeded: a server started the call", timeout.as_millis())]
+    #[error("deadline of {}ms exceeded (a server had started the call)", timeout.as_millis())]
     DeadlineExceeded {
         /// The budget the call was given.
         timeout: Duration,

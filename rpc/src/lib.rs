@@ -68,7 +68,15 @@
 //!   concurrently, replies, then acks. Handlers see their call through [`Context::current`].
 //! - Errors: a method's own error type `E` reaches the caller as a value; everything the
 //!   framework can fail with is an [`Error`], which says whether it [is
-//!   retryable](Error::is_retryable).
+//!   retryable](Error::is_retryable). A call out of time is [`Error::DeadlineExceeded`] if a
+//!   server reported starting it, [`Error::Expired`] if none did.
+//! - A method returning [`Stream<T>`](Stream) streams its reply under credit-based flow control;
+//!   its caller gets a [`ReplyStream`] (see [`stream`]).
+//! - Dropping a call (or cancelling its [`CancelToken`]) cancels it on the server; handlers see
+//!   it through [`Context::cancelled`].
+//! - Every request carries the W3C `traceparent` of the caller's span, continued by the server
+//!   ([`Context::trace`]; see [`trace`]). The `opentelemetry` feature joins both sides in one
+//!   OpenTelemetry trace.
 //!
 //! # Attributes of `#[service]`
 //!
@@ -112,7 +120,7 @@ mod otel;
 mod reconnect;
 mod retry;
 mod server;
-pub mod service;
+mod service;
 pub mod stream;
 pub mod trace;
 pub mod wire;
@@ -124,7 +132,9 @@ pub use dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
 pub use error::{Error, FaultCode};
 pub use retry::RetryPolicy;
 pub use server::{Server, ServerBuilder};
-pub use service::{Dispatch, Fault, MethodSpec, Outcome, Param, Request, Service};
+pub use service::{
+    Dispatch, Fault, MethodSpec, Outcome, Param, Request, Service, MAX_COLLECTED_ITEMS,
+};
 pub use stream::{ReplyStream, Stream};
 pub use trace::{SpanId, TraceContext, TraceId};
 pub use wire::Codec;

@@ -876,10 +876,11 @@ struct Responder<'a> {
 }
 
 impl Responder<'_> {
-    /// Publishes a notice or stream message of `kind` and waits until lapin wrote it.
-    async fn send(&self, kind: &str, body: &[u8], seq: Option<u64>) {
+    /// Publishes a notice or stream message of `kind` and waits until lapin wrote it. Returns
+    /// false when it could not (the channel is gone).
+    async fn send(&self, kind: &str, body: &[u8], seq: Option<u64>) -> bool {
         let Some(reply_to) = self.reply_to else {
-            return;
+            return false;
         };
         let mut headers = FieldTable::default();
         headers.insert(
@@ -909,8 +910,12 @@ impl Responder<'_> {
                 properties,
             )
             .await;
-        if let Err(err) = published {
-            tracing::warn!(%err, kind, "could not publish a stream message");
+        match published {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::warn!(%err, kind, "could not publish a notice or stream message");
+                false
+            }
         }
     }
 
@@ -1285,7 +1290,10 @@ async fn send_items(
             Some(Ok(Ok(item))) => {
                 sent += 1;
                 let body = wire::ok_from_encoded(responder.codec, &item);
-                responder.send(wire::KIND_ITEM, &body, Some(sent)).await;
+                if !responder.send(wire::KIND_ITEM, &body, Some(sent)).await {
+                    // The session is gone: nobody can receive the rest.
+                    return;
+                }
             }
             Some(Ok(Err(fault))) => {
                 tracing::debug!(%fault, "stream ended with a fault");

@@ -21,7 +21,7 @@
 //!   the caller hears nothing more and its stream ends at the deadline.
 //! - A caller that does not ask for a stream (a peer that knows none of this) gets all items
 //!   in one reply, `{"ok": [items]}`, up to
-//!   [`MAX_COLLECTED_ITEMS`](crate::service::MAX_COLLECTED_ITEMS).
+//!   [`MAX_COLLECTED_ITEMS`](crate::MAX_COLLECTED_ITEMS).
 
 use std::collections::VecDeque;
 use std::fmt;

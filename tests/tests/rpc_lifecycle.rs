@@ -363,7 +363,7 @@ async fn dropping_a_stream_or_its_deadline_stops_the_server_side() {
 
         // At the deadline the caller's stream ends with DeadlineExceeded and the server's
         // stream is dropped too.
-        let budget = Duration::from_millis(400);
+        let budget = Duration::from_millis(1_000);
         let asked = Instant::now();
         let mut stream = numbers.with_timeout(budget).numbers(100_000, 20);
         let mut received = 0;
@@ -434,5 +434,90 @@ async fn a_lost_connection_interrupts_a_stream_with_a_retryable_error() {
         assert_eq!(again, [0, 1, 2], "{target}");
         client.close().await;
         cleanup(&target, server, &queue).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_does_not_stream_answers_a_stream_with_one_list() {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::BasicProperties;
+
+    for target in targets().await {
+        // A v1 server written by hand: it replies to anything with one list.
+        let queue = warren_tests::unique("v1-server");
+        let (conn, ch) = target.open().await;
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{target}: queue.declare: {e}"));
+        let mut requests = warren_tests::consume(&target, &ch, &queue, "v1", true).await;
+        let server = tokio::spawn({
+            let ch = ch.clone();
+            async move {
+                let request = requests
+                    .next()
+                    .await
+                    .expect("a request")
+                    .expect("delivered");
+                let props = &request.properties;
+                let headers = props.headers().clone().unwrap_or_default();
+                let reply = BasicProperties::default()
+                    .with_correlation_id(props.correlation_id().clone().expect("a call id"))
+                    .with_content_type("application/json".into());
+                ch.basic_publish(
+                    "".into(),
+                    props.reply_to().clone().expect("a reply queue"),
+                    BasicPublishOptions::default(),
+                    br#"{"ok":[7,8,9]}"#,
+                    reply,
+                )
+                .await
+                .expect("reply published");
+                headers
+            }
+        });
+
+        let client = client(&target).await;
+        let items: Vec<u32> = probe(&client, &queue)
+            .with_options(
+                CallOptions::new()
+                    .service(queue.as_str())
+                    .codec(Codec::Json),
+            )
+            .numbers(3, 0)
+            .map(|item| item.unwrap_or_else(|e| panic!("{target}: {e}")))
+            .collect()
+            .await;
+        assert_eq!(items, [7, 8, 9], "{target}");
+
+        // What the request said, on the wire.
+        let headers = server.await.unwrap();
+        let header = |name: &str| headers.inner().get(name).cloned();
+        assert_eq!(
+            header("x-warren-stream-credit"),
+            Some(AMQPValue::LongLongInt(32)),
+            "{target}: the default window"
+        );
+        assert_eq!(
+            header("x-warren-notices"),
+            Some(AMQPValue::LongLongInt(1)),
+            "{target}"
+        );
+        match header("traceparent") {
+            Some(AMQPValue::LongString(value)) => {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                assert!(
+                    TraceContext::parse(&value, None).is_ok(),
+                    "{target}: {value}"
+                );
+            }
+            other => panic!("{target}: traceparent is {other:?}"),
+        }
+        target.delete_queues(&[&queue]).await;
+        warren_tests::close(conn).await;
     }
 }
