@@ -74,6 +74,14 @@ async fn every_command_against_two_calculator_replicas() {
         );
         assert_eq!(out.trim(), r#"{"ok":42}"#, "{target}");
 
+        // A streaming method, called by a peer that does not ask for a stream: one reply.
+        let out = ok(
+            &target,
+            "call fibonacci",
+            &warren(&target, &["--json", "call", q, "fibonacci", r#"{"n": 6}"#]).await,
+        );
+        assert_eq!(out.trim(), r#"{"ok":[0,1,1,2,3,5]}"#, "{target}");
+
         let out = ok(
             &target,
             "describe",
@@ -86,6 +94,7 @@ async fn every_command_against_two_calculator_replicas() {
             "div(a: i64, b: i64) -> Result<i64, CalcError>  [idempotent]",
             "memory_add(x: i64) -> i64",
             "memory_recall() -> i64  [idempotent]",
+            "fibonacci(n: u32) -> Stream<u64>",
         ] {
             assert!(
                 out.contains(line),
@@ -100,7 +109,7 @@ async fn every_command_against_two_calculator_replicas() {
         let json: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
             json["methods"].as_array().map(Vec::len),
-            Some(6),
+            Some(7),
             "{target}"
         );
 

@@ -68,7 +68,15 @@ async fn one_replica_answers_ping_describe_and_stats() {
             .collect();
         assert_eq!(
             names,
-            ["add", "sub", "mul", "div", "memory_add", "memory_recall"],
+            [
+                "add",
+                "sub",
+                "mul",
+                "div",
+                "memory_add",
+                "memory_recall",
+                "fibonacci"
+            ],
             "{target}: every method, in declaration order"
         );
         let div = &description.methods[3];
@@ -87,6 +95,10 @@ async fn one_replica_answers_ping_describe_and_stats() {
             div.doc
         );
         assert!(!description.methods[4].idempotent, "{target}: memory_add");
+        assert_eq!(
+            description.methods[6].returns, "Stream<u64>",
+            "{target}: a streaming method"
+        );
         assert!(
             description.schemas.is_none(),
             "{target}: no schemars feature"
