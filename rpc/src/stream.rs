@@ -77,7 +77,7 @@ impl<T: Send + 'static> Stream<T> {
     /// Streams the items of `items` as it yields them.
     pub fn new(items: impl futures::Stream<Item = T> + Send + 'static) -> Self {
         Stream {
-            items: items.boxed(),
+            items: items.fuse().boxed(),
         }
     }
 
@@ -182,12 +182,16 @@ impl Client {
             done: false,
         };
         let items = match body {
-            Err(reason) => futures::stream::once(async { Err(Error::Encode { reason }) }).boxed(),
+            Err(reason) => futures::stream::once(async { Err(Error::Encode { reason }) })
+                .fuse()
+                .boxed(),
             Ok(body) => {
                 futures::stream::unfold((state, body, span), |(mut state, body, span)| async move {
                     let item = state.next_item(&body).instrument(span.clone()).await?;
                     Some((item, (state, body, span)))
                 })
+                // Polled after its end, the stream keeps answering `None`.
+                .fuse()
                 .boxed()
             }
         };

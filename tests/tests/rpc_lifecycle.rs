@@ -286,6 +286,10 @@ async fn streams_deliver_every_item_in_order_then_end() {
             broken.next().await.is_none(),
             "{target}: nothing after the error"
         );
+        assert!(
+            broken.next().await.is_none(),
+            "{target}: nor when polled again"
+        );
 
         // A caller that knows nothing of streams gets every item in one reply.
         let reply = raw_call(
