@@ -954,7 +954,7 @@ async fn stream(
         None => None,
     };
     let mut context = incoming.context.clone();
-    let own_credit = tokio::sync::Semaphore::new(credit);
+    let own_credit = tokio::sync::Semaphore::new(credit.min(crate::control::MAX_CREDIT));
     let credit = match &guard {
         Some(guard) => {
             context.cancel = guard.running.cancel.clone();
