@@ -417,3 +417,84 @@ fn url_decode(s: &str) -> String {
     }
     String::from_utf8(out).expect("utf-8 vhost")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selection(only: Option<&str>, url: Option<&str>) -> Selection {
+        Selection {
+            only: only.map(str::to_owned),
+            rabbitmq_url: url.map(str::to_owned),
+        }
+    }
+
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    #[test]
+    fn rabbitmq_is_skipped_without_its_url() {
+        let why = selection(None, None).target(Kind::RabbitMq).unwrap_err();
+        assert_eq!(why, "WARREN_TEST_AMQP_URL not set");
+    }
+
+    #[test]
+    fn rabbitmq_comes_from_its_url() {
+        let t = selection(None, Some(URL)).target(Kind::RabbitMq).unwrap();
+        assert_eq!((t.kind(), t.url()), (Kind::RabbitMq, URL));
+        assert_eq!(t.addr(), "127.0.0.1:5672".parse().unwrap());
+        assert!(t.own_broker.is_none());
+    }
+
+    #[test]
+    fn only_skips_the_other_broker() {
+        let why = selection(Some("bundled"), Some(URL))
+            .target(Kind::RabbitMq)
+            .unwrap_err();
+        assert_eq!(why, "WARREN_TEST_ONLY=bundled");
+        let why = selection(Some("rabbitmq"), Some(URL))
+            .target(Kind::Bundled)
+            .unwrap_err();
+        assert_eq!(why, "WARREN_TEST_ONLY=rabbitmq");
+    }
+
+    #[test]
+    #[should_panic(expected = "WARREN_TEST_ONLY=rabbitmq needs WARREN_TEST_AMQP_URL")]
+    fn only_rabbitmq_without_its_url_is_an_error() {
+        let _ = selection(Some("rabbitmq"), None).target(Kind::RabbitMq);
+    }
+
+    #[test]
+    #[should_panic(expected = "expected bundled or rabbitmq")]
+    fn only_takes_one_of_the_two_names() {
+        let _ = selection(Some("rabbit"), Some(URL)).target(Kind::RabbitMq);
+    }
+
+    #[tokio::test]
+    async fn the_bundled_broker_is_shared_and_outlives_the_runtime_that_started_it() {
+        let first = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async { shared_bundled().url().to_owned() })
+        })
+        .join()
+        .unwrap();
+        let again = selection(None, None).target(Kind::Bundled).unwrap();
+        assert_eq!(again.url(), first, "one broker per test binary");
+        again.assert_healthy().await;
+        let mut again = again;
+        assert!(
+            !again.shutdown_bundled().await,
+            "a shared broker is not stopped"
+        );
+        again.assert_healthy().await;
+    }
+
+    #[test]
+    fn urls_split_into_address_and_vhost() {
+        let (addr, vhost) = split_url("amqp://u:p@localhost/%2fv");
+        assert_eq!(addr, "127.0.0.1:5672".parse().unwrap());
+        assert_eq!(url_decode(vhost.trim_start_matches('/')), "/v");
+    }
+}

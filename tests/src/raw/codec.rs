@@ -120,3 +120,38 @@ pub fn close_of(frame: &AMQPFrame) -> Option<(u16, bool, CloseInfo)> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_len_waits_for_the_whole_frame() {
+        let frame = frame_bytes(1, 3, b"abc");
+        assert_eq!(frame.len(), 11);
+        for cut in 0..frame.len() {
+            assert_eq!(frame_len(&frame[..cut]), None, "{cut} bytes");
+        }
+        let mut two = frame.clone();
+        two.extend(frame_bytes(8, 0, b""));
+        assert_eq!(frame_len(&two), Some(11));
+        assert_eq!(frame_len(&two[11..]), Some(8));
+    }
+
+    #[test]
+    fn encoded_methods_are_method_frames() {
+        let close = AMQPClass::Connection(proto::connection::AMQPMethod::Close(
+            proto::connection::Close {
+                reply_code: 320,
+                reply_text: "CONNECTION_FORCED".into(),
+                class_id: 0,
+                method_id: 0,
+            },
+        ));
+        let bytes = encode(&AMQPFrame::Method(0, close.clone()));
+        assert_eq!(bytes, frame_bytes(1, 0, &method_payload(close)));
+        let (_, frame) = amq_protocol::frame::parse_frame(&bytes[..]).unwrap();
+        let (channel, is_connection, info) = close_of(&frame).unwrap();
+        assert_eq!((channel, is_connection, info.code), (0, true, 320));
+    }
+}
