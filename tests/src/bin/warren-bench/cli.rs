@@ -87,7 +87,7 @@ pub(crate) enum Group {
 /// The client that generates throughput load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Generator {
-    /// A minimal frame-level client (see `frame_client::RawAmqp`).
+    /// A minimal frame-level client (see `RawAmqp`).
     Frame,
     /// lapin 4, as applications use it.
     Lapin,
