@@ -26,7 +26,7 @@
 //! - `WARREN_TEST_ONLY=rabbitmq` or `=bundled`: skip the other broker's tests.
 //!
 //! One module per job:
-//! - [`targets`]: which brokers, the environment, the bundled broker shared by a test binary.
+//! - [`targets`](mod@targets): which brokers, the environment, the bundled broker shared by a test binary.
 //! - [`helpers`]: what cases do with lapin (publish, fill, consume, drain, expect an error).
 //! - [`raw`]: the frame-level client, for handshake details, exact close codes and malformed
 //!   input; warren-bench generates load with the same code.

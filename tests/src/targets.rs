@@ -1,6 +1,6 @@
 //! Which brokers a compatibility case runs against, and how it reaches them.
 //!
-//! A case is written once, as an `async fn` taking a [`Target`], and [`compat_test!`] turns it
+//! A case is written once, as an `async fn` taking a [`Target`], and [`compat_test!`](crate::compat_test) turns it
 //! into one test per broker: `NAME::bundled` and `NAME::rabbitmq`. Each reports on its own, so
 //! a failure on RabbitMQ never hides the bundled broker's result, and `cargo test NAME::bundled`
 //! runs one.
@@ -95,7 +95,7 @@ macro_rules! compat_test {
 
 /// Runs one case on the broker of `kind`, or prints why it is skipped there.
 ///
-/// The tests that [`compat_test!`] emits call this; call it directly only for a case the macro
+/// The tests that [`compat_test!`](crate::compat_test) emits call this; call it directly only for a case the macro
 /// cannot express.
 pub async fn run<F, Fut>(kind: Kind, case: F)
 where
@@ -109,7 +109,7 @@ where
 }
 
 /// Every target at once, bundled first, for a case that needs them side by side. A case that
-/// runs the same assertions on each should be a [`compat_test!`] instead, one test per target.
+/// runs the same assertions on each should be a [`compat_test!`](crate::compat_test) instead, one test per target.
 pub async fn targets() -> Vec<Target> {
     let selection = Selection::from_env();
     let mut out = Vec::new();

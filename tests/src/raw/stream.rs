@@ -130,11 +130,6 @@ impl FrameStream {
         self.buf.advance(n);
     }
 
-    /// Takes the first `n` buffered bytes.
-    pub fn take(&mut self, n: usize) -> BytesMut {
-        self.buf.split_to(n)
-    }
-
     /// Takes every buffered byte.
     pub fn take_all(&mut self) -> BytesMut {
         self.buf.split()

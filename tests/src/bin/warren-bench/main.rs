@@ -19,7 +19,7 @@
 //! See BENCHMARKS.md for the machine and the latest table.
 //!
 //! Modules: [`cli`] (the command line), [`broker_process`] (the broker as a child process, RSS),
-//! [`throughput`], [`rpc`] and [`memory`] (the scenarios), [`report`] (results, the table,
+//! [`throughput`](mod@throughput), [`rpc`] and [`memory`] (the scenarios), [`report`] (results, the table,
 //! the targets), [`lapin_client`] and [`frame_client`] (the two load generators; the
 //! frame-level one is built on the raw client of `warren_tests::raw`, as the wire tests are).
 
