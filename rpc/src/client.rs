@@ -119,6 +119,7 @@ pub struct ClientBuilder {
     method_retry: HashMap<String, RetryPolicy>,
     heartbeat: Duration,
     confirm_calls: bool,
+    more_urls: Vec<String>,
 }
 
 impl Default for ClientBuilder {
@@ -132,6 +133,7 @@ impl Default for ClientBuilder {
             method_retry: HashMap::new(),
             heartbeat: DEFAULT_HEARTBEAT,
             confirm_calls: false,
+            more_urls: Vec::new(),
         }
     }
 }
@@ -156,7 +158,8 @@ impl ClientBuilder {
         self
     }
 
-    /// The connection name shown in the broker's management tools.
+    /// The connection name shown in the broker's management tools, followed by
+    /// `@{host}:{port}` of the node the client is on (`warren-client` unless set).
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
         self
@@ -193,12 +196,40 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to the broker at `url` (`amqp://user:pass@host:port/vhost`).
+    /// More broker URLs, tried in turn after the one given to [`ClientBuilder::connect`]: the
+    /// other nodes of a RabbitMQ cluster. When the client's node goes away, it reconnects to
+    /// the next node that answers. Calls the builder's earlier `urls` replaces.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), warren_rpc::Error> {
+    /// let client = warren_rpc::Client::builder()
+    ///     .urls(["amqp://guest:guest@rabbit-2:5672/%2f", "amqp://guest:guest@rabbit-3:5672/%2f"])
+    ///     .confirm_calls(true)
+    ///     .connect("amqp://guest:guest@rabbit-1:5672/%2f")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn urls<I, U>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        self.more_urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Connects to the broker at `url` (`amqp://user:pass@host:port/vhost`), or, when it does
+    /// not answer, to the first of the builder's [`urls`](ClientBuilder::urls) that does.
     ///
     /// The first connection must succeed; after that the client reconnects by itself whenever
-    /// the connection dies.
+    /// the connection dies, starting with the next node. The connection is named
+    /// `{connection_name}@{host}:{port}` after the node it is on.
     pub async fn connect(self, url: &str) -> Result<Client, Error> {
-        let endpoint = Endpoint::new(url, &self.connection_name, heartbeat_secs(self.heartbeat))?;
+        let endpoint = Endpoint::new(
+            &node_urls(url, &self.more_urls),
+            &self.connection_name,
+            heartbeat_secs(self.heartbeat),
+        )?;
         let connection = endpoint.connect().await?;
         let mode = self.reply_queue;
         let confirm_calls = self.confirm_calls;
@@ -221,6 +252,17 @@ impl ClientBuilder {
             }),
         })
     }
+}
+
+/// `first`, then the other URLs that differ from every earlier one.
+pub(crate) fn node_urls<'a>(first: &'a str, more: &'a [String]) -> Vec<&'a str> {
+    let mut urls = vec![first];
+    for url in more {
+        if !urls.contains(&url.as_str()) {
+            urls.push(url);
+        }
+    }
+    urls
 }
 
 /// The heartbeat asked of the broker when the builder does not set one.

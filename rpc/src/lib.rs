@@ -114,7 +114,7 @@ pub use context::{CallId, Context};
 pub use dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
 pub use error::{Error, FaultCode};
 pub use retry::RetryPolicy;
-pub use server::{Server, ServerBuilder};
+pub use server::{Server, ServerBuilder, DEFAULT_QUORUM_DELIVERY_LIMIT};
 pub use service::{Dispatch, Fault, MethodSpec, Outcome, Request, Service};
 pub use wire::Codec;
 
