@@ -57,6 +57,7 @@ ctl() {
 amqp_up() { (exec 3<>/dev/tcp/127.0.0.1/"$(amqp_port "$1")") 2>/dev/null; }
 
 prepare() {
+  local n
   mkdir -p "$BASE/home"
   chmod 700 "$BASE/home"
   if [ ! -s "$BASE/home/.erlang.cookie" ]; then
@@ -112,7 +113,7 @@ join() {
 
 # Whether all three nodes run, each knowing all three as running members.
 all_running() {
-  local status
+  local status n
   status=$(ctl 1 cluster_status --formatter json 2>/dev/null) || return 1
   for n in "${NODES[@]}"; do
     amqp_up "$n" || return 1
@@ -120,7 +121,10 @@ all_running() {
   done
 }
 
-urls() { for n in "${NODES[@]}"; do url_of "$n"; done; }
+urls() {
+  local n
+  for n in "${NODES[@]}"; do url_of "$n"; done
+}
 
 case "${1:-}" in
   start)
