@@ -26,6 +26,7 @@
 //! the broker lacks it, the client declares an exclusive, server-named reply queue instead.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -225,21 +226,21 @@ impl ClientBuilder {
     /// the connection dies, starting with the next node. The connection is named
     /// `{connection_name}@{host}:{port}` after the node it is on.
     pub async fn connect(self, url: &str) -> Result<Client, Error> {
-        let endpoint = Endpoint::new(
-            &node_urls(url, &self.more_urls),
-            &self.connection_name,
-            heartbeat_secs(self.heartbeat),
-        )?;
+        let urls = node_urls(url, &self.more_urls);
+        let endpoint = Endpoint::new(&urls, &self.connection_name, heartbeat_secs(self.heartbeat))?;
         let connection = endpoint.connect().await?;
-        let mode = self.reply_queue;
-        let confirm_calls = self.confirm_calls;
-        let first = open_session(connection, mode, confirm_calls)
+        let settings = SessionSettings {
+            mode: self.reply_queue,
+            confirm_calls: self.confirm_calls,
+            stale_after_nacks: (urls.len() > 1).then_some(STALE_CHANNEL_NACKS),
+        };
+        let first = open_session(connection, settings)
             .await
             .map_err(|(_, err)| err)?;
         tracing::debug!(reply_to = %first.reply_to, "warren client connected");
         let (link, supervisor) =
             reconnect::supervise(endpoint, Arc::new(first), move |connection| {
-                open_session(connection, mode, confirm_calls)
+                open_session(connection, settings)
             });
         Ok(Client {
             inner: Arc::new(ClientInner {
@@ -277,6 +278,26 @@ pub(crate) fn heartbeat_secs(interval: Duration) -> Option<u16> {
 /// are published without confirms.
 pub(crate) const RETURN_POLL: Duration = Duration::from_millis(5);
 
+/// How many publishes in a row a channel may see nacked before a client with several broker
+/// URLs replaces its session.
+///
+/// RabbitMQ 3.10 keeps nacking every publish to a quorum queue on a channel that first published
+/// to it while its leader was down, long after a new leader was elected (a fresh channel's
+/// publishes are acked at once): measured, more than 12 s on the 3-node test cluster.
+/// A client of a cluster takes a run of nacks as that and starts a new session (the calls
+/// pending on the old one are retried); a client of one broker, where a leader cannot move,
+/// keeps its session.
+const STALE_CHANNEL_NACKS: u32 = 3;
+
+/// What every session of a client is set up with.
+#[derive(Debug, Clone, Copy)]
+struct SessionSettings {
+    mode: ReplyQueue,
+    confirm_calls: bool,
+    /// Replace the session after this many nacks in a row (clients of a cluster).
+    stale_after_nacks: Option<u32>,
+}
+
 /// One connection's worth of client state: the channel calls are published on, the reply
 /// consumer, and the calls waiting for a reply on it.
 pub(crate) struct ClientSession {
@@ -293,6 +314,9 @@ pub(crate) struct ClientSession {
     reader: JoinHandle<()>,
     /// Fails calls whose request came back, when calls are not confirmed.
     returns: Option<JoinHandle<()>>,
+    /// Publishes nacked since the last ack, and how many make the session stale.
+    nacks_in_a_row: AtomicU32,
+    stale_after_nacks: Option<u32>,
 }
 
 impl Session for ClientSession {
@@ -312,6 +336,22 @@ impl Session for ClientSession {
 }
 
 impl ClientSession {
+    /// Counts a publisher confirm; a run of nacks on a client of a cluster trips the session
+    /// (see [`STALE_CHANNEL_NACKS`]).
+    fn confirmed(&self, acked: bool) {
+        if acked {
+            self.nacks_in_a_row.store(0, Ordering::Relaxed);
+            return;
+        }
+        let nacks = self.nacks_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.stale_after_nacks.is_some_and(|limit| nacks >= limit) {
+            self.tripwire.trip(format!(
+                "{nacks} publishes in a row were nacked on this channel; replacing the session \
+                 (a quorum queue's leader may have moved)"
+            ));
+        }
+    }
+
     /// Fails every pending call (and later ones) with `err` and stops the session's tasks.
     fn end(&self, err: Error) {
         self.in_flight.fail_all(err);
@@ -325,9 +365,13 @@ impl ClientSession {
 /// Sets up a session on a fresh connection; on failure hands the connection back to be closed.
 async fn open_session(
     connection: Connection,
-    mode: ReplyQueue,
-    confirm_calls: bool,
+    settings: SessionSettings,
 ) -> Result<ClientSession, (Connection, Error)> {
+    let SessionSettings {
+        mode,
+        confirm_calls,
+        stale_after_nacks,
+    } = settings;
     let (channel, consumer, reply_to) =
         match open_reply_channel(&connection, mode, confirm_calls).await {
             Ok(opened) => opened,
@@ -360,6 +404,8 @@ async fn open_session(
         tripwire,
         reader,
         returns,
+        nacks_in_a_row: AtomicU32::new(0),
+        stale_after_nacks,
     })
 }
 
@@ -929,6 +975,7 @@ impl Client {
             .map_err(|e| broken(session, e))?
             .await
             .map_err(|e| broken(session, e))?;
+        session.confirmed(!matches!(confirm, Confirmation::Nack(None)));
         match confirm {
             Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
                 Err(Error::ServiceUnavailable {

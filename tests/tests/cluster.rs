@@ -535,6 +535,11 @@ async fn a_node_killed_mid_stream() {
         );
         return;
     };
+    // RUST_LOG=warren_rpc=debug shows the reconnections.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     // All three nodes run as one cluster (a node an earlier run left down is started again).
     if try_cluster(&["status"]).await.is_err() {
         cluster(&["start"]).await;
