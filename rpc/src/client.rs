@@ -314,9 +314,38 @@ pub(crate) struct ClientSession {
     reader: JoinHandle<()>,
     /// Fails calls whose request came back, when calls are not confirmed.
     returns: Option<JoinHandle<()>>,
-    /// Publishes nacked since the last ack, and how many make the session stale.
-    nacks_in_a_row: AtomicU32,
-    stale_after_nacks: Option<u32>,
+    /// Publishes nacked since the last ack.
+    nacks: NackStreak,
+}
+
+/// Counts publishes nacked in a row on a channel, up to a limit that makes it stale.
+#[derive(Debug)]
+struct NackStreak {
+    in_a_row: AtomicU32,
+    limit: Option<u32>,
+}
+
+impl NackStreak {
+    fn new(limit: Option<u32>) -> Self {
+        NackStreak {
+            in_a_row: AtomicU32::new(0),
+            limit,
+        }
+    }
+
+    /// Records a confirm; returns the streak when a nack makes it reach the limit (and every
+    /// nack after that).
+    fn record(&self, acked: bool) -> Option<u32> {
+        if acked {
+            self.in_a_row.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let nacks = self
+            .in_a_row
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        self.limit.filter(|limit| nacks >= *limit).map(|_| nacks)
+    }
 }
 
 impl Session for ClientSession {
@@ -339,12 +368,7 @@ impl ClientSession {
     /// Counts a publisher confirm; a run of nacks on a client of a cluster trips the session
     /// (see [`STALE_CHANNEL_NACKS`]).
     fn confirmed(&self, acked: bool) {
-        if acked {
-            self.nacks_in_a_row.store(0, Ordering::Relaxed);
-            return;
-        }
-        let nacks = self.nacks_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.stale_after_nacks.is_some_and(|limit| nacks >= limit) {
+        if let Some(nacks) = self.nacks.record(acked) {
             self.tripwire.trip(format!(
                 "{nacks} publishes in a row were nacked on this channel; replacing the session \
                  (a quorum queue's leader may have moved)"
@@ -404,8 +428,7 @@ async fn open_session(
         tripwire,
         reader,
         returns,
-        nacks_in_a_row: AtomicU32::new(0),
-        stale_after_nacks,
+        nacks: NackStreak::new(stale_after_nacks),
     })
 }
 
@@ -1016,5 +1039,36 @@ where
         ReplyBody::Ok(value) => Ok(Ok(value)),
         ReplyBody::Err(err) => Ok(Err(err)),
         ReplyBody::Fault { code, message } => Err(Error::Fault { code, message }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_nacks_makes_a_channel_stale_and_an_ack_resets_it() {
+        let streak = NackStreak::new(Some(3));
+        assert_eq!(streak.record(false), None);
+        assert_eq!(streak.record(false), None);
+        assert_eq!(streak.record(true), None, "an ack ends the run");
+        assert_eq!(streak.record(false), None);
+        assert_eq!(streak.record(false), None);
+        assert_eq!(streak.record(false), Some(3));
+        assert_eq!(streak.record(false), Some(4));
+        let one_broker = NackStreak::new(None);
+        assert!((0..10).all(|_| one_broker.record(false).is_none()));
+    }
+
+    #[test]
+    fn node_urls_keep_the_first_and_drop_repeats() {
+        let more = vec![
+            "b".to_owned(),
+            "a".to_owned(),
+            "c".to_owned(),
+            "b".to_owned(),
+        ];
+        assert_eq!(node_urls("a", &more), ["a", "b", "c"]);
+        assert_eq!(node_urls("a", &[]), ["a"]);
     }
 }
