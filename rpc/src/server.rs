@@ -573,20 +573,29 @@ impl Incoming {
         None
     }
 
-    /// A fault when the request is on its last delivery under `limit`: it came back that often
-    /// without an ack, so running it again may crash this server too.
+    /// A fault when the request is on its last delivery under `limit` (see
+    /// [`delivery_limit_fault`]).
     fn at_delivery_limit(&self, limit: Option<u32>) -> Option<Fault> {
-        let limit = i64::from(limit?);
-        let count = self.delivery_count?;
-        (count >= limit).then(|| Fault {
-            code: FaultCode::DeliveryLimit,
-            message: format!(
-                "the request was delivered {} times without an answer (x-delivery-limit {limit}); \
-                 the servers that took it died or lost their connection, so it is not run again",
-                count.saturating_add(1)
-            ),
-        })
+        delivery_limit_fault(self.delivery_count, limit?)
     }
+}
+
+/// The fault for a request the broker delivered `count` times before (`x-delivery-count`) on a
+/// queue with `x-delivery-limit = limit`, if this is its last delivery: it came back that often
+/// without an ack, so running it again may crash this server too. RabbitMQ 3.10 drops a message
+/// returned more than `limit` times, so the delivery with `count == limit` is the last one. The
+/// first delivery (`count` 0 or absent) always runs, even under a limit of 0.
+fn delivery_limit_fault(count: Option<i64>, limit: u32) -> Option<Fault> {
+    let count = count?;
+    let limit = i64::from(limit);
+    (count > 0 && count >= limit).then(|| Fault {
+        code: FaultCode::DeliveryLimit,
+        message: format!(
+            "the request was delivered {} times without an answer (x-delivery-limit {limit}); \
+             the servers that took it died or lost their connection, so it is not run again",
+            count.saturating_add(1)
+        ),
+    })
 }
 
 /// Handles one delivery from start to ack; the reply goes out on `channel`, the channel the
@@ -775,5 +784,28 @@ fn ack(channel: &Channel, delivery: &Delivery) {
         .now_or_never();
     if let Some(Err(err)) = acked {
         tracing::warn!(%err, "could not ack the request");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_delivery_under_the_limit_is_answered_with_a_fault() {
+        // Limit 2: RabbitMQ delivers with x-delivery-count 0, 1, 2, then drops the message.
+        assert!(delivery_limit_fault(None, 2).is_none());
+        assert!(delivery_limit_fault(Some(0), 2).is_none());
+        assert!(delivery_limit_fault(Some(1), 2).is_none());
+        let fault = delivery_limit_fault(Some(2), 2).expect("the last delivery");
+        assert_eq!(fault.code, FaultCode::DeliveryLimit);
+        assert!(
+            fault.message.contains("delivered 3 times"),
+            "{}",
+            fault.message
+        );
+        assert!(delivery_limit_fault(Some(7), 2).is_some());
+        // A limit of 0 lets the broker deliver once: that delivery runs.
+        assert!(delivery_limit_fault(Some(0), 0).is_none());
     }
 }
