@@ -12,7 +12,7 @@ use amq_protocol::protocol::basic::{self, AMQPProperties};
 use amq_protocol::protocol::{parse_class, AMQPClass};
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use warren_broker::frame::{
+use warren_broker::bench::{
     encode_header_payload, next_frame, write_body, write_header, write_method, FRAME_BODY,
     FRAME_HEADER, FRAME_METHOD,
 };

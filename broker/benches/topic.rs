@@ -8,7 +8,7 @@
 
 use amq_protocol::types::FieldTable;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use warren_broker::exchange::{
+use warren_broker::bench::{
     split_words, topic_match, Binding, Destination, Exchange, ExchangeKind,
 };
 

@@ -1,7 +1,9 @@
 //! The embeddable broker: configuration, the accept loop, and graceful shutdown.
 
-use crate::state::State;
-use std::net::{IpAddr, SocketAddr};
+use crate::config::{Config, Limits, User};
+use crate::core::state::{State, StateLock};
+use crate::shared::Shared;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,124 +11,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-
-/// Limits negotiated with clients and enforced on their input.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest frame (connection.tune frame_max), RabbitMQ's default 131072.
-    pub frame_max: u32,
-    /// Most channels per connection, RabbitMQ's default 2047.
-    pub channel_max: u16,
-    /// Heartbeat interval proposed to clients, in seconds (0 disables), RabbitMQ's default 60.
-    pub heartbeat: u16,
-    /// Largest message body accepted, RabbitMQ's default 128 MiB.
-    pub max_message_size: u64,
-    /// Most simultaneous connections; further ones wait to be accepted.
-    pub max_connections: usize,
-    /// Above this resident memory (bytes) publishers are blocked (connection.blocked) until it
-    /// drops again. RabbitMQ's default is 40% of RAM; so is ours.
-    pub memory_high_watermark: u64,
-    /// Below this much free disk space in the data directory publishers are blocked.
-    /// RabbitMQ's default is 50 MB.
-    pub disk_free_limit: u64,
-    /// Ready messages may hold this many bytes in memory (all queues together); messages
-    /// queued beyond it are paged out to disk until delivered.
-    pub queue_memory_budget: usize,
-}
-
-fn total_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(8 << 30, |kb| kb * 1024)
-}
-
-/// The process's resident set size in bytes (0 where it cannot be read).
-pub(crate) fn resident_memory() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            frame_max: 131_072,
-            channel_max: 2047,
-            heartbeat: 60,
-            max_message_size: 128 * 1024 * 1024,
-            max_connections: 65_536,
-            memory_high_watermark: total_memory() / 10 * 4,
-            disk_free_limit: 50_000_000,
-            queue_memory_budget: 128 * 1024 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct User {
-    name: String,
-    password: String,
-    loopback_only: bool,
-}
-
-/// Broker configuration, shared by every connection.
-#[derive(Debug)]
-pub(crate) struct Config {
-    users: Vec<User>,
-    pub(crate) limits: Limits,
-}
-
-impl Config {
-    /// Whether these credentials may log in from `peer`.
-    pub(crate) fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> bool {
-        self.users.iter().any(|u| {
-            u.name == user && u.password == password && (!u.loopback_only || peer.is_loopback())
-        })
-    }
-}
-
-/// State shared by the accept loop and every connection.
-pub(crate) struct Shared {
-    pub(crate) state: Mutex<State>,
-    pub(crate) config: Config,
-    /// Resource alarm: true while publishers must be blocked.
-    pub(crate) alarm: watch::Sender<bool>,
-    /// The memory watermark in force (adjustable at run time).
-    pub(crate) memory_high_watermark: AtomicU64,
-    pub(crate) data_dir: Option<PathBuf>,
-}
-
-impl Shared {
-    /// Re-evaluates the memory and disk alarms.
-    fn check_alarms(&self) {
-        let mem = resident_memory();
-        let limit = self.memory_high_watermark.load(Ordering::Relaxed);
-        let mem_alarm = mem > limit;
-        let disk_alarm = self.data_dir.as_ref().is_some_and(|d| {
-            fs4::available_space(d).is_ok_and(|free| free < self.config.limits.disk_free_limit)
-        });
-        let alarm = mem_alarm || disk_alarm;
-        if *self.alarm.borrow() != alarm {
-            if alarm {
-                tracing::warn!(
-                    resident = mem,
-                    watermark = limit,
-                    disk_alarm,
-                    "resource alarm: blocking publishers"
-                );
-            } else {
-                tracing::info!("resource alarm cleared: unblocking publishers");
-            }
-            self.alarm.send_replace(alarm);
-        }
-    }
-}
 
 /// Errors starting the broker.
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +134,7 @@ impl BrokerBuilder {
         );
         if let Some(dir) = &self.data_dir {
             let (store, defs, recovered) =
-                crate::store::Store::open(dir).map_err(|source| BrokerError::DataDir {
+                crate::core::store::Store::open(dir).map_err(|source| BrokerError::DataDir {
                     path: dir.clone(),
                     source,
                 })?;
@@ -260,7 +144,7 @@ impl BrokerBuilder {
         }
         let watermark = self.limits.memory_high_watermark;
         let shared = Arc::new(Shared {
-            state: Mutex::new(state),
+            state: StateLock::new(state),
             config: Config {
                 users,
                 limits: self.limits,
@@ -293,7 +177,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         tokio::select! {
             _ = stop.changed() => break,
             _ = ticker.tick() => {
-                shared.state.lock().expect("state lock").expire_tick();
+                shared.state.lock().expire_tick();
                 shared.check_alarms();
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -311,7 +195,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 let shared = shared.clone();
                 let stop = stop.clone();
                 conns.spawn(async move {
-                    crate::connection::serve(shared, stream, peer, id, stop).await;
+                    crate::amqp::connection::serve(shared, stream, peer, id, stop).await;
                     drop(permit);
                 });
             }
@@ -373,11 +257,7 @@ impl BrokerHandle {
 
     /// Bytes of ready messages held in memory (paged-out ones not counted).
     pub fn resident_bytes(&self) -> usize {
-        self.shared
-            .state
-            .lock()
-            .expect("state lock")
-            .resident_bytes()
+        self.shared.state.lock().resident_bytes()
     }
 
     /// Whether publishers are currently blocked by a memory or disk alarm.

@@ -13,25 +13,30 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layers, each its own module: [`frame`] (wire units) -> `connection` (handshake, heartbeats,
-//! channel multiplexing, the writer) -> `channel` (method state machine) -> `state`
-//! (exchanges, queues, bindings, consumers, under one briefly held lock) -> `exchange`
-//! (routing) -> `queue` (messages, consumers, credit).
+//! Layers (see docs/architecture.md): `core` is the protocol-neutral broker (vhosts,
+//! exchanges, queues, delivery, storage) behind one lock; `amqp` is the AMQP 0-9-1 front-end
+//! that calls it; `broker` starts listeners and owns the lifecycle. Only [`Broker`], its
+//! builder and handle, [`Limits`] and [`BrokerError`] are public.
 #![deny(missing_docs)]
 
-mod args;
+mod amqp;
 mod broker;
-mod channel;
-mod connection;
-mod deadletter;
-mod definitions;
-pub mod error;
-pub mod exchange;
-pub mod frame;
-pub mod pager;
-pub mod props;
-pub mod queue;
-pub mod state;
-pub mod store;
+mod config;
+mod core;
+mod shared;
 
-pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle, Limits};
+pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
+pub use config::Limits;
+
+/// Internals for the crate's own benchmarks (`benches/`); not part of the API.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::amqp::frame::{
+        next_frame, write_body, write_header, write_method, FramingError, FRAME_BODY, FRAME_HEADER,
+        FRAME_METHOD,
+    };
+    pub use crate::core::exchange::{
+        split_words, topic_match, Binding, Destination, Exchange, ExchangeKind,
+    };
+    pub use crate::core::props::encode_header_payload;
+}

@@ -1,14 +1,36 @@
 //! Dead-lettering: the copy of a message that goes to a queue's dead-letter exchange, with the
 //! `x-death` history and `x-first-death-*` headers written exactly as RabbitMQ writes them.
 
-use crate::exchange::value_string;
-use crate::queue::{DeathReason, Message};
+use super::fieldtable::value_string;
+use super::message::Message;
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// Why a message is dead-lettered, as written in x-death.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeathReason {
+    /// Rejected or nacked without requeue.
+    Rejected,
+    /// Its TTL passed.
+    Expired,
+    /// The queue was over its length limit.
+    Maxlen,
+}
+
+impl DeathReason {
+    /// The reason as RabbitMQ writes it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::Maxlen => "maxlen",
+        }
+    }
 }
 
 /// Copies `p` without its expiration (a dead-lettered message does not expire again).
@@ -37,7 +59,7 @@ fn without_expiration(p: &AMQPProperties, headers: FieldTable) -> AMQPProperties
 }
 
 /// The message to publish to `dlx` when `msg` dies in `queue` for `reason`.
-pub fn dead_letter(
+pub(crate) fn dead_letter(
     msg: &Message,
     queue: &str,
     reason: DeathReason,
@@ -70,7 +92,7 @@ pub fn dead_letter(
             let count = t
                 .inner()
                 .get("count")
-                .and_then(crate::exchange::value_int)
+                .and_then(super::fieldtable::value_int)
                 .unwrap_or(0);
             t.insert("count".into(), AMQPValue::LongLongInt(count as i64 + 1));
             t.insert("time".into(), AMQPValue::Timestamp(now));
@@ -117,7 +139,7 @@ pub fn dead_letter(
 }
 
 /// Whether the message's history shows it already died in `queue` (a dead-letter cycle).
-pub fn is_cycle(msg: &Message, queue: &str) -> bool {
+pub(crate) fn is_cycle(msg: &Message, queue: &str) -> bool {
     let Some(headers) = msg.headers() else {
         return false;
     };

@@ -1,7 +1,7 @@
 //! Validation of queue arguments (`x-...`), with RabbitMQ's errors for bad types or values.
 
-use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{value_int, value_string};
+use super::fieldtable::{type_name, value_int, value_string};
+use crate::core::error::{AmqpError, AmqpResult};
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 /// The largest TTL or expiry RabbitMQ 3.x accepts (its timers' limit), in milliseconds.
@@ -13,29 +13,6 @@ fn invalid(arg: &str, queue: &str, vhost: &str, reason: String) -> AmqpError {
     ))
 }
 
-/// Erlang's name for a field value's type, as RabbitMQ prints it.
-pub(crate) fn type_name(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
-    }
-}
-
 fn not_integer(v: &AMQPValue) -> String {
     format!("\"expected integer, got {}\"", type_name(v))
 }
@@ -45,7 +22,7 @@ fn unacceptable(v: &AMQPValue) -> String {
 }
 
 /// Checks the arguments of a queue being created.
-pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpResult<()> {
+pub(crate) fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpResult<()> {
     for (k, v) in args.inner() {
         let k = k.as_str();
         match k {

@@ -4,6 +4,7 @@
 //! matches. Following exchange-to-exchange bindings and alternate exchanges is the vhost's job
 //! (see `state.rs`), because it needs every exchange.
 
+use super::fieldtable::{type_name, value_eq, value_int, value_str};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use std::collections::HashMap;
 
@@ -22,7 +23,7 @@ pub enum ExchangeKind {
 
 impl ExchangeKind {
     /// Parses the type name a client declares.
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "direct" => Some(Self::Direct),
             "fanout" => Some(Self::Fanout),
@@ -33,7 +34,7 @@ impl ExchangeKind {
     }
 
     /// The type name, as declared.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct",
             Self::Fanout => "fanout",
@@ -56,11 +57,11 @@ pub enum Destination {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Binding {
     /// Where matching messages go.
-    pub destination: Destination,
+    pub(crate) destination: Destination,
     /// The binding key.
-    pub key: String,
+    pub(crate) key: String,
     /// The binding arguments (used by headers exchanges, and for binding identity).
-    pub args: FieldTable,
+    pub(crate) args: FieldTable,
     /// The binding key split into topic words, for topic exchanges.
     words: Vec<String>,
 }
@@ -82,19 +83,19 @@ impl Binding {
 #[derive(Debug, Clone)]
 pub struct Exchange {
     /// The exchange name.
-    pub name: String,
+    pub(crate) name: String,
     /// How it routes.
-    pub kind: ExchangeKind,
+    pub(crate) kind: ExchangeKind,
     /// Survives a broker restart.
-    pub durable: bool,
+    pub(crate) durable: bool,
     /// Deleted when its last binding (as source) is removed.
-    pub auto_delete: bool,
+    pub(crate) auto_delete: bool,
     /// Clients may not publish to it directly.
-    pub internal: bool,
+    pub(crate) internal: bool,
     /// Declaration arguments.
-    pub args: FieldTable,
+    pub(crate) args: FieldTable,
     /// Bindings with this exchange as source.
-    pub bindings: Vec<Binding>,
+    pub(crate) bindings: Vec<Binding>,
     /// Index for direct exchanges: binding key -> positions in `bindings`.
     direct_index: HashMap<String, Vec<usize>>,
 }
@@ -122,7 +123,7 @@ impl Exchange {
     }
 
     /// The alternate exchange configured by the `alternate-exchange` argument.
-    pub fn alternate_exchange(&self) -> Option<&str> {
+    pub(crate) fn alternate_exchange(&self) -> Option<&str> {
         match self.args.inner().get("alternate-exchange") {
             Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
             Some(AMQPValue::ShortString(s)) => Some(s.as_str()),
@@ -143,7 +144,12 @@ impl Exchange {
     }
 
     /// Removes a binding; returns whether it existed.
-    pub fn unbind(&mut self, destination: &Destination, key: &str, args: &FieldTable) -> bool {
+    pub(crate) fn unbind(
+        &mut self,
+        destination: &Destination,
+        key: &str,
+        args: &FieldTable,
+    ) -> bool {
         let before = self.bindings.len();
         self.bindings
             .retain(|b| !(&b.destination == destination && b.key == key && &b.args == args));
@@ -155,7 +161,7 @@ impl Exchange {
     }
 
     /// Removes every binding to `destination`; returns how many were removed.
-    pub fn unbind_destination(&mut self, destination: &Destination) -> usize {
+    pub(crate) fn unbind_destination(&mut self, destination: &Destination) -> usize {
         let before = self.bindings.len();
         self.bindings.retain(|b| &b.destination != destination);
         let removed = before - self.bindings.len();
@@ -256,7 +262,7 @@ pub fn topic_match<P: AsRef<str>>(pattern: &[P], words: &[&str]) -> bool {
 }
 
 /// Validates a headers-exchange binding's `x-match` argument like RabbitMQ.
-pub fn validate_headers_binding(args: &FieldTable) -> Result<(), String> {
+pub(crate) fn validate_headers_binding(args: &FieldTable) -> Result<(), String> {
     match args.inner().get("x-match") {
         None => Ok(()),
         Some(v) => match value_str(v) {
@@ -271,18 +277,10 @@ pub fn validate_headers_binding(args: &FieldTable) -> Result<(), String> {
                 };
                 Err(format!(
                     "Invalid x-match field type {} (value {value}); expected longstr",
-                    crate::args::type_name(v)
+                    type_name(v)
                 ))
             }
         },
-    }
-}
-
-fn value_str(v: &AMQPValue) -> Option<&str> {
-    match v {
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-        AMQPValue::ShortString(s) => Some(s.as_str()),
-        _ => None,
     }
 }
 
@@ -313,42 +311,6 @@ fn headers_match(args: &FieldTable, headers: Option<&FieldTable>) -> bool {
     } else {
         considered.all(matches)
     }
-}
-
-/// Header value equality as RabbitMQ's `=:=` on decoded values: strings compare by content
-/// whatever their wire type, integers by value.
-pub fn value_eq(a: &AMQPValue, b: &AMQPValue) -> bool {
-    if let (Some(x), Some(y)) = (value_str(a), value_str(b)) {
-        return x == y;
-    }
-    if let (Some(x), Some(y)) = (value_int(a), value_int(b)) {
-        return x == y;
-    }
-    a == b
-}
-
-/// The text in a string-typed value (long or short string), invalid UTF-8 replaced.
-pub fn value_string(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
-
-/// The integer in an integer-typed value.
-pub fn value_int(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(x) => *x as i128,
-        AMQPValue::ShortShortUInt(x) => *x as i128,
-        AMQPValue::ShortInt(x) => *x as i128,
-        AMQPValue::ShortUInt(x) => *x as i128,
-        AMQPValue::LongInt(x) => *x as i128,
-        AMQPValue::LongUInt(x) => *x as i128,
-        AMQPValue::LongLongInt(x) => *x as i128,
-        AMQPValue::Timestamp(x) => *x as i128,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,132 @@
+//! Field-table values (AMQP's typed maps, used for arguments and headers): reading them as
+//! RabbitMQ does, comparing them, and naming their types in RabbitMQ's error texts.
+//!
+//! A leaf: it depends on nothing else in the broker.
+
+use amq_protocol::types::AMQPValue;
+
+/// Header value equality as RabbitMQ's `=:=` on decoded values: strings compare by content
+/// whatever their wire type, integers by value.
+pub(crate) fn value_eq(a: &AMQPValue, b: &AMQPValue) -> bool {
+    if let (Some(x), Some(y)) = (value_str(a), value_str(b)) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (value_int(a), value_int(b)) {
+        return x == y;
+    }
+    a == b
+}
+
+/// The text in a string-typed value (long or short string), invalid UTF-8 replaced.
+pub(crate) fn value_string(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// The integer in an integer-typed value.
+pub(crate) fn value_int(v: &AMQPValue) -> Option<i128> {
+    Some(match v {
+        AMQPValue::ShortShortInt(x) => *x as i128,
+        AMQPValue::ShortShortUInt(x) => *x as i128,
+        AMQPValue::ShortInt(x) => *x as i128,
+        AMQPValue::ShortUInt(x) => *x as i128,
+        AMQPValue::LongInt(x) => *x as i128,
+        AMQPValue::LongUInt(x) => *x as i128,
+        AMQPValue::LongLongInt(x) => *x as i128,
+        AMQPValue::Timestamp(x) => *x as i128,
+        _ => return None,
+    })
+}
+
+/// The text in a string-typed value, if it is valid UTF-8.
+pub(crate) fn value_str(v: &AMQPValue) -> Option<&str> {
+    match v {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Erlang's name for a field value's type, as RabbitMQ prints it.
+pub(crate) fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// Formats an argument pair for an equivalence error as RabbitMQ does: plain values when both
+/// sides have one, typed values (or "none") when one side is missing.
+pub(crate) fn describe_args(new: Option<&AMQPValue>, cur: Option<&AMQPValue>) -> (String, String) {
+    match (new, cur) {
+        (Some(n), Some(c)) => (plain_arg(n), plain_arg(c)),
+        _ => (describe_arg(new), describe_arg(cur)),
+    }
+}
+
+pub(crate) fn plain_arg(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => format!("'{}'", String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => format!("'{}'", s.as_str()),
+        AMQPValue::Boolean(b) => format!("'{b}'"),
+        other => match value_int(other) {
+            Some(n) => format!("'{n}'"),
+            None => format!("'{other:?}'"),
+        },
+    }
+}
+
+/// Formats a field value the way RabbitMQ's equivalence errors do.
+pub(crate) fn describe_arg(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".to_string(),
+        Some(v) => {
+            let (ty, val) = match v {
+                AMQPValue::LongString(s) => (
+                    "longstr",
+                    String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                ),
+                AMQPValue::ShortString(s) => ("longstr", s.as_str().to_string()),
+                AMQPValue::Boolean(b) => ("bool", b.to_string()),
+                AMQPValue::LongInt(x) => ("signedint", x.to_string()),
+                AMQPValue::LongLongInt(x) => ("long", x.to_string()),
+                AMQPValue::ShortInt(x) => ("short", x.to_string()),
+                AMQPValue::ShortShortInt(x) => ("byte", x.to_string()),
+                AMQPValue::ShortShortUInt(x) => ("unsignedbyte", x.to_string()),
+                AMQPValue::ShortUInt(x) => ("unsignedshort", x.to_string()),
+                AMQPValue::LongUInt(x) => ("unsignedint", x.to_string()),
+                AMQPValue::Timestamp(x) => ("timestamp", x.to_string()),
+                AMQPValue::Double(x) => ("double", x.to_string()),
+                AMQPValue::Float(x) => ("float", x.to_string()),
+                other => ("table", format!("{other:?}")),
+            };
+            format!("the value '{val}' of type '{ty}'")
+        }
+    }
+}
+
+pub(crate) fn args_equal(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => value_eq(x, y),
+        _ => false,
+    }
+}

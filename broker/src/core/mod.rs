@@ -1,0 +1,38 @@
+//! The protocol-neutral broker: vhosts and their topology, exchanges and routing, queues, the
+//! delivery engine, dead-lettering, storage and paging, definitions.
+//!
+//! Front-ends (AMQP 0-9-1 in `amqp/`) call it with typed ids (a connection id, a
+//! [`ChannelKey`](message::ChannelKey) for a session, queue names, consumer and delivery tags)
+//! under the one lock ([`state::StateLock`]), and get back results plus the events their
+//! clients must be told, through the [`Sink`](sink::Sink) each connection registered.
+//!
+//! Modules, leaves first (each imports only modules above it in this list):
+//! - `error`, `fieldtable`, `props`: error codes and texts (RabbitMQ's), field-table values,
+//!   encoded message properties.
+//! - `message`: a published message and the ids of who holds it; `sink`: what front-ends are
+//!   told.
+//! - `args` (queue argument validation), `exchange` (routing within one exchange), `store`
+//!   (durable definitions and persistent messages), `pager` (messages beyond the memory
+//!   budget), `deadletter` (x-death), `queue` (one queue's messages and consumers).
+//! - `vhost`, `session` (a session's delivery state), `definitions`, then `state` (the lock
+//!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`.
+
+pub(crate) mod args;
+pub(crate) mod deadletter;
+pub(crate) mod definitions;
+pub(crate) mod delivery;
+pub(crate) mod error;
+pub(crate) mod exchange;
+pub(crate) mod fieldtable;
+pub(crate) mod lifecycle;
+pub(crate) mod message;
+pub(crate) mod pager;
+pub(crate) mod props;
+pub(crate) mod queue;
+pub(crate) mod session;
+pub(crate) mod settle;
+pub(crate) mod sink;
+pub(crate) mod state;
+pub(crate) mod store;
+pub(crate) mod topology;
+pub(crate) mod vhost;
