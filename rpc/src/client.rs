@@ -18,7 +18,8 @@
 //!
 //! The connection is supervised ([`reconnect`](crate::reconnect)): when it dies, pending calls
 //! of that session fail with [`Error::Connection`] and a new session (connection, channel,
-//! reply consumer) is set up with backoff. Each call runs under its [`RetryPolicy`]: a failed
+//! reply consumer) is set up with backoff, on the next node that answers when the client was
+//! given several broker URLs ([`ClientBuilder::urls`]). Each call runs under its [`RetryPolicy`]: a failed
 //! attempt is sent again, with the same call id and the next `x-warren-attempt`, on the live
 //! session, as long as the policy allows and the call's deadline is not reached.
 //!
