@@ -216,6 +216,8 @@ async fn failover_to_the_next_url() {
         .expect("a server given a dead URL and two live ones starts");
     let client = Client::builder()
         .timeout(CALL_TIMEOUT)
+        // Room for the server to reach the second broker while calls are returned unrouted.
+        .retry(RetryPolicy::new().max_attempts(30))
         .urls(urls)
         .connect(&dead_url())
         .await
