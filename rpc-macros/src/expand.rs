@@ -11,6 +11,16 @@ use syn::{Attribute, FnArg, Ident, ItemTrait, LitStr, Pat, TraitItem};
 
 use crate::ast::{Method, Output, Service};
 
+/// The visibility of the generated types' methods and constants: `pub` for a public service,
+/// `pub(crate)` otherwise, so a crate that denies `unreachable_pub` accepts the expansion and
+/// the rest of the crate can still call them.
+fn member_vis(service: &Service) -> TokenStream {
+    match &service.vis {
+        syn::Visibility::Public(_) => quote!(pub),
+        _ => quote!(pub(crate)),
+    }
+}
+
 pub(crate) fn expand(service: &Service) -> TokenStream {
     let trait_def = expand_trait(service);
     let client = expand_client(service);
@@ -99,6 +109,7 @@ fn method_spec(service: &Service, method: &Method) -> TokenStream {
 }
 
 fn expand_client(service: &Service) -> TokenStream {
+    let member = member_vis(service);
     let vis = &service.vis;
     let trait_ident = &service.ident;
     let client = client_ident(service);
@@ -147,7 +158,7 @@ fn expand_client(service: &Service) -> TokenStream {
         quote_spanned! {span=>
             #(#docs)*
             #default_doc
-            pub async fn #name(&self, #(#params),*)
+            #member async fn #name(&self, #(#params),*)
                 -> ::core::result::Result<#ret, ::warren_rpc::Error>
             {
                 #[derive(::warren_rpc::__private::serde::Serialize)]
@@ -171,13 +182,13 @@ fn expand_client(service: &Service) -> TokenStream {
 
         impl #client {
             /// The service name: the queue its servers consume.
-            pub const SERVICE: &'static str = #service_name;
+            #member const SERVICE: &'static str = #service_name;
 
             /// The methods of the service, in declaration order.
-            pub const METHODS: &'static [::warren_rpc::MethodSpec] = &[#(#specs),*];
+            #member const METHODS: &'static [::warren_rpc::MethodSpec] = &[#(#specs),*];
 
             /// A client of the service over `client`'s connection.
-            pub fn new(client: ::warren_rpc::Client) -> Self {
+            #member fn new(client: ::warren_rpc::Client) -> Self {
                 Self {
                     client,
                     options: ::warren_rpc::CallOptions::new(),
@@ -185,7 +196,7 @@ fn expand_client(service: &Service) -> TokenStream {
             }
 
             /// The same client with another budget for each call.
-            pub fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
+            #member fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
                 Self {
                     client: ::core::clone::Clone::clone(&self.client),
                     options: ::core::clone::Clone::clone(&self.options).timeout(timeout),
@@ -193,7 +204,7 @@ fn expand_client(service: &Service) -> TokenStream {
             }
 
             /// The same client with other call options (timeout, service name, codec).
-            pub fn with_options(&self, options: ::warren_rpc::CallOptions) -> Self {
+            #member fn with_options(&self, options: ::warren_rpc::CallOptions) -> Self {
                 Self {
                     client: ::core::clone::Clone::clone(&self.client),
                     options,
@@ -206,6 +217,7 @@ fn expand_client(service: &Service) -> TokenStream {
 }
 
 fn expand_server(service: &Service) -> TokenStream {
+    let member = member_vis(service);
     let vis = &service.vis;
     let trait_ident = &service.ident;
     let client = client_ident(service);
@@ -254,14 +266,14 @@ fn expand_server(service: &Service) -> TokenStream {
 
         impl<S: #trait_ident> #server<S> {
             /// Wraps an implementation of the service.
-            pub fn new(service: S) -> Self {
+            #member fn new(service: S) -> Self {
                 Self {
                     service: ::warren_rpc::__private::Arc::new(service),
                 }
             }
 
             /// Wraps an implementation shared with other code.
-            pub fn from_arc(service: ::warren_rpc::__private::Arc<S>) -> Self {
+            #member fn from_arc(service: ::warren_rpc::__private::Arc<S>) -> Self {
                 Self { service }
             }
         }
@@ -326,6 +338,7 @@ pub(crate) fn fallback(item: &ItemTrait, service: &Service) -> TokenStream {
         }
     }
     let vis = &service.vis;
+    let member = member_vis(service);
     let client = client_ident(service);
     let server = server_ident(service);
     quote! {
@@ -336,7 +349,7 @@ pub(crate) fn fallback(item: &ItemTrait, service: &Service) -> TokenStream {
 
         #[allow(dead_code, missing_docs)]
         impl #client {
-            pub fn new(_client: ::warren_rpc::Client) -> Self {
+            #member fn new(_client: ::warren_rpc::Client) -> Self {
                 #client
             }
         }
@@ -346,7 +359,7 @@ pub(crate) fn fallback(item: &ItemTrait, service: &Service) -> TokenStream {
 
         #[allow(dead_code, missing_docs)]
         impl<S> #server<S> {
-            pub fn new(_service: S) -> Self {
+            #member fn new(_service: S) -> Self {
                 #server(::core::marker::PhantomData)
             }
         }

@@ -188,6 +188,12 @@ pub enum FaultCode {
     Unavailable,
     /// Any other server-side failure, such as a reply that could not be encoded (`internal`).
     Internal,
+    /// The request reached the delivery limit of its quorum queue without ever being answered
+    /// (each time, the server that took it died or lost its connection before it acked): it
+    /// may crash whatever runs it, so it is answered with this fault instead of run again
+    /// (`delivery_limit`). See
+    /// [`ServerBuilder::delivery_limit`](crate::ServerBuilder::delivery_limit).
+    DeliveryLimit,
     /// A code this version of Warren does not know, kept verbatim.
     Other(String),
 }
@@ -202,6 +208,7 @@ impl FaultCode {
             FaultCode::DeadlineExceeded => "deadline_exceeded",
             FaultCode::Unavailable => "unavailable",
             FaultCode::Internal => "internal",
+            FaultCode::DeliveryLimit => "delivery_limit",
             FaultCode::Other(code) => code,
         }
     }
@@ -215,6 +222,7 @@ impl FaultCode {
             "deadline_exceeded" => FaultCode::DeadlineExceeded,
             "unavailable" => FaultCode::Unavailable,
             "internal" => FaultCode::Internal,
+            "delivery_limit" => FaultCode::DeliveryLimit,
             other => FaultCode::Other(other.to_owned()),
         }
     }
@@ -244,6 +252,7 @@ mod tests {
             FaultCode::DeadlineExceeded,
             FaultCode::Unavailable,
             FaultCode::Internal,
+            FaultCode::DeliveryLimit,
             FaultCode::Other("teapot".into()),
         ] {
             assert_eq!(FaultCode::parse(code.as_str()), code);

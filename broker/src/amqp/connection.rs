@@ -447,7 +447,25 @@ impl Connection {
             user: &self.user,
             max_message_size: self.shared.config.limits.max_message_size,
         };
-        if let Err(err) = ch.on_frame(&ctx, f, method) {
+        // A bug that panics while serving this channel must not take the other connections
+        // down: the panic is contained here (the state lock it poisoned is recovered by
+        // StateLock) and this connection is closed with 541, as RabbitMQ closes a connection
+        // whose channel process crashed.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ch.on_frame(&ctx, f, method)
+        }));
+        let result = outcome.unwrap_or_else(|_| {
+            tracing::error!(
+                conn = self.id,
+                channel = id,
+                "handler panicked; closing connection"
+            );
+            Err(AmqpError::new(
+                Code::InternalError,
+                format!("the broker failed while serving channel {id}"),
+            ))
+        });
+        if let Err(err) = result {
             if err.code.is_hard() {
                 self.start_close(err);
             } else {

@@ -197,6 +197,43 @@ pub(super) async fn handshake(
     let cancel_notify = capability("consumer_cancel_notify");
     let blocked_capable = capability("connection.blocked");
 
+    let Some((frame_max, channel_max, heartbeat)) = tune(shared, stream, buf, peer).await? else {
+        return Ok(None);
+    };
+
+    let Some(AMQPClass::Connection(connection::AMQPMethod::Open(open))) =
+        read_method(stream, buf).await
+    else {
+        return Ok(None);
+    };
+    let vhost = open.virtual_host.to_string();
+    let known = shared.state.lock().has_vhost(&vhost);
+    if !known {
+        let err = AmqpError::new(Code::NotAllowed, format!("vhost {vhost} not found")).on(10, 40);
+        close_handshake(stream, err).await;
+        return Ok(None);
+    }
+    let open_ok = AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {}));
+    write_frames(stream, |out| frame::write_method(out, 0, open_ok)).await?;
+    Ok(Some(Handshake {
+        blocked_capable,
+        user,
+        vhost,
+        frame_max,
+        channel_max,
+        heartbeat,
+        cancel_notify,
+    }))
+}
+
+/// connection.tune / tune-ok: returns the negotiated (frame_max, channel_max, heartbeat), or
+/// None when the client's answer is out of range (RabbitMQ then drops the socket).
+async fn tune(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+) -> std::io::Result<Option<(u32, u16, u16)>> {
     let limits = &shared.config.limits;
     let tune = AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
         channel_max: limits.channel_max,
@@ -226,30 +263,7 @@ pub(super) async fn handshake(
         0 => limits.channel_max,
         n => n,
     };
-
-    let Some(AMQPClass::Connection(connection::AMQPMethod::Open(open))) =
-        read_method(stream, buf).await
-    else {
-        return Ok(None);
-    };
-    let vhost = open.virtual_host.to_string();
-    let known = shared.state.lock().has_vhost(&vhost);
-    if !known {
-        let err = AmqpError::new(Code::NotAllowed, format!("vhost {vhost} not found")).on(10, 40);
-        close_handshake(stream, err).await;
-        return Ok(None);
-    }
-    let open_ok = AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {}));
-    write_frames(stream, |out| frame::write_method(out, 0, open_ok)).await?;
-    Ok(Some(Handshake {
-        blocked_capable,
-        user,
-        vhost,
-        frame_max,
-        channel_max,
-        heartbeat: tune_ok.heartbeat,
-        cancel_notify,
-    }))
+    Ok(Some((frame_max, channel_max, tune_ok.heartbeat)))
 }
 
 #[cfg(test)]

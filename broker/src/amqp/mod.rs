@@ -7,9 +7,17 @@
 //! Handlers take the core's state and an outbox, never a socket, so their sequences are unit
 //! tested in memory (`tests.rs`).
 
+pub(crate) mod basic;
 pub(crate) mod channel;
 pub(crate) mod connection;
+pub(crate) mod exchange;
 pub(crate) mod frame;
 pub(crate) mod handshake;
 pub(crate) mod outbox;
+pub(crate) mod publish;
+pub(crate) mod queue;
+pub(crate) mod tx;
 pub(crate) mod writer;
+
+#[cfg(test)]
+mod tests;

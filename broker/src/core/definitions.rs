@@ -4,9 +4,7 @@
 //! queues, and bindings whose source exchange is durable and whose destination is a durable queue
 //! or exchange (as RabbitMQ keeps them).
 
-use crate::core::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::core::queue::Queue;
-use crate::core::state::State;
+use crate::core::exchange::Destination;
 use crate::core::vhost::Vhost;
 use amq_protocol::types::FieldTable;
 use serde_json::{json, Value};
@@ -16,13 +14,13 @@ use std::collections::HashMap;
 /// too).
 pub(crate) fn is_durable_destination(vh: &Vhost, d: &Destination) -> bool {
     match d {
-        Destination::Queue(q) => vh.queues.get(q).is_some_and(|q| q.durable),
+        Destination::Queue(q) => vh.queues.get(q).is_some_and(|q| q.is_durable()),
         Destination::Exchange(x) => vh.exchanges.get(x).is_some_and(|x| x.durable),
     }
 }
 
 /// The durable definitions of every vhost.
-pub fn snapshot(vhosts: &HashMap<String, Vhost>) -> Value {
+pub(crate) fn snapshot(vhosts: &HashMap<String, Vhost>) -> Value {
     let mut out = serde_json::Map::new();
     for (name, vh) in vhosts {
         let mut exchanges = Vec::new();
@@ -58,12 +56,12 @@ pub fn snapshot(vhosts: &HashMap<String, Vhost>) -> Value {
         let queues: Vec<Value> = vh
             .queues
             .values()
-            .filter(|q| q.durable)
+            .filter(|q| q.is_durable())
             .map(|q| {
                 json!({
-                    "name": &*q.name,
-                    "auto_delete": q.auto_delete,
-                    "arguments": q.args,
+                    "name": &**q.name(),
+                    "auto_delete": q.is_auto_delete(),
+                    "arguments": q.args(),
                 })
             })
             .collect();
@@ -75,90 +73,17 @@ pub fn snapshot(vhosts: &HashMap<String, Vhost>) -> Value {
     json!({ "version": 1, "vhosts": out })
 }
 
-fn table(v: &Value) -> FieldTable {
+pub(super) fn table(v: &Value) -> FieldTable {
     serde_json::from_value(v.clone()).unwrap_or_default()
 }
 
-fn text(v: &Value, key: &str) -> String {
+pub(super) fn text(v: &Value, key: &str) -> String {
     v.get(key)
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string()
 }
 
-fn flag(v: &Value, key: &str) -> bool {
+pub(super) fn flag(v: &Value, key: &str) -> bool {
     v.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
-/// Restores definitions written by [`snapshot`] into `state`.
-pub fn restore(state: &mut State, defs: &Value) {
-    let Some(vhosts) = defs.get("vhosts").and_then(Value::as_object) else {
-        return;
-    };
-    for (name, d) in vhosts {
-        state.add_vhost(name);
-        let empty = Vec::new();
-        let list = |key: &str| {
-            d.get(key)
-                .and_then(Value::as_array)
-                .unwrap_or(&empty)
-                .clone()
-        };
-        let queues = list("queues");
-        let exchanges = list("exchanges");
-        let bindings = list("bindings");
-        let mut ids = Vec::new();
-        for _ in &queues {
-            ids.push(state.next_queue_id());
-        }
-        let resident = state.resident_counter();
-        let vh = state.vhosts_mut().get_mut(name).expect("just added");
-        for x in exchanges {
-            let Some(kind) = ExchangeKind::parse(&text(&x, "type")) else {
-                continue;
-            };
-            let xname = text(&x, "name");
-            vh.exchanges.insert(
-                xname.clone(),
-                Exchange::new(
-                    xname,
-                    kind,
-                    true,
-                    flag(&x, "auto_delete"),
-                    flag(&x, "internal"),
-                    table(&x["arguments"]),
-                ),
-            );
-        }
-        for (q, id) in queues.iter().zip(ids) {
-            let qname = text(q, "name");
-            vh.queues.insert(
-                qname.clone(),
-                Queue::new(
-                    id,
-                    qname,
-                    true,
-                    None,
-                    flag(q, "auto_delete"),
-                    table(&q["arguments"]),
-                )
-                .with_resident_counter(resident.clone()),
-            );
-        }
-        for b in bindings {
-            let dest = text(&b, "destination");
-            let destination = if text(&b, "destination_type") == "exchange" {
-                Destination::Exchange(dest)
-            } else {
-                Destination::Queue(dest)
-            };
-            if let Some(x) = vh.exchanges.get_mut(&text(&b, "source")) {
-                x.bind(Binding::new(
-                    destination,
-                    text(&b, "routing_key"),
-                    table(&b["arguments"]),
-                ));
-            }
-        }
-    }
 }

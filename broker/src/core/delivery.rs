@@ -7,7 +7,7 @@ use super::exchange::{Destination, ExchangeKind};
 use super::fieldtable::value_int;
 use super::message::{ChannelKey, Message};
 use super::pager::{PageRef, Pager};
-use super::queue::{Consumer, Overflow, Payload, Queue, QueuedMessage};
+use super::queue::{Consumer, Payload, Queue, QueuedMessage};
 use super::session::{ChannelSlot, Unacked};
 use super::sink::Event;
 use super::state::{gen_name, Dead, State};
@@ -26,11 +26,11 @@ pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Routed {
     /// Queues (or reply consumers) the message reached.
-    pub queues: usize,
+    pub(crate) queues: usize,
     /// Queues that refused it (x-overflow reject-publish): the publisher gets a nack.
-    pub rejected: usize,
+    pub(crate) rejected: usize,
     /// It was written to disk: confirm only after the next fsync.
-    pub persisted: bool,
+    pub(crate) persisted: bool,
 }
 
 impl Routed {
@@ -46,13 +46,13 @@ impl Routed {
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumeOptions {
     /// The requested tag ("" to have one generated).
-    pub tag: String,
+    pub(crate) tag: String,
     /// No acknowledgements.
-    pub no_ack: bool,
+    pub(crate) no_ack: bool,
     /// Exclusive consumer.
-    pub exclusive: bool,
+    pub(crate) exclusive: bool,
     /// Consumer arguments (x-priority).
-    pub args: FieldTable,
+    pub(crate) args: FieldTable,
 }
 
 impl State {
@@ -105,23 +105,21 @@ impl State {
                 })?,
         };
         let q = self.queue_mut(&vhost, queue, key.conn)?;
-        if q.consumers.iter().any(|c| c.exclusive) || (opts.exclusive && !q.consumers.is_empty()) {
+        if q.refuses_consumer(opts.exclusive) {
             return Err(AmqpError::new(
                 Code::AccessRefused,
                 format!("queue '{queue}' in vhost '{vhost}' in exclusive use"),
             ));
         }
-        q.add_consumer(Consumer {
-            tag: tag.clone(),
-            channel: key,
-            no_ack: opts.no_ack,
-            exclusive: opts.exclusive,
+        q.add_consumer(Consumer::new(
+            tag.clone(),
+            key,
+            opts.no_ack,
+            opts.exclusive,
             prefetch,
-            unacked: 0,
             priority,
-            order: 0,
-        });
-        q.last_used = Instant::now();
+        ));
+        q.touch(Instant::now());
         let slot = self.channels.get_mut(&key).expect("open channel");
         slot.consumers.insert(tag.clone(), queue.to_string());
         Ok(tag)
@@ -182,7 +180,7 @@ impl State {
         };
         let now = Instant::now();
         for q in vh.queues.values_mut() {
-            if !q.messages.is_empty() && !q.consumers.is_empty() {
+            if q.has_ready() && q.has_consumers() {
                 pump_queue(
                     vhost,
                     q,
@@ -207,15 +205,13 @@ impl State {
                 for m in q.drop_expired(now) {
                     self.dead.push(Dead {
                         vhost: vh.name.clone(),
-                        queue: q.name.clone(),
+                        queue: q.name().clone(),
                         message: m,
                         reason: DeathReason::Expired,
                     });
                 }
-                if let Some(exp) = q.expires {
-                    if q.consumers.is_empty() && now.duration_since(q.last_used) >= exp {
-                        idle.push((vh.name.clone(), q.name.clone()));
-                    }
+                if q.idle_expired(now) {
+                    idle.push((vh.name.clone(), q.name().clone()));
                 }
             }
         }
@@ -238,7 +234,7 @@ impl State {
                     .vhosts
                     .get(&d.vhost)
                     .and_then(|v| v.queues.get(&*d.queue))
-                    .and_then(|q| Some((q.dlx.clone()?, q.dlrk.clone())));
+                    .and_then(|q| q.dead_letter_target());
                 let Some((dlx, dlrk)) = dead_letter_to else {
                     self.forget(&d.message);
                     continue;
@@ -278,11 +274,11 @@ impl State {
     pub(crate) fn get(&mut self, key: ChannelKey, queue: &str, no_ack: bool) -> AmqpResult<bool> {
         let vhost = self.channels.get(&key).expect("open channel").vhost.clone();
         let q = self.queue_mut(&vhost, queue, key.conn)?;
-        q.last_used = Instant::now();
+        q.touch(Instant::now());
         let expired = q.drop_expired(Instant::now());
         let popped = q.pop();
         if !expired.is_empty() {
-            let name = q.name.clone();
+            let name = q.name().clone();
             self.dead.extend(expired.into_iter().map(|m| Dead {
                 vhost: vhost.clone(),
                 queue: name.clone(),
@@ -306,12 +302,12 @@ impl State {
         for e in q.drop_expired(now) {
             self.dead.push(Dead {
                 vhost: vhost.clone(),
-                queue: q.name.clone(),
+                queue: q.name().clone(),
                 message: e,
                 reason: DeathReason::Expired,
             });
         }
-        let (queue_id, queue_name, count) = (q.id, q.name.clone(), q.message_count());
+        let (queue_id, queue_name, count) = (q.id(), q.name().clone(), q.message_count());
         let Some(msg) = materialize(&mut self.pager, &mut m) else {
             // materialize released its page already.
             self.unstore(&m);
@@ -410,7 +406,7 @@ impl State {
             if let Some(q) = vh.queues.get_mut(&*name) {
                 if q.rejects_publish(msg.body_len()) {
                     routed.rejected += 1;
-                    if q.overflow == Overflow::RejectPublishDlx {
+                    if q.dead_letters_refused() {
                         self.dead.push(Dead {
                             vhost: vhost.to_string(),
                             queue: name.clone(),
@@ -456,7 +452,7 @@ impl State {
                 };
                 q.push(msg.clone(), now, stored, paged);
                 routed.queues += 1;
-                if !q.consumers.is_empty() {
+                if q.has_consumers() {
                     pump_queue(
                         vhost,
                         q,
@@ -499,7 +495,7 @@ pub(super) fn route(vh: &Vhost, msg: &Message, queues: &mut Vec<Arc<str>>) {
         for k in keys() {
             if let Some(q) = vh.queues.get(k) {
                 if !queues.iter().any(|e| **e == *k) {
-                    queues.push(q.name.clone());
+                    queues.push(q.name().clone());
                 }
             }
         }
@@ -533,7 +529,7 @@ pub(super) fn route(vh: &Vhost, msg: &Message, queues: &mut Vec<Arc<str>>) {
                     if let Some(queue) = vh.queues.get(q) {
                         reached = true;
                         if !queues.iter().any(|e| **e == **q) {
-                            queues.push(queue.name.clone());
+                            queues.push(queue.name().clone());
                         }
                     }
                 }
@@ -581,80 +577,47 @@ fn pump_queue(
     now: Instant,
 ) {
     loop {
-        if q.consumers.is_empty() {
+        if !q.has_consumers() {
             return;
         }
         for m in q.drop_expired(now) {
             dead.push(Dead {
                 vhost: vhost.to_string(),
-                queue: q.name.clone(),
+                queue: q.name().clone(),
                 message: m,
                 reason: DeathReason::Expired,
             });
         }
-        if q.messages.is_empty() {
+        if !q.has_ready() {
             return;
         }
-        let n = q.consumers.len();
-        // Single active consumer: only the earliest registered consumer gets messages.
-        let sac = q.single_active.then(|| {
-            q.consumers
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, c)| c.order)
-                .map(|(i, _)| i)
-                .unwrap_or(0)
-        });
-        // Highest priority group first; round robin within the group that has credit.
-        let mut chosen = None;
-        let mut i = 0;
-        while i < n && chosen.is_none() {
-            let prio = q.consumers[i].priority;
-            let end = q.consumers[i..]
-                .iter()
-                .position(|c| c.priority != prio)
-                .map_or(n, |p| i + p);
-            let len = end - i;
-            let start = if q.cursor >= i && q.cursor < end {
-                q.cursor
-            } else {
-                i
-            };
-            for k in 0..len {
-                let idx = i + (start - i + k) % len;
-                if sac.is_some_and(|a| a != idx) {
-                    continue;
-                }
-                let c = &q.consumers[idx];
-                let Some(slot) = channels.get(&c.channel) else {
-                    continue;
-                };
-                let consumer_ok = c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch as u32;
-                let channel_ok = if c.no_ack {
+        let chosen = q.next_consumer(|c| {
+            channels.get(&c.channel).is_some_and(|slot| {
+                if c.no_ack {
                     slot.active && !slot.sink.congested()
                 } else {
                     slot.has_credit()
-                };
-                if consumer_ok && channel_ok {
-                    chosen = Some(idx);
-                    break;
                 }
-            }
-            i = end;
-        }
+            })
+        });
         let Some(idx) = chosen else {
             return;
         };
-        q.cursor = idx + 1;
-        let mut m = q.pop().expect("checked non-empty");
+        let mut m = q.deliver_to(idx).expect("checked non-empty");
+        let c = &q.consumers()[idx];
         let Some(msg) = materialize(pager, &mut m) else {
             if let (Some(s), Some(at)) = (store, m.stored) {
                 s.remove(at);
             }
+            if !c.no_ack {
+                let (channel, tag) = (c.channel, c.tag.clone());
+                q.consumer_settled(channel, &tag);
+            }
             continue;
         };
-        let c = &mut q.consumers[idx];
-        let slot = channels.get_mut(&c.channel).expect("checked above");
+        let slot = channels
+            .get_mut(&c.channel)
+            .expect("checked by next_consumer");
         let delivery_tag = slot.next_tag;
         slot.next_tag += 1;
         slot.sink.send(Event::Deliver {
@@ -669,12 +632,11 @@ fn pump_queue(
                 s.remove(at);
             }
         } else {
-            c.unacked += 1;
             slot.unacked.insert(
                 delivery_tag,
                 Unacked {
-                    queue: q.name.clone(),
-                    queue_id: q.id,
+                    queue: q.name().clone(),
+                    queue_id: q.id(),
                     consumer: Some(c.tag.clone()),
                     message: m,
                 },

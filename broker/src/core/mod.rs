@@ -11,11 +11,12 @@
 //!   encoded message properties.
 //! - `message`: a published message and the ids of who holds it; `sink`: what front-ends are
 //!   told.
-//! - `args` (queue argument validation), `exchange` (routing within one exchange), `store`
+//! - `args` (queue argument validation), `topic` (the topic exchange's trie), `exchange`
+//!   (routing within one exchange), `store`
 //!   (durable definitions and persistent messages), `pager` (messages beyond the memory
 //!   budget), `deadletter` (x-death), `queue` (one queue's messages and consumers).
-//! - `vhost`, `session`, `definitions`, then `state` (the lock and the data) with its
-//!   operations: `topology`, `delivery`, `settle`.
+//! - `vhost`, `session` (a session's delivery state), `definitions`, then `state` (the lock
+//!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`.
 
 pub(crate) mod args;
 pub(crate) mod deadletter;
@@ -24,6 +25,7 @@ pub(crate) mod delivery;
 pub(crate) mod error;
 pub(crate) mod exchange;
 pub(crate) mod fieldtable;
+pub(crate) mod lifecycle;
 pub(crate) mod message;
 pub(crate) mod pager;
 pub(crate) mod props;
@@ -33,5 +35,6 @@ pub(crate) mod settle;
 pub(crate) mod sink;
 pub(crate) mod state;
 pub(crate) mod store;
+pub(crate) mod topic;
 pub(crate) mod topology;
 pub(crate) mod vhost;

@@ -14,21 +14,21 @@ use std::time::{Duration, Instant};
 
 /// One copy of a message waiting in (or delivered from) a queue.
 #[derive(Debug, Clone)]
-pub struct QueuedMessage {
+pub(crate) struct QueuedMessage {
     /// Position in the queue's order.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// The message, in memory or paged out.
-    pub payload: Payload,
+    pub(crate) payload: Payload,
     /// Body size (counted against x-max-length-bytes).
-    pub body_len: u32,
+    pub(crate) body_len: u32,
     /// Delivered before and requeued.
-    pub redelivered: bool,
+    pub(crate) redelivered: bool,
     /// When it expires, from the queue's and the message's TTL.
-    pub expires_at: Option<Instant>,
+    pub(crate) expires_at: Option<Instant>,
     /// Effective priority in a priority queue (0 elsewhere).
-    pub priority: u8,
+    pub(crate) priority: u8,
     /// Where the message is persisted, for a persistent message in a durable queue.
-    pub stored: Option<super::store::StoreRef>,
+    pub(crate) stored: Option<super::store::StoreRef>,
 }
 
 impl QueuedMessage {
@@ -40,7 +40,7 @@ impl QueuedMessage {
 
 /// A queued message's data: shared in memory, or written out to a page file.
 #[derive(Debug, Clone)]
-pub enum Payload {
+pub(crate) enum Payload {
     /// In memory, shared by every queue it was routed to.
     Mem(Arc<Message>),
     /// On disk (see `pager.rs`).
@@ -59,7 +59,7 @@ impl QueuedMessage {
 
 /// What a queue does when it is full (x-overflow).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overflow {
+pub(crate) enum Overflow {
     /// Drop (or dead-letter) the oldest messages.
     DropHead,
     /// Refuse new messages (nack to confirming publishers).
@@ -70,72 +70,102 @@ pub enum Overflow {
 
 /// A consumer of a queue.
 #[derive(Debug, Clone)]
-pub struct Consumer {
+pub(crate) struct Consumer {
     /// The consumer tag, unique within its channel.
-    pub tag: Arc<str>,
+    pub(crate) tag: Arc<str>,
     /// The channel that consumes.
-    pub channel: ChannelKey,
+    pub(crate) channel: ChannelKey,
     /// Deliveries need no acknowledgement.
-    pub no_ack: bool,
+    pub(crate) no_ack: bool,
     /// Exclusive consumer: no other consumer may use the queue.
-    pub exclusive: bool,
+    pub(crate) exclusive: bool,
     /// Per-consumer prefetch limit (0 = none).
-    pub prefetch: u16,
-    /// Deliveries not yet acknowledged.
-    pub unacked: u32,
+    pub(crate) prefetch: u16,
+    /// Deliveries not yet acknowledged (the queue keeps this count).
+    unacked: u32,
     /// Consumer priority (x-priority), higher first.
-    pub priority: i64,
-    /// Order of registration, for single-active-consumer queues.
-    pub order: u64,
+    pub(crate) priority: i64,
+    /// Order of registration, for single-active-consumer queues (set by the queue).
+    order: u64,
 }
 
-/// A queue.
+impl Consumer {
+    /// A consumer that has not been added to a queue yet.
+    pub(crate) fn new(
+        tag: Arc<str>,
+        channel: ChannelKey,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: u16,
+        priority: i64,
+    ) -> Self {
+        Consumer {
+            tag,
+            channel,
+            no_ack,
+            exclusive,
+            prefetch,
+            unacked: 0,
+            priority,
+            order: 0,
+        }
+    }
+
+    /// Whether its own prefetch (basic.qos per consumer) allows one more delivery.
+    fn has_credit(&self) -> bool {
+        self.no_ack || self.prefetch == 0 || self.unacked < u32::from(self.prefetch)
+    }
+}
+
+/// A queue. It keeps its own invariants: the ready messages in order with their byte counts,
+/// its consumers with their credit, and the round robin; the rest of the core goes through its
+/// methods.
 #[derive(Debug)]
-pub struct Queue {
+pub(crate) struct Queue {
     /// Unique id, so acks for a deleted and re-created queue don't touch the new one.
-    pub id: u64,
+    id: u64,
     /// The queue name (shared: deliveries and dead letters refer to it without a copy).
-    pub name: Arc<str>,
+    name: Arc<str>,
     /// Survives a broker restart.
-    pub durable: bool,
+    durable: bool,
     /// The connection that owns an exclusive queue.
-    pub owner: Option<ConnId>,
+    owner: Option<ConnId>,
     /// Deleted when its last consumer goes.
-    pub auto_delete: bool,
+    auto_delete: bool,
     /// Declaration arguments.
-    pub args: FieldTable,
+    args: FieldTable,
     /// Messages ready for delivery, in order.
-    pub messages: VecDeque<QueuedMessage>,
+    messages: VecDeque<QueuedMessage>,
     /// Consumers, in round-robin order.
-    pub consumers: Vec<Consumer>,
+    consumers: Vec<Consumer>,
     /// Where the round robin continues.
-    pub cursor: usize,
+    cursor: usize,
     /// The next sequence number.
-    pub next_seq: u64,
+    next_seq: u64,
     /// Whether it ever had a consumer (auto-delete only applies after the first).
-    pub had_consumer: bool,
+    had_consumer: bool,
     /// Queue TTL for messages (x-message-ttl), if any.
-    pub message_ttl: Option<Duration>,
+    message_ttl: Option<Duration>,
     /// Ready bytes (bodies).
-    pub ready_bytes: usize,
+    ready_bytes: usize,
     /// x-max-priority.
-    pub max_priority: Option<u8>,
+    max_priority: Option<u8>,
     /// x-max-length.
-    pub max_length: Option<usize>,
+    max_length: Option<usize>,
     /// x-max-length-bytes.
-    pub max_length_bytes: Option<usize>,
+    max_length_bytes: Option<usize>,
     /// x-overflow.
-    pub overflow: Overflow,
+    overflow: Overflow,
     /// x-single-active-consumer.
-    pub single_active: bool,
+    single_active: bool,
     /// x-expires: deleted after this long unused.
-    pub expires: Option<Duration>,
+    expires: Option<Duration>,
     /// Last time it was declared, consumed from or got from.
-    pub last_used: Instant,
+    last_used: Instant,
     /// x-dead-letter-exchange.
-    pub dlx: Option<String>,
+    dlx: Option<String>,
     /// x-dead-letter-routing-key.
-    pub dlrk: Option<String>,
+    dlrk: Option<String>,
     next_consumer_order: u64,
     /// Bytes of ready messages held in memory, across all queues of the broker.
     resident: Arc<AtomicUsize>,
@@ -153,7 +183,7 @@ fn arg_str(args: &FieldTable, key: &str) -> Option<String> {
 
 impl Queue {
     /// A new, empty queue.
-    pub fn new(
+    pub(crate) fn new(
         id: u64,
         name: String,
         durable: bool,
@@ -215,8 +245,155 @@ impl Queue {
         }
     }
 
+    /// Unique id, so acks for a deleted and re-created queue don't touch the new one.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The queue name, shared.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Survives a broker restart.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Deleted when its last consumer goes.
+    pub(crate) fn is_auto_delete(&self) -> bool {
+        self.auto_delete
+    }
+
+    /// Declaration arguments.
+    pub(crate) fn args(&self) -> &FieldTable {
+        &self.args
+    }
+
+    /// The connection that owns an exclusive queue.
+    pub(crate) fn owner(&self) -> Option<ConnId> {
+        self.owner
+    }
+
+    /// Whether `conn` may use the queue: it is not exclusive to another connection.
+    pub(crate) fn usable_by(&self, conn: ConnId) -> bool {
+        self.owner.is_none_or(|o| o == conn)
+    }
+
+    /// Whether messages are ready for delivery.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.messages.is_empty()
+    }
+
+    /// Whether any consumer is registered.
+    pub(crate) fn has_consumers(&self) -> bool {
+        !self.consumers.is_empty()
+    }
+
+    /// The consumers, highest priority first.
+    pub(crate) fn consumers(&self) -> &[Consumer] {
+        &self.consumers
+    }
+
+    /// Whether a new consumer (exclusive or not) is refused because of an exclusive one, or
+    /// an exclusive one because of any.
+    pub(crate) fn refuses_consumer(&self, exclusive: bool) -> bool {
+        self.consumers.iter().any(|c| c.exclusive) || (exclusive && !self.consumers.is_empty())
+    }
+
+    /// Records a use (declare, consume, get) for x-expires.
+    pub(crate) fn touch(&mut self, now: Instant) {
+        self.last_used = now;
+    }
+
+    /// Unused (no consumer, not declared or read from) for longer than its x-expires.
+    pub(crate) fn idle_expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|exp| {
+            self.consumers.is_empty() && now.duration_since(self.last_used) >= exp
+        })
+    }
+
+    /// An auto-delete queue whose consumers have all gone (after it had one).
+    pub(crate) fn is_unused_auto_delete(&self) -> bool {
+        self.auto_delete && self.had_consumer && self.consumers.is_empty()
+    }
+
+    /// Where dead letters go: the exchange and the routing key override, if configured.
+    pub(crate) fn dead_letter_target(&self) -> Option<(String, Option<String>)> {
+        Some((self.dlx.clone()?, self.dlrk.clone()))
+    }
+
+    /// Whether messages refused for overflow are dead-lettered (reject-publish-dlx).
+    pub(crate) fn dead_letters_refused(&self) -> bool {
+        self.overflow == Overflow::RejectPublishDlx
+    }
+
+    /// Chooses the consumer for the next delivery: the highest priority group first, round
+    /// robin within it from where the last delivery left off, only the earliest consumer of a
+    /// single-active-consumer queue, and only consumers with their own credit for which
+    /// `channel_has_credit` (the session's prefetch and flow, the client's pace) says yes.
+    pub(crate) fn next_consumer(
+        &self,
+        mut channel_has_credit: impl FnMut(&Consumer) -> bool,
+    ) -> Option<usize> {
+        let n = self.consumers.len();
+        let sac = self.single_active.then(|| {
+            self.consumers
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.order)
+                .map_or(0, |(i, _)| i)
+        });
+        let mut i = 0;
+        while i < n {
+            let prio = self.consumers[i].priority;
+            let end = self.consumers[i..]
+                .iter()
+                .position(|c| c.priority != prio)
+                .map_or(n, |p| i + p);
+            let len = end - i;
+            let start = if (i..end).contains(&self.cursor) {
+                self.cursor
+            } else {
+                i
+            };
+            for k in 0..len {
+                let idx = i + (start - i + k) % len;
+                if sac.is_some_and(|a| a != idx) {
+                    continue;
+                }
+                let c = &self.consumers[idx];
+                if c.has_credit() && channel_has_credit(c) {
+                    return Some(idx);
+                }
+            }
+            i = end;
+        }
+        None
+    }
+
+    /// Takes the head message for the consumer `next_consumer` chose, moving the round robin
+    /// past it and counting the delivery against its prefetch (unless it does not ack).
+    pub(crate) fn deliver_to(&mut self, idx: usize) -> Option<QueuedMessage> {
+        let m = self.pop()?;
+        self.cursor = idx + 1;
+        let c = &mut self.consumers[idx];
+        if !c.no_ack {
+            c.unacked += 1;
+        }
+        Some(m)
+    }
+
+    /// A delivery to a consumer was settled: it has one more unit of credit.
+    pub(crate) fn consumer_settled(&mut self, channel: ChannelKey, tag: &str) {
+        if let Some(i) = self.consumer_index(channel, tag) {
+            let c = &mut self.consumers[i];
+            c.unacked = c.unacked.saturating_sub(1);
+        }
+    }
+
     /// Shares the broker-wide count of resident ready bytes with this queue.
-    pub fn with_resident_counter(mut self, resident: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn with_resident_counter(mut self, resident: Arc<AtomicUsize>) -> Self {
         self.resident = resident;
         self
     }
@@ -234,7 +411,7 @@ impl Queue {
     }
 
     /// Whether a new message of `len` body bytes must be refused (reject-publish overflow).
-    pub fn rejects_publish(&self, len: usize) -> bool {
+    pub(crate) fn rejects_publish(&self, len: usize) -> bool {
         if self.overflow == Overflow::DropHead {
             return false;
         }
@@ -246,7 +423,7 @@ impl Queue {
 
     /// Drops messages from the head until the queue is within its limits (drop-head overflow);
     /// returns them for dead-lettering.
-    pub fn enforce_limits(&mut self) -> Vec<QueuedMessage> {
+    pub(crate) fn enforce_limits(&mut self) -> Vec<QueuedMessage> {
         let mut dropped = Vec::new();
         loop {
             let over = self.max_length.is_some_and(|m| self.messages.len() > m)
@@ -276,7 +453,7 @@ impl Queue {
     }
 
     /// Appends a newly routed message.
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         msg: Arc<Message>,
         now: Instant,
@@ -310,20 +487,20 @@ impl Queue {
     }
 
     /// Takes the next message off the head (the caller drops expired ones first).
-    pub fn pop(&mut self) -> Option<QueuedMessage> {
+    pub(crate) fn pop(&mut self) -> Option<QueuedMessage> {
         let m = self.messages.pop_front()?;
         self.account_out(&m);
         Some(m)
     }
 
     /// Puts a delivered message back at its original position, marked redelivered.
-    pub fn requeue(&mut self, mut m: QueuedMessage) {
+    pub(crate) fn requeue(&mut self, mut m: QueuedMessage) {
         m.redelivered = true;
         self.insert_ordered(m);
     }
 
     /// Drops expired messages at the head (RabbitMQ expires at the head) and returns them.
-    pub fn drop_expired(&mut self, now: Instant) -> Vec<QueuedMessage> {
+    pub(crate) fn drop_expired(&mut self, now: Instant) -> Vec<QueuedMessage> {
         let mut dropped = Vec::new();
         while let Some(head) = self.messages.front() {
             match head.expires_at {
@@ -339,7 +516,7 @@ impl Queue {
     }
 
     /// Removes every ready message and returns them.
-    pub fn purge(&mut self) -> Vec<QueuedMessage> {
+    pub(crate) fn purge(&mut self) -> Vec<QueuedMessage> {
         let all: Vec<QueuedMessage> = self.messages.drain(..).collect();
         for m in &all {
             self.account_out(m);
@@ -348,29 +525,29 @@ impl Queue {
     }
 
     /// Whether a message must be persisted in this queue.
-    pub fn persists(&self, msg: &Message) -> bool {
+    pub(crate) fn persists(&self, msg: &Message) -> bool {
         self.durable && msg.persistent
     }
 
     /// Ready messages.
-    pub fn message_count(&self) -> u32 {
+    pub(crate) fn message_count(&self) -> u32 {
         self.messages.len() as u32
     }
 
     /// Consumers.
-    pub fn consumer_count(&self) -> u32 {
+    pub(crate) fn consumer_count(&self) -> u32 {
         self.consumers.len() as u32
     }
 
     /// The index of a channel's consumer.
-    pub fn consumer_index(&self, channel: ChannelKey, tag: &str) -> Option<usize> {
+    pub(crate) fn consumer_index(&self, channel: ChannelKey, tag: &str) -> Option<usize> {
         self.consumers
             .iter()
             .position(|c| c.channel == channel && &*c.tag == tag)
     }
 
     /// Adds a consumer, keeping higher priorities first (stable within one priority).
-    pub fn add_consumer(&mut self, mut consumer: Consumer) {
+    pub(crate) fn add_consumer(&mut self, mut consumer: Consumer) {
         consumer.order = self.next_consumer_order;
         self.next_consumer_order += 1;
         let pos = self
@@ -381,7 +558,7 @@ impl Queue {
     }
 
     /// Removes a consumer; returns it.
-    pub fn remove_consumer(&mut self, channel: ChannelKey, tag: &str) -> Option<Consumer> {
+    pub(crate) fn remove_consumer(&mut self, channel: ChannelKey, tag: &str) -> Option<Consumer> {
         let i = self.consumer_index(channel, tag)?;
         if self.cursor > i {
             self.cursor -= 1;

@@ -110,14 +110,12 @@ impl State {
                 gone(&u);
                 continue;
             };
-            if q.id != u.queue_id {
+            if q.id() != u.queue_id {
                 gone(&u);
                 continue;
             }
             if let Some(tag) = &u.consumer {
-                if let Some(i) = q.consumer_index(key, tag) {
-                    q.consumers[i].unacked = q.consumers[i].unacked.saturating_sub(1);
-                }
+                q.consumer_settled(key, tag);
             }
             match op {
                 SettleOp::Requeue => {

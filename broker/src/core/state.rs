@@ -131,7 +131,7 @@ impl State {
         recovered: Vec<Recovered>,
     ) {
         if let Some(defs) = defs {
-            crate::core::definitions::restore(self, &defs);
+            self.restore_definitions(&defs);
         }
         let now = Instant::now();
         let mut orphans = 0usize;

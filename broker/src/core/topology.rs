@@ -1,6 +1,7 @@
 //! Topology: declaring, checking (RabbitMQ's equivalence rules), binding and deleting exchanges
 //! and queues, and restoring the durable definitions at boot.
 
+use super::definitions::{flag, table, text};
 use super::delivery::REPLY_TO;
 use super::error::{AmqpError, AmqpResult, Code};
 use super::exchange::{self, Binding, Destination, Exchange, ExchangeKind};
@@ -10,42 +11,43 @@ use super::queue::Queue;
 use super::sink::Event;
 use super::state::{gen_name, State};
 use amq_protocol::types::{AMQPValue, FieldTable};
+use serde_json::Value;
 use std::time::Instant;
 
 /// Options of queue.declare.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueDeclare {
     /// Queue name ("" for a server-named queue).
-    pub name: String,
+    pub(crate) name: String,
     /// Only check that it exists.
-    pub passive: bool,
+    pub(crate) passive: bool,
     /// Durable.
-    pub durable: bool,
+    pub(crate) durable: bool,
     /// Exclusive to the declaring connection.
-    pub exclusive: bool,
+    pub(crate) exclusive: bool,
     /// Deleted with its last consumer.
-    pub auto_delete: bool,
+    pub(crate) auto_delete: bool,
     /// Arguments.
-    pub args: FieldTable,
+    pub(crate) args: FieldTable,
 }
 
 /// Options of exchange.declare.
 #[derive(Debug, Clone)]
 pub(crate) struct ExchangeDeclare {
     /// Exchange name.
-    pub name: String,
+    pub(crate) name: String,
     /// Type name.
-    pub kind: String,
+    pub(crate) kind: String,
     /// Only check that it exists.
-    pub passive: bool,
+    pub(crate) passive: bool,
     /// Durable.
-    pub durable: bool,
+    pub(crate) durable: bool,
     /// Deleted when its last binding goes.
-    pub auto_delete: bool,
+    pub(crate) auto_delete: bool,
     /// Not publishable by clients.
-    pub internal: bool,
+    pub(crate) internal: bool,
     /// Arguments.
-    pub args: FieldTable,
+    pub(crate) args: FieldTable,
 }
 
 const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
@@ -217,7 +219,7 @@ impl State {
                 let Some(queue) = vh.queues.get(q) else {
                     return Err(AmqpError::no_queue(q, vhost));
                 };
-                if queue.owner.is_some_and(|o| o != conn) {
+                if !queue.usable_by(conn) {
                     return Err(AmqpError::locked(q, vhost));
                 }
             }
@@ -270,7 +272,7 @@ impl State {
         let vh = self.vhosts.get_mut(vhost).expect("channel vhost exists");
         if let Destination::Queue(q) = &destination {
             if let Some(queue) = vh.queues.get(q) {
-                if queue.owner.is_some_and(|o| o != conn) {
+                if !queue.usable_by(conn) {
                     return Err(AmqpError::locked(q, vhost));
                 }
             }
@@ -317,7 +319,7 @@ impl State {
             let Some(q) = vh.queues.get(&d.name) else {
                 return Err(AmqpError::no_queue(&d.name, vhost));
             };
-            if q.owner.is_some_and(|o| o != conn) {
+            if !q.usable_by(conn) {
                 return Err(AmqpError::locked(&d.name, vhost));
             }
             return Ok((d.name, q.message_count(), q.consumer_count()));
@@ -330,13 +332,13 @@ impl State {
         let durable = d.durable && !d.exclusive;
         if let Some(q) = vh.queues.get_mut(&name) {
             // Strict, as RabbitMQ: the owner must match the declaration exactly.
-            if q.owner != d.exclusive.then_some(conn) {
+            if q.owner() != d.exclusive.then_some(conn) {
                 return Err(AmqpError::locked(&name, vhost));
             }
             let what = format!("queue '{name}' in vhost '{vhost}'");
             for (field, cur, new) in [
-                ("durable", q.durable, durable),
-                ("auto_delete", q.auto_delete, d.auto_delete),
+                ("durable", q.is_durable(), durable),
+                ("auto_delete", q.is_auto_delete(), d.auto_delete),
             ] {
                 if cur != new {
                     return Err(AmqpError::precondition(format!(
@@ -345,7 +347,7 @@ impl State {
                 }
             }
             for key in QUEUE_EQUIVALENCE_ARGS {
-                let (cur, new) = (q.args.inner().get(*key), d.args.inner().get(*key));
+                let (cur, new) = (q.args().inner().get(*key), d.args.inner().get(*key));
                 if *key == "x-queue-type" {
                     let norm = |v: Option<&AMQPValue>| match v {
                         None => Some("classic".to_string()),
@@ -362,7 +364,7 @@ impl State {
                     )));
                 }
             }
-            q.last_used = Instant::now();
+            q.touch(Instant::now());
             return Ok((name, q.message_count(), q.consumer_count()));
         }
         if name.starts_with("amq.") && !d.name.is_empty() {
@@ -398,7 +400,7 @@ impl State {
             .get_mut(vhost)
             .and_then(|v| v.queues.get_mut(name))
             .ok_or_else(|| AmqpError::no_queue(name, vhost))?;
-        if q.owner.is_some_and(|o| o != conn) {
+        if !q.usable_by(conn) {
             return Err(AmqpError::locked(name, vhost));
         }
         Ok(q)
@@ -428,12 +430,12 @@ impl State {
             Err(e) if e.code == Code::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
-        if if_unused && !q.consumers.is_empty() {
+        if if_unused && q.has_consumers() {
             return Err(AmqpError::precondition(format!(
                 "queue '{name}' in vhost '{vhost}' in use"
             )));
         }
-        if if_empty && !q.messages.is_empty() {
+        if if_empty && q.has_ready() {
             return Err(AmqpError::precondition(format!(
                 "queue '{name}' in vhost '{vhost}' not empty"
             )));
@@ -448,7 +450,7 @@ impl State {
         let Some(q) = vh.queues.remove(name) else {
             return 0;
         };
-        let durable = q.durable;
+        let durable = q.is_durable();
         let dest = Destination::Queue(name.to_string());
         let mut sources = Vec::new();
         for x in vh.exchanges.values_mut() {
@@ -456,7 +458,7 @@ impl State {
                 sources.push(x.name.clone());
             }
         }
-        for c in &q.consumers {
+        for c in q.consumers() {
             if let Some(slot) = self.channels.get_mut(&c.channel) {
                 slot.consumers.remove(&c.tag);
                 slot.sink.send(Event::Cancelled {
@@ -486,9 +488,82 @@ impl State {
             .vhosts
             .get(vhost)
             .and_then(|v| v.queues.get(name))
-            .is_some_and(|q| q.auto_delete && q.had_consumer && q.consumers.is_empty());
+            .is_some_and(|q| q.is_unused_auto_delete());
         if delete {
             self.delete_queue_inner(vhost, name);
+        }
+    }
+
+    /// Restores the durable definitions written by `definitions::snapshot`.
+    pub(super) fn restore_definitions(&mut self, defs: &Value) {
+        let Some(vhosts) = defs.get("vhosts").and_then(Value::as_object) else {
+            return;
+        };
+        for (name, d) in vhosts {
+            self.add_vhost(name);
+            let empty = Vec::new();
+            let list = |key: &str| {
+                d.get(key)
+                    .and_then(Value::as_array)
+                    .unwrap_or(&empty)
+                    .clone()
+            };
+            let queues = list("queues");
+            let exchanges = list("exchanges");
+            let bindings = list("bindings");
+            let mut ids = Vec::new();
+            for _ in &queues {
+                ids.push(self.next_queue_id());
+            }
+            let resident = self.resident_counter();
+            let vh = self.vhosts_mut().get_mut(name).expect("just added");
+            for x in exchanges {
+                let Some(kind) = ExchangeKind::parse(&text(&x, "type")) else {
+                    continue;
+                };
+                let xname = text(&x, "name");
+                vh.exchanges.insert(
+                    xname.clone(),
+                    Exchange::new(
+                        xname,
+                        kind,
+                        true,
+                        flag(&x, "auto_delete"),
+                        flag(&x, "internal"),
+                        table(&x["arguments"]),
+                    ),
+                );
+            }
+            for (q, id) in queues.iter().zip(ids) {
+                let qname = text(q, "name");
+                vh.queues.insert(
+                    qname.clone(),
+                    Queue::new(
+                        id,
+                        qname,
+                        true,
+                        None,
+                        flag(q, "auto_delete"),
+                        table(&q["arguments"]),
+                    )
+                    .with_resident_counter(resident.clone()),
+                );
+            }
+            for b in bindings {
+                let dest = text(&b, "destination");
+                let destination = if text(&b, "destination_type") == "exchange" {
+                    Destination::Exchange(dest)
+                } else {
+                    Destination::Queue(dest)
+                };
+                if let Some(x) = vh.exchanges.get_mut(&text(&b, "source")) {
+                    x.bind(Binding::new(
+                        destination,
+                        text(&b, "routing_key"),
+                        table(&b["arguments"]),
+                    ));
+                }
+            }
         }
     }
 }
