@@ -245,16 +245,17 @@ impl<T: DeserializeOwned> StreamCall<T> {
             None => next.await,
         };
         if matches!(result, None | Some(Err(_))) {
-            self.finish(matches!(result, Some(Err(Error::Cancelled))));
+            self.finish();
         }
         result
     }
 
-    /// Marks the stream done; tells the servers when the caller cancelled it.
-    fn finish(&mut self, cancelled: bool) {
+    /// Marks the stream done. Ended before the server's end marker (cancelled, a bad item, the
+    /// deadline, a lost connection), it tells the servers to stop.
+    fn finish(&mut self) {
         self.done = true;
-        self.pending = None;
-        if cancelled && self.published.load(Ordering::SeqCst) {
+        let server_still_sending = self.pending.take().is_some();
+        if server_still_sending && self.published.load(Ordering::SeqCst) {
             self.client
                 .send_cancel(&self.service, &self.call_id, self.deadline);
         }
@@ -275,8 +276,8 @@ impl<T: DeserializeOwned> StreamCall<T> {
                 Ok(Err(err)) => return Some(Err(self.interrupted(err))),
                 Ok(Ok(message)) => message,
             };
-            if let Some(server) = &message.server {
-                self.server = Some(server.clone());
+            if self.server.is_none() {
+                self.server.clone_from(&message.server);
             }
             match message.kind {
                 ReplyKind::Started => self.started.store(true, Ordering::SeqCst),
