@@ -32,7 +32,8 @@ pub use config::Limits;
 #[doc(hidden)]
 pub mod bench {
     pub use crate::amqp::frame::{
-        next_frame, write_body, write_header, write_method, FRAME_BODY, FRAME_HEADER, FRAME_METHOD,
+        next_frame, write_body, write_header, write_method, FramingError, FRAME_BODY, FRAME_HEADER,
+        FRAME_METHOD,
     };
     pub use crate::core::exchange::{
         split_words, topic_match, Binding, Destination, Exchange, ExchangeKind,

@@ -3,6 +3,9 @@
 //! Calls a calculator served elsewhere (see `calculator_server`). Without `--calls` it makes a
 //! few calls and prints them; with `--calls N` it makes N calls with `--concurrency C` in flight,
 //! checks every answer, prints a one-line summary and exits non-zero if any call failed.
+//!
+//! On a RabbitMQ cluster, repeat `--url` for every node and add `--confirm`: the client moves to
+//! the next node when its node goes away (docs/scale-out.md).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -17,9 +20,14 @@ use warren_rpc::{CallOptions, Client, Codec};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The broker's URL.
-    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    url: String,
+    /// The broker's URL. Repeat it for the nodes of a RabbitMQ cluster: the first that answers
+    /// is used, and the next one when it goes away.
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    urls: Vec<String>,
 
     /// Load mode: make this many calls and print a summary.
     #[arg(long)]
@@ -40,6 +48,11 @@ struct Args {
     /// Call this queue instead of `calculator`.
     #[arg(long)]
     queue: Option<String>,
+
+    /// Wait for the broker's publisher confirm of each call (so a request a quorum queue
+    /// refuses while it elects a leader is sent again at once).
+    #[arg(long)]
+    confirm: bool,
 }
 
 #[tokio::main]
@@ -70,7 +83,9 @@ async fn run(args: Args) -> Result<bool, warren_rpc::Error> {
         } else {
             Codec::MsgPack
         })
-        .connect(&args.url)
+        .confirm_calls(args.confirm)
+        .urls(args.urls.iter().skip(1).cloned())
+        .connect(args.urls.first().map_or("", String::as_str))
         .await?;
     let mut options = CallOptions::new();
     if let Some(queue) = &args.queue {

@@ -11,6 +11,16 @@ use syn::{Attribute, FnArg, Ident, ItemTrait, LitStr, Pat, TraitItem};
 
 use crate::ast::{Method, Output, Service};
 
+/// The visibility of the generated types' methods and constants: `pub` for a public service,
+/// `pub(crate)` otherwise, so a crate that denies `unreachable_pub` accepts the expansion and
+/// the rest of the crate can still call them.
+fn member_vis(service: &Service) -> TokenStream {
+    match &service.vis {
+        syn::Visibility::Public(_) => quote!(pub),
+        _ => quote!(pub(crate)),
+    }
+}
+
 pub(crate) fn expand(service: &Service) -> TokenStream {
     let trait_def = expand_trait(service);
     let client = expand_client(service);
@@ -181,6 +191,7 @@ fn schemas_body(service: &Service) -> TokenStream {
 }
 
 fn expand_client(service: &Service) -> TokenStream {
+    let member = member_vis(service);
     let vis = &service.vis;
     let trait_ident = &service.ident;
     let client = client_ident(service);
@@ -208,7 +219,7 @@ fn expand_client(service: &Service) -> TokenStream {
             return quote_spanned! {span=>
                 #(#docs)*
                 #default_doc
-                pub fn #name(&self, #(#params),*) -> ::warren_rpc::ReplyStream<#item> {
+                #member fn #name(&self, #(#params),*) -> ::warren_rpc::ReplyStream<#item> {
                     #[derive(::warren_rpc::__private::serde::Serialize)]
                     #[serde(crate = "::warren_rpc::__private::serde")]
                     struct __WarrenArgs {
@@ -229,7 +240,7 @@ fn expand_client(service: &Service) -> TokenStream {
         quote_spanned! {span=>
             #(#docs)*
             #default_doc
-            pub async fn #name(&self, #(#params),*)
+            #member async fn #name(&self, #(#params),*)
                 -> ::core::result::Result<#ret, ::warren_rpc::Error>
             {
                 #[derive(::warren_rpc::__private::serde::Serialize)]
@@ -274,7 +285,7 @@ fn expand_client(service: &Service) -> TokenStream {
         let span = m.ident.span();
         Some(quote_spanned! {span=>
             #[doc = #text]
-            pub async fn #name(&self, #(#params),*) -> ::core::result::Result<
+            #member async fn #name(&self, #(#params),*) -> ::core::result::Result<
                 ::std::vec::Vec<::warren_rpc::Replica<#item>>,
                 ::warren_rpc::Error,
             > {
@@ -299,13 +310,13 @@ fn expand_client(service: &Service) -> TokenStream {
 
         impl #client {
             /// The service name: the queue its servers consume.
-            pub const SERVICE: &'static str = #service_name;
+            #member const SERVICE: &'static str = #service_name;
 
             /// The methods of the service, in declaration order.
-            pub const METHODS: &'static [::warren_rpc::MethodSpec] = &[#(#specs),*];
+            #member const METHODS: &'static [::warren_rpc::MethodSpec] = &[#(#specs),*];
 
             /// A client of the service over `client`'s connection.
-            pub fn new(client: ::warren_rpc::Client) -> Self {
+            #member fn new(client: ::warren_rpc::Client) -> Self {
                 Self {
                     client,
                     options: ::warren_rpc::CallOptions::new(),
@@ -313,7 +324,7 @@ fn expand_client(service: &Service) -> TokenStream {
             }
 
             /// The same client with another budget for each call.
-            pub fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
+            #member fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
                 Self {
                     client: ::core::clone::Clone::clone(&self.client),
                     options: ::core::clone::Clone::clone(&self.options).timeout(timeout),
@@ -321,7 +332,7 @@ fn expand_client(service: &Service) -> TokenStream {
             }
 
             /// The same client with other call options (timeout, service name, codec).
-            pub fn with_options(&self, options: ::warren_rpc::CallOptions) -> Self {
+            #member fn with_options(&self, options: ::warren_rpc::CallOptions) -> Self {
                 Self {
                     client: ::core::clone::Clone::clone(&self.client),
                     options,
@@ -332,7 +343,7 @@ fn expand_client(service: &Service) -> TokenStream {
             /// the call's deadline, or [`max_replies`](::warren_rpc::BroadcastOptions::max_replies)
             /// of them); see `Client::broadcast_call`. One-way and streaming methods are not
             /// offered.
-            pub fn broadcast(&self) -> #broadcast {
+            #member fn broadcast(&self) -> #broadcast {
                 #broadcast {
                     client: ::core::clone::Clone::clone(&self.client),
                     options: ::core::convert::From::from(&self.options),
@@ -351,7 +362,7 @@ fn expand_client(service: &Service) -> TokenStream {
 
         impl #broadcast {
             /// The same broadcast, collecting replies for at most `timeout`.
-            pub fn timeout(&self, timeout: ::core::time::Duration) -> Self {
+            #member fn timeout(&self, timeout: ::core::time::Duration) -> Self {
                 Self {
                     client: ::core::clone::Clone::clone(&self.client),
                     options: ::core::clone::Clone::clone(&self.options).timeout(timeout),
@@ -359,7 +370,7 @@ fn expand_client(service: &Service) -> TokenStream {
             }
 
             /// The same broadcast, returning as soon as `n` replicas replied.
-            pub fn max_replies(&self, n: usize) -> Self {
+            #member fn max_replies(&self, n: usize) -> Self {
                 Self {
                     client: ::core::clone::Clone::clone(&self.client),
                     options: ::core::clone::Clone::clone(&self.options).max_replies(n),
@@ -372,6 +383,7 @@ fn expand_client(service: &Service) -> TokenStream {
 }
 
 fn expand_server(service: &Service) -> TokenStream {
+    let member = member_vis(service);
     let vis = &service.vis;
     let trait_ident = &service.ident;
     let client = client_ident(service);
@@ -421,14 +433,14 @@ fn expand_server(service: &Service) -> TokenStream {
 
         impl<S: #trait_ident> #server<S> {
             /// Wraps an implementation of the service.
-            pub fn new(service: S) -> Self {
+            #member fn new(service: S) -> Self {
                 Self {
                     service: ::warren_rpc::__private::Arc::new(service),
                 }
             }
 
             /// Wraps an implementation shared with other code.
-            pub fn from_arc(service: ::warren_rpc::__private::Arc<S>) -> Self {
+            #member fn from_arc(service: ::warren_rpc::__private::Arc<S>) -> Self {
                 Self { service }
             }
         }
@@ -497,6 +509,7 @@ pub(crate) fn fallback(item: &ItemTrait, service: &Service) -> TokenStream {
         }
     }
     let vis = &service.vis;
+    let member = member_vis(service);
     let client = client_ident(service);
     let server = server_ident(service);
     quote! {
@@ -507,7 +520,7 @@ pub(crate) fn fallback(item: &ItemTrait, service: &Service) -> TokenStream {
 
         #[allow(dead_code, missing_docs)]
         impl #client {
-            pub fn new(_client: ::warren_rpc::Client) -> Self {
+            #member fn new(_client: ::warren_rpc::Client) -> Self {
                 #client
             }
         }
@@ -517,7 +530,7 @@ pub(crate) fn fallback(item: &ItemTrait, service: &Service) -> TokenStream {
 
         #[allow(dead_code, missing_docs)]
         impl<S> #server<S> {
-            pub fn new(_service: S) -> Self {
+            #member fn new(_service: S) -> Self {
                 #server(::core::marker::PhantomData)
             }
         }

@@ -18,7 +18,8 @@
 //!
 //! The connection is supervised ([`reconnect`](crate::reconnect)): when it dies, pending calls
 //! of that session fail with [`Error::Connection`] and a new session (connection, channel,
-//! reply consumer) is set up with backoff. Each call runs under its [`RetryPolicy`]: a failed
+//! reply consumer) is set up with backoff, on the next node that answers when the client was
+//! given several broker URLs ([`ClientBuilder::urls`]). Each call runs under its [`RetryPolicy`]: a failed
 //! attempt is sent again, with the same call id and the next `x-warren-attempt`, on the live
 //! session, as long as the policy allows and the call's deadline is not reached.
 //!
@@ -39,7 +40,7 @@
 //! request carries the W3C `traceparent` of its `warren.call` span ([`crate::trace`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -250,6 +251,7 @@ pub struct ClientBuilder {
     heartbeat: Duration,
     confirm_calls: bool,
     layers: Layers<ClientService>,
+    more_urls: Vec<String>,
 }
 
 impl Default for ClientBuilder {
@@ -264,6 +266,7 @@ impl Default for ClientBuilder {
             heartbeat: DEFAULT_HEARTBEAT,
             confirm_calls: false,
             layers: Layers::default(),
+            more_urls: Vec::new(),
         }
     }
 }
@@ -288,7 +291,8 @@ impl ClientBuilder {
         self
     }
 
-    /// The connection name shown in the broker's management tools.
+    /// The connection name shown in the broker's management tools, followed by
+    /// `@{host}:{port}` of the node the client is on (`warren-client` unless set).
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
         self
@@ -347,22 +351,50 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to the broker at `url` (`amqp://user:pass@host:port/vhost`).
+    /// More broker URLs, tried in turn after the one given to [`ClientBuilder::connect`]: the
+    /// other nodes of a RabbitMQ cluster. When the client's node goes away, it reconnects to
+    /// the next node that answers. Calls the builder's earlier `urls` replaces.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), warren_rpc::Error> {
+    /// let client = warren_rpc::Client::builder()
+    ///     .urls(["amqp://guest:guest@rabbit-2:5672/%2f", "amqp://guest:guest@rabbit-3:5672/%2f"])
+    ///     .confirm_calls(true)
+    ///     .connect("amqp://guest:guest@rabbit-1:5672/%2f")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn urls<I, U>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        self.more_urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Connects to the broker at `url` (`amqp://user:pass@host:port/vhost`), or, when it does
+    /// not answer, to the first of the builder's [`urls`](ClientBuilder::urls) that does.
     ///
     /// The first connection must succeed; after that the client reconnects by itself whenever
-    /// the connection dies.
+    /// the connection dies, starting with the next node. The connection is named
+    /// `{connection_name}@{host}:{port}` after the node it is on.
     pub async fn connect(self, url: &str) -> Result<Client, Error> {
-        let endpoint = Endpoint::new(url, &self.connection_name, heartbeat_secs(self.heartbeat))?;
+        let urls = node_urls(url, &self.more_urls);
+        let endpoint = Endpoint::new(&urls, &self.connection_name, heartbeat_secs(self.heartbeat))?;
         let connection = endpoint.connect().await?;
-        let mode = self.reply_queue;
-        let confirm_calls = self.confirm_calls;
-        let first = open_session(connection, mode, confirm_calls)
+        let settings = SessionSettings {
+            mode: self.reply_queue,
+            confirm_calls: self.confirm_calls,
+            stale_after_nacks: (urls.len() > 1).then_some(STALE_CHANNEL_NACKS),
+        };
+        let first = open_session(connection, settings)
             .await
             .map_err(|(_, err)| err)?;
         tracing::debug!(reply_to = %first.reply_to, "warren client connected");
         let (link, supervisor) =
             reconnect::supervise(endpoint, Arc::new(first), move |connection| {
-                open_session(connection, mode, confirm_calls)
+                open_session(connection, settings)
             });
         let layers = self.layers;
         Ok(Client {
@@ -381,6 +413,17 @@ impl ClientBuilder {
     }
 }
 
+/// `first`, then the other URLs that differ from every earlier one.
+pub(crate) fn node_urls<'a>(first: &'a str, more: &'a [String]) -> Vec<&'a str> {
+    let mut urls = vec![first];
+    for url in more {
+        if !urls.contains(&url.as_str()) {
+            urls.push(url);
+        }
+    }
+    urls
+}
+
 /// The heartbeat asked of the broker when the builder does not set one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -392,6 +435,26 @@ pub(crate) fn heartbeat_secs(interval: Duration) -> Option<u16> {
 /// How often pending calls are checked against the requests the broker returned, when calls
 /// are published without confirms.
 pub(crate) const RETURN_POLL: Duration = Duration::from_millis(5);
+
+/// How many publishes in a row a channel may see nacked before a client with several broker
+/// URLs replaces its session.
+///
+/// RabbitMQ 3.10 keeps nacking every publish to a quorum queue on a channel that first published
+/// to it while its leader was down, long after a new leader was elected (a fresh channel's
+/// publishes are acked at once): measured, more than 12 s on the 3-node test cluster.
+/// A client of a cluster takes a run of nacks as that and starts a new session (the calls
+/// pending on the old one are retried); a client of one broker, where a leader cannot move,
+/// keeps its session.
+const STALE_CHANNEL_NACKS: u32 = 3;
+
+/// What every session of a client is set up with.
+#[derive(Debug, Clone, Copy)]
+struct SessionSettings {
+    mode: ReplyQueue,
+    confirm_calls: bool,
+    /// Replace the session after this many nacks in a row (clients of a cluster).
+    stale_after_nacks: Option<u32>,
+}
 
 /// One connection's worth of client state: the channel calls are published on, the reply
 /// consumer, and the calls waiting for a reply on it.
@@ -411,6 +474,38 @@ pub(crate) struct ClientSession {
     reader: JoinHandle<()>,
     /// Fails calls whose request came back, when calls are not confirmed.
     returns: Option<JoinHandle<()>>,
+    /// Publishes nacked since the last ack.
+    nacks: NackStreak,
+}
+
+/// Counts publishes nacked in a row on a channel, up to a limit that makes it stale.
+#[derive(Debug)]
+struct NackStreak {
+    in_a_row: AtomicU32,
+    limit: Option<u32>,
+}
+
+impl NackStreak {
+    fn new(limit: Option<u32>) -> Self {
+        NackStreak {
+            in_a_row: AtomicU32::new(0),
+            limit,
+        }
+    }
+
+    /// Records a confirm; returns the streak when a nack makes it reach the limit (and every
+    /// nack after that).
+    fn record(&self, acked: bool) -> Option<u32> {
+        if acked {
+            self.in_a_row.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let nacks = self
+            .in_a_row
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        self.limit.filter(|limit| nacks >= *limit).map(|_| nacks)
+    }
 }
 
 impl Session for ClientSession {
@@ -430,6 +525,17 @@ impl Session for ClientSession {
 }
 
 impl ClientSession {
+    /// Counts a publisher confirm; a run of nacks on a client of a cluster trips the session
+    /// (see [`STALE_CHANNEL_NACKS`]).
+    fn confirmed(&self, acked: bool) {
+        if let Some(nacks) = self.nacks.record(acked) {
+            self.tripwire.trip(format!(
+                "{nacks} publishes in a row were nacked on this channel; replacing the session \
+                 (a quorum queue's leader may have moved)"
+            ));
+        }
+    }
+
     /// Fails every pending call (and later ones) with `err` and stops the session's tasks.
     fn end(&self, err: Error) {
         self.in_flight.fail_all(err);
@@ -443,9 +549,13 @@ impl ClientSession {
 /// Sets up a session on a fresh connection; on failure hands the connection back to be closed.
 async fn open_session(
     connection: Connection,
-    mode: ReplyQueue,
-    confirm_calls: bool,
+    settings: SessionSettings,
 ) -> Result<ClientSession, (Connection, Error)> {
+    let SessionSettings {
+        mode,
+        confirm_calls,
+        stale_after_nacks,
+    } = settings;
     let (channel, consumer, reply_to) =
         match open_reply_channel(&connection, mode, confirm_calls).await {
             Ok(opened) => opened,
@@ -480,6 +590,7 @@ async fn open_session(
         tripwire,
         reader,
         returns,
+        nacks: NackStreak::new(stale_after_nacks),
     })
 }
 
@@ -1493,6 +1604,7 @@ impl Client {
             .map_err(|e| broken(session, e))?
             .await
             .map_err(|e| broken(session, e))?;
+        session.confirmed(!matches!(confirm, Confirmation::Nack(None)));
         match confirm {
             Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
                 Err(Error::ServiceUnavailable {
@@ -1674,5 +1786,36 @@ where
         ReplyBody::Ok(value) => Ok(Ok(value)),
         ReplyBody::Err(err) => Ok(Err(err)),
         ReplyBody::Fault { code, message } => Err(Error::Fault { code, message }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_nacks_makes_a_channel_stale_and_an_ack_resets_it() {
+        let streak = NackStreak::new(Some(3));
+        assert_eq!(streak.record(false), None);
+        assert_eq!(streak.record(false), None);
+        assert_eq!(streak.record(true), None, "an ack ends the run");
+        assert_eq!(streak.record(false), None);
+        assert_eq!(streak.record(false), None);
+        assert_eq!(streak.record(false), Some(3));
+        assert_eq!(streak.record(false), Some(4));
+        let one_broker = NackStreak::new(None);
+        assert!((0..10).all(|_| one_broker.record(false).is_none()));
+    }
+
+    #[test]
+    fn node_urls_keep_the_first_and_drop_repeats() {
+        let more = vec![
+            "b".to_owned(),
+            "a".to_owned(),
+            "c".to_owned(),
+            "b".to_owned(),
+        ];
+        assert_eq!(node_urls("a", &more), ["a", "b", "c"]);
+        assert_eq!(node_urls("a", &[]), ["a"]);
     }
 }

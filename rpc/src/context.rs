@@ -137,9 +137,10 @@ impl Context {
     }
 
     /// Whether the call was cancelled: its caller cancelled it (dropped the call or cancelled
-    /// its token) or its deadline passed. The server drops the handler's future shortly after
-    /// (see [`ServerBuilder::cancel_grace`](crate::ServerBuilder::cancel_grace)); work the
-    /// handler spawned can poll this to stop.
+    /// its token) or its deadline passed. After a cancel the server drops the handler's future
+    /// within [`ServerBuilder::cancel_grace`](crate::ServerBuilder::cancel_grace); at the
+    /// deadline, at once. Work the handler spawned (with a clone of this context) can check
+    /// this to stop.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }

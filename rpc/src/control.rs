@@ -28,7 +28,7 @@ const REMEMBER_MAX: Duration = Duration::from_secs(600);
 /// How many cancelled ids are remembered at most; the oldest are forgotten first.
 const REMEMBER_IDS: usize = 10_000;
 /// The most credit one message can grant (a peer cannot overflow the semaphore).
-const MAX_CREDIT: usize = 1 << 20;
+pub(crate) const MAX_CREDIT: usize = 1 << 20;
 
 /// One call a server is running: how to cancel it, and the credit of its stream.
 pub(crate) struct Running {

@@ -66,6 +66,33 @@ pub trait ReplyCache: Send + Sync + 'static {
     fn abandon(&self, call_id: &CallId);
 }
 
+/// A shared cache: servers built with clones of one `Arc` de-duplicate together. Replicas in
+/// one process (or tests) can share a [`MemoryReplyCache`] this way; replicas in several
+/// processes need a [`ReplyCache`] over a store they all reach.
+///
+/// ```
+/// use std::sync::Arc;
+/// use warren_rpc::{MemoryReplyCache, Server};
+///
+/// let cache = Arc::new(MemoryReplyCache::default());
+/// let first = Server::builder().reply_cache(Arc::clone(&cache));
+/// let second = Server::builder().reply_cache(cache);
+/// # let _ = (first, second);
+/// ```
+impl<C: ReplyCache + ?Sized> ReplyCache for std::sync::Arc<C> {
+    fn begin(&self, call_id: &CallId, keep_for: Duration) -> CacheLookup {
+        (**self).begin(call_id, keep_for)
+    }
+
+    fn finish(&self, call_id: &CallId, reply: CachedReply) {
+        (**self).finish(call_id, reply);
+    }
+
+    fn abandon(&self, call_id: &CallId) {
+        (**self).abandon(call_id);
+    }
+}
+
 /// How long "forever" is for a time to live too large to add to an instant.
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 

@@ -191,6 +191,12 @@ pub enum FaultCode {
     /// The request lacks valid credentials, as a server layer checking them reports it
     /// (`unauthenticated`).
     Unauthenticated,
+    /// The request reached the delivery limit of its quorum queue without ever being answered
+    /// (each time, the server that took it died or lost its connection before it acked): it
+    /// may crash whatever runs it, so it is answered with this fault instead of run again
+    /// (`delivery_limit`). See
+    /// [`ServerBuilder::delivery_limit`](crate::ServerBuilder::delivery_limit).
+    DeliveryLimit,
     /// A code this version of Warren does not know, kept verbatim.
     Other(String),
 }
@@ -206,6 +212,7 @@ impl FaultCode {
             FaultCode::Unavailable => "unavailable",
             FaultCode::Internal => "internal",
             FaultCode::Unauthenticated => "unauthenticated",
+            FaultCode::DeliveryLimit => "delivery_limit",
             FaultCode::Other(code) => code,
         }
     }
@@ -220,6 +227,7 @@ impl FaultCode {
             "unavailable" => FaultCode::Unavailable,
             "internal" => FaultCode::Internal,
             "unauthenticated" => FaultCode::Unauthenticated,
+            "delivery_limit" => FaultCode::DeliveryLimit,
             other => FaultCode::Other(other.to_owned()),
         }
     }
@@ -250,6 +258,7 @@ mod tests {
             FaultCode::Unavailable,
             FaultCode::Internal,
             FaultCode::Unauthenticated,
+            FaultCode::DeliveryLimit,
             FaultCode::Other("teapot".into()),
         ] {
             assert_eq!(FaultCode::parse(code.as_str()), code);

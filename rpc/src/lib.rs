@@ -92,13 +92,16 @@
 //! Servers remember the replies of executed call ids in a [`ReplyCache`] (by default an
 //! in-process [`MemoryReplyCache`]) and answer a repeated id from it, so a call resent after a
 //! timeout or a redelivery runs once. That memory is per server process: across replicas, make
-//! handlers idempotent or implement [`ReplyCache`] over a shared store.
+//! handlers idempotent or implement [`ReplyCache`] over a shared store (replicas in one process
+//! can share one cache through an `Arc`).
 //!
 //! # Unreliable networks: retries and reconnection
 //!
 //! Clients and servers notice a dead connection (socket errors, missed heartbeats, a close by
 //! the broker) and reconnect with backoff by themselves; servers declare their queue again and
-//! resume consuming. A call runs under a [`RetryPolicy`] (per client, per method, or per call):
+//! resume consuming. Given the nodes of a RabbitMQ cluster ([`ClientBuilder::urls`],
+//! [`ServerBuilder::urls`]), they reconnect to the next node that answers, and servers can use
+//! quorum queues ([`ServerBuilder::queue_type`], [`ServerBuilder::delivery_limit`]). A call runs under a [`RetryPolicy`] (per client, per method, or per call):
 //! a failed attempt is sent again with the same call id and the next `x-warren-attempt`, with
 //! exponential backoff and jitter, never past the call's one deadline. Retried: service
 //! unavailable, connection lost before the reply, publish nacked, and for `idempotent` methods
@@ -131,7 +134,7 @@ pub use context::{CallId, Context};
 pub use dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
 pub use error::{Error, FaultCode};
 pub use retry::RetryPolicy;
-pub use server::{Server, ServerBuilder};
+pub use server::{Server, ServerBuilder, DEFAULT_QUORUM_DELIVERY_LIMIT};
 pub use service::{
     Dispatch, Fault, MethodSpec, Outcome, Param, Request, Service, MAX_COLLECTED_ITEMS,
 };

@@ -5,8 +5,9 @@
 //! user trips the session's [`Tripwire`] (a consumer ended, a publish failed). Nothing here
 //! retries calls: that is [`RetryPolicy`](crate::RetryPolicy)'s job, in the client.
 //!
-//! - [`Endpoint`] is where to connect: the URL (with the heartbeat interval we ask for) and the
-//!   connection name. [`Endpoint::connect_until`] tries with exponential backoff and jitter
+//! - [`Endpoint`] is where to connect: the broker URLs (one, or several nodes of a cluster, with
+//!   the heartbeat interval we ask for) and the connection name. [`Endpoint::connect_until`]
+//!   replaces a dead session, starting with the next node, with exponential backoff and jitter
 //!   until it succeeds or is told to stop.
 //! - [`Link`] is the client's view of "the current session": calls take the live session, or
 //!   wait for the next one until their deadline. A supervisor task ([`supervise`]) watches each
@@ -15,6 +16,7 @@
 //!   consume again) with the same pieces.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,35 +42,99 @@ pub(crate) fn reconnect_backoff() -> RetryPolicy {
         .jitter(0.5)
 }
 
-/// Where and how to connect.
+/// One broker node an [`Endpoint`] may connect to.
 #[derive(Debug, Clone)]
-pub(crate) struct Endpoint {
+struct Node {
     uri: AMQPUri,
+    /// `host:port`, for the connection name and for messages.
+    address: String,
+}
+
+/// Where and how to connect: the broker nodes to try (one URL, or several nodes of one
+/// cluster), the heartbeat interval asked for, and the connection name.
+///
+/// Connecting tries the nodes in turn, starting with the preferred one: the node of the last
+/// connection that worked, or the one after a node whose session died or could not be set up.
+/// Each connection is named `{name}@{host}:{port}`, so the broker's tools show which node a
+/// client or server is on.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    nodes: Vec<Node>,
     name: String,
+    /// Index into `nodes` of the node to try first.
+    preferred: AtomicUsize,
 }
 
 impl Endpoint {
-    /// Parses `url`; asks for `heartbeat` (seconds) unless the URL sets its own.
-    pub(crate) fn new(url: &str, name: &str, heartbeat: Option<u16>) -> Result<Self, Error> {
-        let mut uri: AMQPUri = url.parse().map_err(|e| Error::Config {
-            reason: format!("invalid AMQP URL: {e}"),
-        })?;
-        if uri.query.heartbeat.is_none() {
-            uri.query.heartbeat = heartbeat;
+    /// Parses `urls` (at least one); asks for `heartbeat` (seconds) unless a URL sets its own.
+    pub(crate) fn new<U: AsRef<str>>(
+        urls: &[U],
+        name: &str,
+        heartbeat: Option<u16>,
+    ) -> Result<Self, Error> {
+        if urls.is_empty() {
+            return Err(Error::Config {
+                reason: "no broker URL given".to_owned(),
+            });
         }
+        let nodes = urls
+            .iter()
+            .map(|url| {
+                let url = url.as_ref();
+                let mut uri: AMQPUri = url.parse().map_err(|e| Error::Config {
+                    reason: format!("invalid AMQP URL {url:?}: {e}"),
+                })?;
+                if uri.query.heartbeat.is_none() {
+                    uri.query.heartbeat = heartbeat;
+                }
+                let address = format!("{}:{}", uri.authority.host, uri.authority.port);
+                Ok(Node { uri, address })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         Ok(Endpoint {
-            uri,
+            nodes,
             name: name.to_owned(),
+            preferred: AtomicUsize::new(0),
         })
     }
 
-    /// One connection attempt, bounded in time.
+    /// Connects to the first node that answers, starting with the preferred one; each node gets
+    /// one attempt bounded in time. Fails when none answered, with every node's reason.
     pub(crate) async fn connect(&self) -> Result<Connection, Error> {
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for offset in 0..self.nodes.len() {
+            let index = (start + offset) % self.nodes.len();
+            match self.connect_to(&self.nodes[index]).await {
+                Ok(connection) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(connection);
+                }
+                Err(err) if self.nodes.len() == 1 => return Err(err),
+                Err(err) => {
+                    let address = &self.nodes[index].address;
+                    tracing::debug!(%address, %err, "broker node unreachable; trying the next");
+                    failures.push(format!("{address}: {err}"));
+                }
+            }
+        }
+        Err(Error::Connection {
+            reason: format!("no broker node reachable ({})", failures.join("; ")),
+        })
+    }
+
+    /// The connection name used on `node`.
+    fn connection_name(&self, node: &Node) -> String {
+        format!("{}@{}", self.name, node.address)
+    }
+
+    /// One connection attempt to `node`, bounded in time.
+    async fn connect_to(&self, node: &Node) -> Result<Connection, Error> {
         let properties =
-            ConnectionProperties::default().with_connection_name(self.name.clone().into());
+            ConnectionProperties::default().with_connection_name(self.connection_name(node).into());
         match tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect_uri(self.uri.clone(), properties),
+            Connection::connect_uri(node.uri.clone(), properties),
         )
         .await
         {
@@ -79,8 +145,17 @@ impl Endpoint {
         }
     }
 
-    /// Connects and runs `setup` on the new connection, again and again with backoff, until it
-    /// succeeds or `stop` turns true (then `None`).
+    /// Prefers the node after the current one: the current one lost its session or refused
+    /// to set one up.
+    fn move_on(&self) {
+        let next = (self.preferred.load(Ordering::Relaxed) + 1) % self.nodes.len();
+        self.preferred.store(next, Ordering::Relaxed);
+    }
+
+    /// Replaces a session that died: connects, starting with the node after the one it was on,
+    /// and runs `setup` on the new connection, again and again with backoff (after each round
+    /// over the nodes), until it succeeds or `stop` turns true (then `None`). A node where
+    /// `setup` fails is left for the next one.
     pub(crate) async fn connect_until<S, F, Fut>(
         &self,
         stop: &mut watch::Receiver<bool>,
@@ -92,6 +167,7 @@ impl Endpoint {
     {
         let backoff = reconnect_backoff();
         let mut attempt = 0u32;
+        self.move_on();
         loop {
             if *stop.borrow() {
                 return None;
@@ -106,6 +182,7 @@ impl Endpoint {
                     Ok(session) => return Some(session),
                     Err((connection, err)) => {
                         close_quietly(&connection, "set-up failed").await;
+                        self.move_on();
                         err
                     }
                 },
@@ -363,10 +440,40 @@ mod tests {
 
     #[test]
     fn endpoints_ask_for_a_heartbeat_unless_the_url_sets_one() {
-        let e = Endpoint::new("amqp://guest:guest@127.0.0.1:5672/%2f", "n", Some(7)).unwrap();
-        assert_eq!(e.uri.query.heartbeat, Some(7));
-        let e = Endpoint::new("amqp://127.0.0.1:5672/%2f?heartbeat=3", "n", Some(7)).unwrap();
-        assert_eq!(e.uri.query.heartbeat, Some(3));
-        assert!(Endpoint::new("not a url", "n", None).is_err());
+        let e = Endpoint::new(&["amqp://guest:guest@127.0.0.1:5672/%2f"], "n", Some(7)).unwrap();
+        assert_eq!(e.nodes[0].uri.query.heartbeat, Some(7));
+        let e = Endpoint::new(&["amqp://127.0.0.1:5672/%2f?heartbeat=3"], "n", Some(7)).unwrap();
+        assert_eq!(e.nodes[0].uri.query.heartbeat, Some(3));
+        assert!(Endpoint::new(&["not a url"], "n", None).is_err());
+        assert!(Endpoint::new::<&str>(&[], "n", None).is_err());
+    }
+
+    #[test]
+    fn connection_names_show_the_node() {
+        let e = Endpoint::new(
+            &["amqp://127.0.0.1:5691/%2f", "amqp://localhost:5692/%2f"],
+            "warren-client",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            e.connection_name(&e.nodes[0]),
+            "warren-client@127.0.0.1:5691"
+        );
+        assert_eq!(
+            e.connection_name(&e.nodes[1]),
+            "warren-client@localhost:5692"
+        );
+    }
+
+    #[test]
+    fn a_failed_node_is_left_for_the_next_one() {
+        let e = Endpoint::new(&["amqp://a:1", "amqp://b:2", "amqp://c:3"], "n", None).unwrap();
+        assert_eq!(e.preferred.load(Ordering::Relaxed), 0);
+        e.move_on();
+        e.move_on();
+        assert_eq!(e.preferred.load(Ordering::Relaxed), 2);
+        e.move_on();
+        assert_eq!(e.preferred.load(Ordering::Relaxed), 0);
     }
 }

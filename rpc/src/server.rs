@@ -73,6 +73,8 @@ pub struct ServerBuilder {
     cancel_grace: Duration,
     layers: Layers<ServerService>,
     version: Option<String>,
+    more_urls: Vec<String>,
+    delivery_limit: Option<u32>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -104,6 +106,8 @@ impl Default for ServerBuilder {
             cancel_grace: DEFAULT_CANCEL_GRACE,
             layers: Layers::default(),
             version: None,
+            more_urls: Vec::new(),
+            delivery_limit: None,
         }
     }
 }
@@ -118,16 +122,50 @@ impl ServerBuilder {
         self
     }
 
-    /// Declare the service queue durable (false unless set). Quorum queues must be durable.
+    /// Declare the service queue durable (false unless set). Quorum queues are declared
+    /// durable whatever this says: RabbitMQ refuses them otherwise.
     pub fn durable(mut self, durable: bool) -> Self {
         self.durable = durable;
         self
     }
 
-    /// The queue type (`x-queue-type`), e.g. `"quorum"` on a RabbitMQ cluster. Unset means the
-    /// broker's default (classic).
+    /// The queue type (`x-queue-type`). Unset means the broker's default (classic).
+    ///
+    /// `"quorum"` on a RabbitMQ cluster: the queue is replicated on the cluster's nodes and
+    /// survives the loss of a minority of them. It is declared durable, with the
+    /// [`delivery_limit`](ServerBuilder::delivery_limit) as `x-delivery-limit`. The bundled
+    /// broker refuses every type but `classic`.
     pub fn queue_type(mut self, queue_type: impl Into<String>) -> Self {
         self.queue_type = Some(queue_type.into());
+        self
+    }
+
+    /// How many times a quorum queue may hand back a request that was never acked before the
+    /// server gives up on it ([`DEFAULT_QUORUM_DELIVERY_LIMIT`] unless set). Only quorum queues
+    /// count deliveries; on others the limit is not declared.
+    ///
+    /// A request comes back when the server that took it lost its connection or died before
+    /// acking it. One that crashes every server that runs it would come back for ever; RabbitMQ
+    /// drops (or dead-letters) a message returned more often than `x-delivery-limit`, and
+    /// the caller would learn nothing until its deadline. So the server declares the limit and,
+    /// on the last delivery the broker makes (`x-delivery-count` equal to the limit), answers
+    /// with a [`FaultCode::DeliveryLimit`] fault instead of running the request again (unless
+    /// its [`ReplyCache`] already holds the reply).
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = Some(limit);
+        self
+    }
+
+    /// More broker URLs, tried in turn after the one given to [`ServerBuilder::serve`]: the
+    /// other nodes of a RabbitMQ cluster. When the server's node goes away, it reconnects to
+    /// the next node that answers, declares its queue and consumes again. Calls the builder's
+    /// earlier `urls` replaces.
+    pub fn urls<I, U>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        self.more_urls = urls.into_iter().map(Into::into).collect();
         self
     }
 
@@ -151,7 +189,8 @@ impl ServerBuilder {
         self
     }
 
-    /// The connection name shown in the broker's management tools.
+    /// The connection name shown in the broker's management tools, followed by
+    /// `@{host}:{port}` of the node the server is on (`warren-server` unless set).
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
         self
@@ -202,10 +241,13 @@ impl ServerBuilder {
         self
     }
 
-    /// Connects to `url`, declares the service queue and starts serving `service`.
+    /// Connects to `url` (or, when it does not answer, to the first of the builder's
+    /// [`urls`](ServerBuilder::urls) that does), declares the service queue and starts serving
+    /// `service`.
     ///
     /// The first connection must succeed; after that the server reconnects by itself whenever
-    /// the connection dies, until it is shut down.
+    /// the connection dies, starting with the next node, until it is shut down. The connection
+    /// is named `{connection_name}@{host}:{port}` after the node it is on.
     pub async fn serve<S: Service>(self, url: &str, service: S) -> Result<Server, Error> {
         let queue = self
             .queue_name
@@ -215,15 +257,24 @@ impl ServerBuilder {
             reason: format!("queue name: {e}"),
         })?;
         let endpoint = Endpoint::new(
-            url,
+            &crate::client::node_urls(url, &self.more_urls),
             &self.connection_name,
             crate::client::heartbeat_secs(self.heartbeat),
         )?;
+        let quorum = self.queue_type.as_deref() == Some(QUORUM);
+        let delivery_limit =
+            quorum.then(|| self.delivery_limit.unwrap_or(DEFAULT_QUORUM_DELIVERY_LIMIT));
         let mut arguments = FieldTable::default();
         if let Some(queue_type) = &self.queue_type {
             arguments.insert(
                 "x-queue-type".into(),
                 AMQPValue::LongString(queue_type.as_str().into()),
+            );
+        }
+        if let Some(limit) = delivery_limit {
+            arguments.insert(
+                wire::QUEUE_DELIVERY_LIMIT.into(),
+                AMQPValue::LongLongInt(i64::from(limit)),
             );
         }
         let all_exchange =
@@ -233,7 +284,7 @@ impl ServerBuilder {
         let declare = Declare {
             queue: queue_name,
             all_exchange,
-            durable: self.durable,
+            durable: self.durable || quorum,
             arguments,
             prefetch: self.concurrency,
         };
@@ -258,6 +309,7 @@ impl ServerBuilder {
             cache: self.cache,
             controls: Arc::new(Controls::default()),
             cancel_grace: self.cancel_grace,
+            delivery_limit,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let supervisor = Supervisor {
@@ -330,6 +382,14 @@ impl Drop for Server {
     }
 }
 
+/// The queue type whose queues are replicated and count deliveries.
+const QUORUM: &str = "quorum";
+
+/// The delivery limit of a server's quorum queue when
+/// [`ServerBuilder::delivery_limit`] is not set: each lost server connection with the request
+/// in flight counts once, so a few node failures do not exhaust it.
+pub const DEFAULT_QUORUM_DELIVERY_LIMIT: u32 = 5;
+
 struct Shared {
     core: Arc<Core>,
     /// The core wrapped in the builder's layers; `None` without layers.
@@ -338,6 +398,8 @@ struct Shared {
     cache: Arc<dyn ReplyCache>,
     controls: Arc<Controls>,
     cancel_grace: Duration,
+    /// The queue's `x-delivery-limit`, when it is a quorum queue.
+    delivery_limit: Option<u32>,
 }
 
 /// The innermost handler: the service, and the runtime's answers to reserved methods.
@@ -779,6 +841,9 @@ struct Incoming {
     /// The caller's span, from `traceparent` (the OpenTelemetry glue makes it the parent).
     #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
     parent: Option<TraceContext>,
+    /// How often the broker delivered the request before (`x-delivery-count`, set by quorum
+    /// queues on redeliveries).
+    delivery_count: Option<i64>,
     context: Context,
 }
 
@@ -819,6 +884,7 @@ impl Incoming {
                 .map(|n| usize::try_from(n).unwrap_or(0)),
             headers: wire::application_headers(headers),
             parent,
+            delivery_count: wire::header_i64(headers, wire::HEADER_DELIVERY_COUNT),
             context: Context {
                 call_id: call_id.unwrap_or_else(|| CallId::from_wire("")),
                 service: queue.to_owned(),
@@ -863,6 +929,30 @@ impl Incoming {
         }
         None
     }
+
+    /// A fault when the request is on its last delivery under `limit` (see
+    /// [`delivery_limit_fault`]).
+    fn at_delivery_limit(&self, limit: Option<u32>) -> Option<Fault> {
+        delivery_limit_fault(self.delivery_count, limit?)
+    }
+}
+
+/// The fault for a request the broker delivered `count` times before (`x-delivery-count`) on a
+/// queue with `x-delivery-limit = limit`, if this is its last delivery: it came back that often
+/// without an ack, so running it again may crash this server too. RabbitMQ 3.10 drops a message
+/// returned more than `limit` times, so the delivery with `count == limit` is the last one. The
+/// first delivery (`count` 0 or absent) always runs, even under a limit of 0.
+fn delivery_limit_fault(count: Option<i64>, limit: u32) -> Option<Fault> {
+    let count = count?;
+    let limit = i64::from(limit);
+    (count > 0 && count >= limit).then(|| Fault {
+        code: FaultCode::DeliveryLimit,
+        message: format!(
+            "the request was delivered {} times without an answer (x-delivery-limit {limit}); \
+             the servers that took it died or lost their connection, so it is not run again",
+            count.saturating_add(1)
+        ),
+    })
 }
 
 /// Where a handled request's messages go: the reply queue and call of the request, and this
@@ -997,8 +1087,14 @@ async fn handle(
                 Err(reply) => Some(reply),
                 Ok(dispatch) => match (dispatch.is_stream(), incoming.stream_credit) {
                     (true, Some(credit)) => {
-                        stream(shared, &incoming, &responder, dispatch, credit).await;
-                        None
+                        // Streams are not de-duplicated, but a poison request is given up.
+                        match incoming.at_delivery_limit(shared.delivery_limit) {
+                            Some(fault) => Some(given_up(codec, fault)),
+                            None => {
+                                stream(shared, &incoming, &responder, dispatch, credit).await;
+                                None
+                            }
+                        }
                     }
                     _ => execute_once(shared, &incoming, &responder, dispatch).await,
                 },
@@ -1065,6 +1161,9 @@ async fn execute_once(
     let deadline = incoming.context.deadline;
     let Some(call_id) = incoming.call_id.clone() else {
         // Without an id there is nothing to de-duplicate on, nor to cancel.
+        if let Some(fault) = incoming.at_delivery_limit(shared.delivery_limit) {
+            return Some(given_up(responder.codec, fault));
+        }
         return run(shared, incoming, responder, dispatch, None).await;
     };
     let keep_for = deadline
@@ -1086,6 +1185,11 @@ async fn execute_once(
             }
         }
         CacheLookup::Execute => {
+            if let Some(fault) = incoming.at_delivery_limit(shared.delivery_limit) {
+                let reply = given_up(responder.codec, fault);
+                shared.cache.finish(&call_id, reply.clone());
+                return Some(reply);
+            }
             let reply = match shared.controls.start(&call_id, 0) {
                 Some(guard) => run(shared, incoming, responder, dispatch, Some(guard)).await,
                 None => {
@@ -1224,7 +1328,7 @@ async fn stream(
         None => None,
     };
     let mut context = incoming.context.clone();
-    let own_credit = tokio::sync::Semaphore::new(credit);
+    let own_credit = tokio::sync::Semaphore::new(credit.min(crate::control::MAX_CREDIT));
     let credit = match &guard {
         Some(guard) => {
             context.cancel = guard.running.cancel.clone();
@@ -1305,6 +1409,12 @@ async fn send_items(
     }
 }
 
+/// The reply to a request at its delivery limit.
+fn given_up(codec: Codec, fault: Fault) -> CachedReply {
+    tracing::error!(%fault, "request at its delivery limit; answered with a fault, not run");
+    reply_of(codec, Outcome::Fault(fault))
+}
+
 fn panicked(codec: Codec, panic: Box<dyn Any + Send>) -> CachedReply {
     reply_of(codec, Outcome::Fault(panicked_fault(panic)))
 }
@@ -1375,5 +1485,28 @@ fn ack(channel: &Channel, delivery: &Delivery) {
         .now_or_never();
     if let Some(Err(err)) = acked {
         tracing::warn!(%err, "could not ack the request");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_delivery_under_the_limit_is_answered_with_a_fault() {
+        // Limit 2: RabbitMQ delivers with x-delivery-count 0, 1, 2, then drops the message.
+        assert!(delivery_limit_fault(None, 2).is_none());
+        assert!(delivery_limit_fault(Some(0), 2).is_none());
+        assert!(delivery_limit_fault(Some(1), 2).is_none());
+        let fault = delivery_limit_fault(Some(2), 2).expect("the last delivery");
+        assert_eq!(fault.code, FaultCode::DeliveryLimit);
+        assert!(
+            fault.message.contains("delivered 3 times"),
+            "{}",
+            fault.message
+        );
+        assert!(delivery_limit_fault(Some(7), 2).is_some());
+        // A limit of 0 lets the broker deliver once: that delivery runs.
+        assert!(delivery_limit_fault(Some(0), 0).is_none());
     }
 }

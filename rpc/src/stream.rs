@@ -77,7 +77,7 @@ impl<T: Send + 'static> Stream<T> {
     /// Streams the items of `items` as it yields them.
     pub fn new(items: impl futures::Stream<Item = T> + Send + 'static) -> Self {
         Stream {
-            items: items.boxed(),
+            items: items.fuse().boxed(),
         }
     }
 
@@ -182,12 +182,16 @@ impl Client {
             done: false,
         };
         let items = match body {
-            Err(reason) => futures::stream::once(async { Err(Error::Encode { reason }) }).boxed(),
+            Err(reason) => futures::stream::once(async { Err(Error::Encode { reason }) })
+                .fuse()
+                .boxed(),
             Ok(body) => {
                 futures::stream::unfold((state, body, span), |(mut state, body, span)| async move {
                     let item = state.next_item(&body).instrument(span.clone()).await?;
                     Some((item, (state, body, span)))
                 })
+                // Polled after its end, the stream keeps answering `None`.
+                .fuse()
                 .boxed()
             }
         };
@@ -241,16 +245,17 @@ impl<T: DeserializeOwned> StreamCall<T> {
             None => next.await,
         };
         if matches!(result, None | Some(Err(_))) {
-            self.finish(matches!(result, Some(Err(Error::Cancelled))));
+            self.finish();
         }
         result
     }
 
-    /// Marks the stream done; tells the servers when the caller cancelled it.
-    fn finish(&mut self, cancelled: bool) {
+    /// Marks the stream done. Ended before the server's end marker (cancelled, a bad item, the
+    /// deadline, a lost connection), it tells the servers to stop.
+    fn finish(&mut self) {
         self.done = true;
-        self.pending = None;
-        if cancelled && self.published.load(Ordering::SeqCst) {
+        let server_still_sending = self.pending.take().is_some();
+        if server_still_sending && self.published.load(Ordering::SeqCst) {
             self.client
                 .send_cancel(&self.service, &self.call_id, self.deadline);
         }
@@ -271,8 +276,8 @@ impl<T: DeserializeOwned> StreamCall<T> {
                 Ok(Err(err)) => return Some(Err(self.interrupted(err))),
                 Ok(Ok(message)) => message,
             };
-            if let Some(server) = &message.server {
-                self.server = Some(server.clone());
+            if self.server.is_none() {
+                self.server.clone_from(&message.server);
             }
             match message.kind {
                 ReplyKind::Started => self.started.store(true, Ordering::SeqCst),

@@ -63,6 +63,12 @@ pub const KIND_CANCEL: &str = "cancel";
 pub const KIND_CREDIT: &str = "credit";
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// Header set by the broker (RabbitMQ's quorum queues): how often the request was delivered
+/// before and handed back without an ack.
+pub const HEADER_DELIVERY_COUNT: &str = "x-delivery-count";
+/// Queue argument of a server's quorum queue: how often a request may be handed back before the
+/// broker drops it. Servers answer a request on its last delivery with a `delivery_limit` fault.
+pub const QUEUE_DELIVERY_LIMIT: &str = "x-delivery-limit";
 
 /// How request arguments and reply bodies are serialized; carried in `content_type`.
 ///

@@ -1,6 +1,8 @@
 //! The generated code relies on nothing the user imported: it compiles in a module without the
 //! prelude, next to user items named like the things it uses.
 #![no_implicit_prelude]
+// The items stand for a user's public API: `pub` on purpose, though a test crate exports nothing.
+#![allow(unreachable_pub)]
 
 mod user {
     // Names that would capture unqualified paths in generated code.

@@ -380,6 +380,8 @@ pub struct RawRequest {
     pub body: Vec<u8>,
     /// The `x-warren-timeout-ms` header, if any.
     pub timeout_ms: Option<i64>,
+    /// More headers, as sent.
+    pub headers: Vec<(String, AMQPValue)>,
 }
 
 impl RawRequest {
@@ -391,6 +393,7 @@ impl RawRequest {
             call_id: uuid::Uuid::new_v4().to_string(),
             body: body.as_bytes().to_vec(),
             timeout_ms: Some(WAIT.as_millis() as i64),
+            headers: Vec::new(),
         }
     }
 
@@ -411,6 +414,8 @@ pub struct RawReply {
     pub content_type: Option<String>,
     /// Its `correlation_id`.
     pub correlation_id: Option<String>,
+    /// Its `type` (`started`, `item`, `end` for notices and streams; none for a reply).
+    pub kind: Option<String>,
     /// Its body.
     pub body: Vec<u8>,
 }
@@ -453,6 +458,9 @@ pub async fn raw_calls(target: &Target, queue: &str, requests: &[RawRequest]) ->
         headers.insert("x-warren-attempt".into(), AMQPValue::LongLongInt(1));
         if let Some(ms) = request.timeout_ms {
             headers.insert("x-warren-timeout-ms".into(), AMQPValue::LongLongInt(ms));
+        }
+        for (name, value) in &request.headers {
+            headers.insert(name.as_str().into(), value.clone());
         }
         let mut props = BasicProperties::default()
             .with_correlation_id(request.call_id.as_str().into())
@@ -505,6 +513,7 @@ pub async fn raw_calls(target: &Target, queue: &str, requests: &[RawRequest]) ->
                 .correlation_id()
                 .as_ref()
                 .map(|c| c.to_string()),
+            kind: delivery.properties.kind().as_ref().map(|k| k.to_string()),
             body: delivery.data,
         });
     }

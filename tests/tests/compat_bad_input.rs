@@ -9,8 +9,8 @@ use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{self as proto, AMQPClass};
 use lapin::BasicProperties;
 use warren_tests::{
-    close, encode, frame_bytes, frame_bytes_with_end, method_payload, publish_confirmed, targets,
-    CloseInfo, RawConn, RawEvent, Target,
+    close, compat_test, encode, frame_bytes, frame_bytes_with_end, method_payload,
+    publish_confirmed, CloseInfo, RawConn, RawEvent, Target,
 };
 
 const METHOD: u8 = 1;
@@ -77,9 +77,9 @@ async fn open1(t: &Target) -> RawConn {
     t.raw_open().await
 }
 
-#[tokio::test]
-async fn garbage_after_handshake() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn garbage_after_handshake(t: Target) {
         let mut raw = t.raw().await;
         raw.handshake().await;
         raw.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -101,9 +101,9 @@ async fn garbage_after_handshake() {
     }
 }
 
-#[tokio::test]
-async fn unknown_frame_type() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn unknown_frame_type(t: Target) {
         let mut raw = open1(&t).await;
         raw.send_bytes(&frame_bytes(9, 1, b"abc")).await;
         let c = raw.expect_connection_close().await;
@@ -119,9 +119,9 @@ async fn unknown_frame_type() {
     }
 }
 
-#[tokio::test]
-async fn heartbeat_with_payload_is_unknown_frame() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn heartbeat_with_payload_is_unknown_frame(t: Target) {
         let mut raw = open1(&t).await;
         raw.send_bytes(&frame_bytes(HEARTBEAT, 0, b"xx")).await;
         let c = raw.expect_connection_close().await;
@@ -136,9 +136,9 @@ async fn heartbeat_with_payload_is_unknown_frame() {
     }
 }
 
-#[tokio::test]
-async fn heartbeat_on_a_channel() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn heartbeat_on_a_channel(t: Target) {
         let mut raw = open1(&t).await;
         raw.send_bytes(&frame_bytes(HEARTBEAT, 1, b"")).await;
         let c = raw.expect_connection_close().await;
@@ -153,9 +153,9 @@ async fn heartbeat_on_a_channel() {
     }
 }
 
-#[tokio::test]
-async fn wrong_frame_end_octet() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn wrong_frame_end_octet(t: Target) {
         let mut raw = open1(&t).await;
         raw.send_bytes(&frame_bytes_with_end(
             METHOD,
@@ -177,9 +177,9 @@ async fn wrong_frame_end_octet() {
     }
 }
 
-#[tokio::test]
-async fn oversized_frames() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn oversized_frames(t: Target) {
         // Declared size far above frame_max: refused from the frame header alone.
         let mut raw = open1(&t).await;
         let mut bytes = vec![METHOD, 0, 1];
@@ -216,9 +216,9 @@ async fn oversized_frames() {
     }
 }
 
-#[tokio::test]
-async fn body_frame_of_exactly_frame_max_is_accepted() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn body_frame_of_exactly_frame_max_is_accepted(t: Target) {
         let mut raw = open1(&t).await;
         let mut bytes = encode(&AMQPFrame::Method(1, publish("", "nowhere")));
         bytes.extend(frame_bytes(HEADER, 1, &header_payload(60, 131_072)));
@@ -234,9 +234,9 @@ async fn body_frame_of_exactly_frame_max_is_accepted() {
     }
 }
 
-#[tokio::test]
-async fn method_on_unopened_channel() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn method_on_unopened_channel(t: Target) {
         let mut raw = t.raw().await;
         raw.handshake().await;
         let declare = AMQPClass::Queue(proto::queue::AMQPMethod::Declare(proto::queue::Declare {
@@ -282,9 +282,9 @@ async fn method_on_unopened_channel() {
     }
 }
 
-#[tokio::test]
-async fn method_after_channel_close_ok() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn method_after_channel_close_ok(t: Target) {
         let mut raw = open1(&t).await;
         let reply = raw
             .call(
@@ -317,9 +317,9 @@ async fn method_after_channel_close_ok() {
     }
 }
 
-#[tokio::test]
-async fn second_channel_open() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn second_channel_open(t: Target) {
         let mut raw = open1(&t).await;
         raw.send_method(
             1,
@@ -338,9 +338,9 @@ async fn second_channel_open() {
     }
 }
 
-#[tokio::test]
-async fn channel_class_on_channel_zero() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn channel_class_on_channel_zero(t: Target) {
         let mut raw = t.raw().await;
         raw.handshake().await;
         raw.send_method(
@@ -360,9 +360,9 @@ async fn channel_class_on_channel_zero() {
     }
 }
 
-#[tokio::test]
-async fn connection_class_on_a_channel() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn connection_class_on_a_channel(t: Target) {
         let mut raw = open1(&t).await;
         raw.send_method(
             1,
@@ -385,9 +385,9 @@ async fn connection_class_on_a_channel() {
     }
 }
 
-#[tokio::test]
-async fn unexpected_channel_close_ok() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn unexpected_channel_close_ok(t: Target) {
         let mut raw = open1(&t).await;
         raw.send_method(
             1,
@@ -408,9 +408,9 @@ async fn unexpected_channel_close_ok() {
     }
 }
 
-#[tokio::test]
-async fn content_body_without_header() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn content_body_without_header(t: Target) {
         let mut raw = open1(&t).await;
         raw.send_bytes(&frame_bytes(BODY, 1, b"hello")).await;
         let c = raw.expect_connection_close().await;
@@ -426,9 +426,9 @@ async fn content_body_without_header() {
     }
 }
 
-#[tokio::test]
-async fn content_header_without_method() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn content_header_without_method(t: Target) {
         let mut raw = open1(&t).await;
         raw.send_bytes(&frame_bytes(HEADER, 1, &header_payload(60, 5)))
             .await;
@@ -444,9 +444,9 @@ async fn content_header_without_method() {
     }
 }
 
-#[tokio::test]
-async fn method_where_content_header_expected() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn method_where_content_header_expected(t: Target) {
         let mut raw = open1(&t).await;
         let mut bytes = encode(&AMQPFrame::Method(1, publish("", "q")));
         bytes.extend(encode(&AMQPFrame::Method(1, qos())));
@@ -456,9 +456,9 @@ async fn method_where_content_header_expected() {
     }
 }
 
-#[tokio::test]
-async fn method_where_content_body_expected() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn method_where_content_body_expected(t: Target) {
         let mut raw = open1(&t).await;
         let mut bytes = encode(&AMQPFrame::Method(1, publish("", "q")));
         bytes.extend(frame_bytes(HEADER, 1, &header_payload(60, 5)));
@@ -476,9 +476,9 @@ async fn method_where_content_body_expected() {
     }
 }
 
-#[tokio::test]
-async fn content_header_of_wrong_class() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn content_header_of_wrong_class(t: Target) {
         let mut raw = open1(&t).await;
         let mut bytes = encode(&AMQPFrame::Method(1, publish("", "q")));
         bytes.extend(frame_bytes(HEADER, 1, &header_payload(50, 3)));
@@ -496,9 +496,9 @@ async fn content_header_of_wrong_class() {
     }
 }
 
-#[tokio::test]
-async fn body_on_another_channel_than_its_header() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn body_on_another_channel_than_its_header(t: Target) {
         let mut raw = open1(&t).await;
         raw.open_channel(2).await;
         let mut bytes = encode(&AMQPFrame::Method(1, publish("", "q")));
@@ -517,9 +517,9 @@ async fn body_on_another_channel_than_its_header() {
     }
 }
 
-#[tokio::test]
-async fn interleaved_content_on_two_channels_is_fine() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn interleaved_content_on_two_channels_is_fine(t: Target) {
         let mut raw = open1(&t).await;
         raw.open_channel(2).await;
         let mut bytes = encode(&AMQPFrame::Method(1, publish("", "nowhere")));
@@ -548,11 +548,11 @@ async fn interleaved_content_on_two_channels_is_fine() {
     }
 }
 
-#[tokio::test]
-async fn body_longer_than_declared_leaves_channel_waiting() {
-    // RabbitMQ quirk: a body frame longer than the header's remaining size is swallowed and the
-    // channel still expects body frames, so the next method is an UNEXPECTED_FRAME.
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn body_longer_than_declared_leaves_channel_waiting(t: Target) {
+        // RabbitMQ quirk: a body frame longer than the header's remaining size is swallowed and the
+        // channel still expects body frames, so the next method is an UNEXPECTED_FRAME.
         let mut raw = open1(&t).await;
         let mut bytes = encode(&AMQPFrame::Method(1, publish("", "q")));
         bytes.extend(frame_bytes(HEADER, 1, &header_payload(60, 3)));
@@ -571,9 +571,9 @@ async fn body_longer_than_declared_leaves_channel_waiting() {
     }
 }
 
-#[tokio::test]
-async fn undecodable_method_arguments() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn undecodable_method_arguments(t: Target) {
         let mut raw = open1(&t).await;
         // queue.declare whose queue name says 5 bytes but only 2 follow.
         raw.send_bytes(&frame_bytes(
@@ -595,11 +595,11 @@ async fn undecodable_method_arguments() {
     }
 }
 
-#[tokio::test]
-async fn unknown_method_closes_socket() {
-    // RabbitMQ 3.10 cannot decode an unknown class or method id and drops the connection
-    // without a connection.close.
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn unknown_method_closes_socket(t: Target) {
+        // RabbitMQ 3.10 cannot decode an unknown class or method id and drops the connection
+        // without a connection.close.
         for payload in [[0u8, 60, 3, 231], [0, 99, 0, 10]] {
             let mut raw = open1(&t).await;
             raw.send_bytes(&frame_bytes(METHOD, 1, &payload)).await;
@@ -614,9 +614,9 @@ async fn unknown_method_closes_socket() {
     }
 }
 
-#[tokio::test]
-async fn truncated_frame_then_disconnect() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn truncated_frame_then_disconnect(t: Target) {
         let mut raw = open1(&t).await;
         let full = encode(&AMQPFrame::Method(1, qos()));
         raw.send_bytes(&full[..full.len() / 2]).await;
@@ -628,9 +628,9 @@ async fn truncated_frame_then_disconnect() {
     }
 }
 
-#[tokio::test]
-async fn truncated_frame_waits_for_the_rest() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn truncated_frame_waits_for_the_rest(t: Target) {
         let mut raw = open1(&t).await;
         let full = encode(&AMQPFrame::Method(1, qos()));
         raw.send_bytes(&full[..5]).await;
@@ -643,9 +643,9 @@ async fn truncated_frame_waits_for_the_rest() {
     }
 }
 
-#[tokio::test]
-async fn channel_max_counts_open_channels() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn channel_max_counts_open_channels(t: Target) {
         let mut raw = t.raw().await;
         raw.handshake().await;
         // A channel number above channel_max is accepted by RabbitMQ (it limits the count).
@@ -685,9 +685,9 @@ async fn channel_max_counts_open_channels() {
     }
 }
 
-#[tokio::test]
-async fn server_sends_heartbeats() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn server_sends_heartbeats(t: Target) {
         let mut raw = t.raw().await;
         raw.handshake_until_open("guest", "guest", warren_tests::client_properties())
             .await;
@@ -729,9 +729,9 @@ async fn server_sends_heartbeats() {
     }
 }
 
-#[tokio::test]
-async fn client_that_stops_reading_does_not_block_others() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn client_that_stops_reading_does_not_block_others(t: Target) {
         // A consumer that never reads its socket.
         let mut stuck = open1(&t).await;
         let (conn, ch) = t.open_confirm().await;

@@ -16,8 +16,9 @@ use lapin::{
     BasicProperties, Consumer,
 };
 use warren_tests::{
-    close, close_watch, consume, declare_exclusive, drain, expect_error, expect_no_delivery, fill,
-    get, next_delivery, publish_confirmed, reply_text, take_n, targets, unique, Target, WAIT,
+    close, close_watch, compat_test, consume, declare_exclusive, drain, expect_error,
+    expect_no_delivery, fill, get, next_delivery, publish_confirmed, reply_text, take_n, unique,
+    Target, WAIT,
 };
 
 fn body(d: &Delivery) -> String {
@@ -36,9 +37,9 @@ fn bodies(ds: &[Delivery]) -> Vec<String> {
     ds.iter().map(body).collect()
 }
 
-#[tokio::test]
-async fn round_robin_between_consumers() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn round_robin_between_consumers(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let cch = conn.create_channel().await.expect("channel");
@@ -61,9 +62,9 @@ async fn round_robin_between_consumers() {
     }
 }
 
-#[tokio::test]
-async fn server_generated_consumer_tag() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn server_generated_consumer_tag(t: Target) {
         let (conn, ch) = t.open().await;
         let q = declare_exclusive(&t, &ch).await;
         let c = consume(&t, &ch, &q, "", false).await;
@@ -76,9 +77,9 @@ async fn server_generated_consumer_tag() {
     }
 }
 
-#[tokio::test]
-async fn prefetch_per_consumer() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn prefetch_per_consumer(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let cch = conn.create_channel().await.expect("channel");
@@ -105,9 +106,9 @@ async fn prefetch_per_consumer() {
     }
 }
 
-#[tokio::test]
-async fn prefetch_global_is_per_channel() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn prefetch_global_is_per_channel(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let cch = conn.create_channel().await.expect("channel");
@@ -143,9 +144,9 @@ async fn prefetch_global_is_per_channel() {
     }
 }
 
-#[tokio::test]
-async fn prefetch_per_consumer_then_global_both_apply() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn prefetch_per_consumer_then_global_both_apply(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let cch = conn.create_channel().await.expect("channel");
@@ -170,10 +171,10 @@ async fn prefetch_per_consumer_then_global_both_apply() {
     }
 }
 
-/// RabbitMQ quirk: a per-consumer basic.qos clears the channel's global prefetch limit.
-#[tokio::test]
-async fn prefetch_global_then_per_consumer_clears_global() {
-    for t in targets().await {
+compat_test! {
+    /// RabbitMQ quirk: a per-consumer basic.qos clears the channel's global prefetch limit.
+    #[tokio::test]
+    async fn prefetch_global_then_per_consumer_clears_global(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let cch = conn.create_channel().await.expect("channel");
@@ -197,9 +198,9 @@ async fn prefetch_global_then_per_consumer_clears_global() {
     }
 }
 
-#[tokio::test]
-async fn prefetch_size_is_not_implemented() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn prefetch_size_is_not_implemented(t: Target) {
         let mut raw = t.raw_open().await;
         // amq-protocol always writes prefetch_size 0, so build basic.qos by hand.
         let mut payload = vec![0, 60, 0, 10];
@@ -223,9 +224,9 @@ async fn prefetch_size_is_not_implemented() {
     }
 }
 
-#[tokio::test]
-async fn nack_requeue_restores_order_with_redelivered() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn nack_requeue_restores_order_with_redelivered(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 5).await;
@@ -287,9 +288,9 @@ async fn nack_requeue_restores_order_with_redelivered() {
     }
 }
 
-#[tokio::test]
-async fn requeue_goes_before_newer_messages() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn requeue_goes_before_newer_messages(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 3).await;
@@ -332,9 +333,9 @@ async fn requeue_goes_before_newer_messages() {
     }
 }
 
-#[tokio::test]
-async fn unacked_requeued_when_channel_closes() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn unacked_requeued_when_channel_closes(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 4).await;
@@ -358,9 +359,9 @@ async fn unacked_requeued_when_channel_closes() {
     }
 }
 
-#[tokio::test]
-async fn unacked_requeued_when_connection_closes() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn unacked_requeued_when_connection_closes(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("q");
         ch.queue_declare(
@@ -388,9 +389,9 @@ async fn unacked_requeued_when_connection_closes() {
     }
 }
 
-#[tokio::test]
-async fn basic_recover_redelivers() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn basic_recover_redelivers(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 2).await;
@@ -432,9 +433,9 @@ async fn basic_recover_redelivers() {
     }
 }
 
-#[tokio::test]
-async fn unknown_delivery_tag() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn unknown_delivery_tag(t: Target) {
         let mut raw = t.raw_open().await;
         raw.send_method(
             1,
@@ -511,9 +512,9 @@ async fn unknown_delivery_tag() {
     }
 }
 
-#[tokio::test]
-async fn double_ack_is_unknown_tag() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn double_ack_is_unknown_tag(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 1).await;
@@ -538,9 +539,9 @@ async fn double_ack_is_unknown_tag() {
     }
 }
 
-#[tokio::test]
-async fn consumer_cancel_notify_on_queue_delete() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn consumer_cancel_notify_on_queue_delete(t: Target) {
         let mut raw = t.raw_open().await;
         let q = unique("cancel");
         raw.declare_queue(1, &q, false).await;
@@ -606,9 +607,9 @@ async fn consumer_cancel_notify_on_queue_delete() {
     }
 }
 
-#[tokio::test]
-async fn exclusive_consumer() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn exclusive_consumer(t: Target) {
         let (conn, ch) = t.open().await;
         let q = declare_exclusive(&t, &ch).await;
         let _c = ch
@@ -668,9 +669,9 @@ async fn exclusive_consumer() {
     }
 }
 
-#[tokio::test]
-async fn consumer_errors() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn consumer_errors(t: Target) {
         let (conn, ch) = t.open().await;
         let missing = unique("missing");
         let res = ch
@@ -747,9 +748,9 @@ async fn consumer_errors() {
     }
 }
 
-#[tokio::test]
-async fn no_ack_consumer_messages_are_gone() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn no_ack_consumer_messages_are_gone(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 3).await;
@@ -770,9 +771,9 @@ async fn no_ack_consumer_messages_are_gone() {
     }
 }
 
-#[tokio::test]
-async fn basic_get_and_get_empty() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn basic_get_and_get_empty(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         assert!(
@@ -824,9 +825,9 @@ async fn basic_get_and_get_empty() {
     }
 }
 
-#[tokio::test]
-async fn large_message_spans_frames() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn large_message_spans_frames(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let big: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
@@ -847,9 +848,9 @@ async fn reply_text_helper_truncates_like_rabbitmq() {
     assert_eq!(reply_text("short"), "short");
 }
 
-#[tokio::test]
-async fn cancelled_consumer_deliveries_stay_ackable() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn cancelled_consumer_deliveries_stay_ackable(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 2).await;
@@ -878,9 +879,9 @@ async fn cancelled_consumer_deliveries_stay_ackable() {
     }
 }
 
-#[tokio::test]
-async fn ack_multiple_with_tag_zero_acks_everything() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn ack_multiple_with_tag_zero_acks_everything(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 3).await;
@@ -921,9 +922,9 @@ async fn ack_multiple_with_tag_zero_acks_everything() {
     }
 }
 
-#[tokio::test]
-async fn delivery_tags_count_per_channel_across_get_and_consume() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn delivery_tags_count_per_channel_across_get_and_consume(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 4).await;
@@ -953,9 +954,9 @@ async fn delivery_tags_count_per_channel_across_get_and_consume() {
     }
 }
 
-#[tokio::test]
-async fn no_local_is_ignored() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn no_local_is_ignored(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let mut c = ch
@@ -982,9 +983,9 @@ async fn no_local_is_ignored() {
     }
 }
 
-#[tokio::test]
-async fn immediate_publish_is_not_implemented() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn immediate_publish_is_not_implemented(t: Target) {
         let mut raw = t.raw_open().await;
         let mut bytes = warren_tests::encode(&AMQPFrame::Method(
             1,
@@ -1020,9 +1021,9 @@ async fn immediate_publish_is_not_implemented() {
     }
 }
 
-#[tokio::test]
-async fn channel_flow() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn channel_flow(t: Target) {
         let mut raw = t.raw_open().await;
         let reply = raw
             .call(
@@ -1057,9 +1058,9 @@ async fn channel_flow() {
     }
 }
 
-#[tokio::test]
-async fn basic_recover_async_and_requeue_false() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn basic_recover_async_and_requeue_false(t: Target) {
         let mut raw = t.raw_open().await;
         raw.send_method(
             1,
@@ -1082,9 +1083,9 @@ async fn basic_recover_async_and_requeue_false() {
     }
 }
 
-#[tokio::test]
-async fn per_consumer_prefetch_is_fixed_at_consume_time() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn per_consumer_prefetch_is_fixed_at_consume_time(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let cch = conn.create_channel().await.expect("channel");
@@ -1105,9 +1106,9 @@ async fn per_consumer_prefetch_is_fixed_at_consume_time() {
     }
 }
 
-#[tokio::test]
-async fn basic_get_on_another_connections_exclusive_queue() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn basic_get_on_another_connections_exclusive_queue(t: Target) {
         let (owner, ch) = t.open().await;
         let q = declare_exclusive(&t, &ch).await;
         let (other, och) = t.open().await;
@@ -1131,9 +1132,9 @@ async fn basic_get_on_another_connections_exclusive_queue() {
     }
 }
 
-#[tokio::test]
-async fn consumer_tags_are_per_channel() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn consumer_tags_are_per_channel(t: Target) {
         let (conn, ch) = t.open().await;
         let q = declare_exclusive(&t, &ch).await;
         let _a = consume(&t, &ch, &q, "same-tag", false).await;
@@ -1159,9 +1160,9 @@ async fn consumer_tags_are_per_channel() {
     }
 }
 
-#[tokio::test]
-async fn ack_on_another_channel_is_unknown() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn ack_on_another_channel_is_unknown(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 1).await;
@@ -1187,9 +1188,9 @@ async fn ack_on_another_channel_is_unknown() {
     }
 }
 
-#[tokio::test]
-async fn reject_of_a_no_ack_delivery_is_unknown() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn reject_of_a_no_ack_delivery_is_unknown(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         fill(&t, &ch, &q, 1).await;
@@ -1216,9 +1217,9 @@ async fn reject_of_a_no_ack_delivery_is_unknown() {
     }
 }
 
-#[tokio::test]
-async fn no_delivery_after_cancel_ok() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn no_delivery_after_cancel_ok(t: Target) {
         let body = vec![b'x'; 1000];
         let mut raw = t.raw_open().await;
         let shared = unique("cancel-race");
@@ -1313,9 +1314,9 @@ async fn no_delivery_after_cancel_ok() {
     }
 }
 
-#[tokio::test]
-async fn requeued_message_goes_to_another_consumer() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn requeued_message_goes_to_another_consumer(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let c1ch = conn.create_channel().await.expect("channel");
@@ -1347,9 +1348,9 @@ async fn requeued_message_goes_to_another_consumer() {
     }
 }
 
-#[tokio::test]
-async fn priority_is_ignored_without_x_max_priority() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn priority_is_ignored_without_x_max_priority(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         for (body, prio) in [("low", 0u8), ("high", 9), ("mid", 5)] {
@@ -1372,9 +1373,9 @@ async fn priority_is_ignored_without_x_max_priority() {
     }
 }
 
-#[tokio::test]
-async fn abrupt_disconnect_requeues_and_deletes() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn abrupt_disconnect_requeues_and_deletes(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let work = unique("work");
         ch.queue_declare(
@@ -1449,9 +1450,9 @@ async fn abrupt_disconnect_requeues_and_deletes() {
     }
 }
 
-#[tokio::test]
-async fn global_prefetch_zero_lifts_the_channel_limit() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn global_prefetch_zero_lifts_the_channel_limit(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let cch = conn.create_channel().await.expect("channel");
@@ -1475,9 +1476,9 @@ async fn global_prefetch_zero_lifts_the_channel_limit() {
     }
 }
 
-#[tokio::test]
-async fn closed_consumers_messages_go_to_the_next_consumer_first() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn closed_consumers_messages_go_to_the_next_consumer_first(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let ach = conn.create_channel().await.expect("channel");

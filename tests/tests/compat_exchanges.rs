@@ -14,8 +14,8 @@ use lapin::{
     BasicProperties, Channel, Confirmation, ExchangeKind,
 };
 use warren_tests::{
-    close, declare_exclusive, drain, expect_error, get_body, long_str, publish_confirmed,
-    publish_with, table, targets, unique, Target,
+    close, compat_test, declare_exclusive, drain, expect_error, get_body, long_str,
+    publish_confirmed, publish_with, table, unique, Target,
 };
 
 async fn declare(
@@ -50,9 +50,9 @@ fn auto_delete() -> ExchangeDeclareOptions {
     }
 }
 
-#[tokio::test]
-async fn declare_is_idempotent_and_passive_finds_it() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn declare_is_idempotent_and_passive_finds_it(t: Target) {
         let (conn, ch) = t.open().await;
         let x = unique("x");
         declare(
@@ -109,9 +109,9 @@ async fn declare_is_idempotent_and_passive_finds_it() {
     }
 }
 
-#[tokio::test]
-async fn passive_declare_of_missing_exchange_closes_channel_only() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn passive_declare_of_missing_exchange_closes_channel_only(t: Target) {
         let (conn, ch) = t.open().await;
         let x = unique("missing");
         let passive = ExchangeDeclareOptions {
@@ -152,9 +152,9 @@ async fn passive_declare_of_missing_exchange_closes_channel_only() {
     }
 }
 
-#[tokio::test]
-async fn redeclare_with_other_type_or_flags_is_precondition_failed() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn redeclare_with_other_type_or_flags_is_precondition_failed(t: Target) {
         let (conn, ch) = t.open().await;
         let x = unique("x");
         declare(
@@ -215,9 +215,9 @@ async fn redeclare_with_other_type_or_flags_is_precondition_failed() {
     }
 }
 
-#[tokio::test]
-async fn reserved_names_and_unknown_type() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn reserved_names_and_unknown_type(t: Target) {
         let (conn, ch) = t.open().await;
         let res = ch
             .exchange_declare(
@@ -268,9 +268,9 @@ async fn target_healthy_after(t: &Target) {
     t.assert_healthy().await;
 }
 
-#[tokio::test]
-async fn predeclared_amq_exchanges_exist_and_route() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn predeclared_amq_exchanges_exist_and_route(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let passive = ExchangeDeclareOptions {
             passive: true,
@@ -330,9 +330,9 @@ async fn predeclared_amq_exchanges_exist_and_route() {
     }
 }
 
-#[tokio::test]
-async fn default_exchange_rules() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn default_exchange_rules(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         publish_confirmed(&t, &ch, "", &q, b"by name", BasicProperties::default()).await;
@@ -370,9 +370,9 @@ async fn default_exchange_rules() {
     }
 }
 
-#[tokio::test]
-async fn direct_routing() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn direct_routing(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let x = unique("direct");
         declare(
@@ -430,9 +430,9 @@ async fn direct_routing() {
     }
 }
 
-#[tokio::test]
-async fn fanout_routing_ignores_key() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn fanout_routing_ignores_key(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let x = unique("fanout");
         declare(
@@ -520,9 +520,9 @@ const TOPIC_KEYS: &[&str] = &[
     "x.b",
 ];
 
-#[tokio::test]
-async fn topic_routing_wildcards_and_empty_words() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn topic_routing_wildcards_and_empty_words(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let x = unique("topic");
         declare(
@@ -567,9 +567,9 @@ async fn topic_routing_wildcards_and_empty_words() {
     }
 }
 
-#[tokio::test]
-async fn headers_routing_match_kinds() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn headers_routing_match_kinds(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let x = unique("headers");
         declare(
@@ -687,9 +687,9 @@ async fn headers_routing_match_kinds() {
     }
 }
 
-#[tokio::test]
-async fn headers_invalid_x_match_is_refused() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn headers_invalid_x_match_is_refused(t: Target) {
         let (conn, ch) = t.open().await;
         let x = unique("headers");
         declare(
@@ -723,9 +723,9 @@ async fn headers_invalid_x_match_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn bind_errors() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn bind_errors(t: Target) {
         let (conn, ch) = t.open().await;
         let x = unique("x");
         let missing_q = unique("missing-q");
@@ -807,9 +807,9 @@ async fn bind_errors() {
     }
 }
 
-#[tokio::test]
-async fn delete_missing_exchange_is_ok_and_if_unused() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn delete_missing_exchange_is_ok_and_if_unused(t: Target) {
         let (conn, ch) = t.open().await;
         let missing = unique("missing");
         ch.exchange_delete(missing.as_str().into(), Default::default())
@@ -865,9 +865,9 @@ async fn delete_missing_exchange_is_ok_and_if_unused() {
     }
 }
 
-#[tokio::test]
-async fn exchange_to_exchange_bindings() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn exchange_to_exchange_bindings(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let src = unique("src");
         let dst = unique("dst");
@@ -978,9 +978,9 @@ async fn exchange_to_exchange_bindings() {
     }
 }
 
-#[tokio::test]
-async fn alternate_exchange_takes_unroutable() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn alternate_exchange_takes_unroutable(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let ae = unique("ae");
         let x = unique("x");
@@ -1040,9 +1040,9 @@ async fn alternate_exchange_takes_unroutable() {
     }
 }
 
-#[tokio::test]
-async fn missing_alternate_exchange_means_unroutable() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn missing_alternate_exchange_means_unroutable(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let x = unique("x");
         declare(
@@ -1080,9 +1080,9 @@ async fn missing_alternate_exchange_means_unroutable() {
     }
 }
 
-#[tokio::test]
-async fn internal_exchange_refuses_publish_but_routes_e2e() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn internal_exchange_refuses_publish_but_routes_e2e(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let internal = unique("internal");
         let front = unique("front");
@@ -1150,9 +1150,9 @@ async fn internal_exchange_refuses_publish_but_routes_e2e() {
     }
 }
 
-#[tokio::test]
-async fn publish_to_missing_exchange_closes_channel() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn publish_to_missing_exchange_closes_channel(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let missing = unique("missing");
         let pending = ch
@@ -1185,9 +1185,9 @@ async fn publish_to_missing_exchange_closes_channel() {
     }
 }
 
-#[tokio::test]
-async fn auto_delete_exchange_goes_with_last_binding() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn auto_delete_exchange_goes_with_last_binding(t: Target) {
         let (conn, ch) = t.open().await;
         let x = unique("autodel");
         declare(
@@ -1257,9 +1257,9 @@ async fn auto_delete_exchange_goes_with_last_binding() {
     }
 }
 
-#[tokio::test]
-async fn default_exchange_declare_and_passive() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn default_exchange_declare_and_passive(t: Target) {
         let (conn, _) = t.open().await;
         for passive in [true, false] {
             let ch = conn.create_channel().await.expect("channel");
@@ -1287,9 +1287,9 @@ async fn default_exchange_declare_and_passive() {
     }
 }
 
-#[tokio::test]
-async fn redeclare_with_other_arguments() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn redeclare_with_other_arguments(t: Target) {
         let (conn, ch) = t.open().await;
         let x = unique("x");
         let ae1 = unique("ae1");
@@ -1360,9 +1360,9 @@ async fn redeclare_with_other_arguments() {
     }
 }
 
-#[tokio::test]
-async fn headers_x_match_of_wrong_type() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn headers_x_match_of_wrong_type(t: Target) {
         let (conn, ch) = t.open().await;
         let q = declare_exclusive(&t, &ch).await;
         let res = ch
@@ -1385,11 +1385,11 @@ async fn headers_x_match_of_wrong_type() {
     }
 }
 
-/// RabbitMQ's unbind is idempotent: missing exchanges, queues and bindings are all fine,
-/// except unbinding from the default exchange.
-#[tokio::test]
-async fn unbind_of_missing_things_is_ok() {
-    for t in targets().await {
+compat_test! {
+    /// RabbitMQ's unbind is idempotent: missing exchanges, queues and bindings are all fine,
+    /// except unbinding from the default exchange.
+    #[tokio::test]
+    async fn unbind_of_missing_things_is_ok(t: Target) {
         let (conn, ch) = t.open().await;
         let q = declare_exclusive(&t, &ch).await;
         let missing_x = unique("missing-x");
@@ -1475,9 +1475,9 @@ async fn unbind_of_missing_things_is_ok() {
     }
 }
 
-#[tokio::test]
-async fn deleting_an_exchange_or_queue_removes_its_bindings() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn deleting_an_exchange_or_queue_removes_its_bindings(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let x = unique("x");
         let q = unique("q");
@@ -1593,9 +1593,9 @@ async fn deleting_an_exchange_or_queue_removes_its_bindings() {
     }
 }
 
-#[tokio::test]
-async fn auto_delete_exchange_goes_with_last_exchange_binding() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn auto_delete_exchange_goes_with_last_exchange_binding(t: Target) {
         let (conn, ch) = t.open().await;
         let src = unique("autodel-src");
         declare(

@@ -5,11 +5,11 @@ use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{self as proto, AMQPClass};
 use lapin::types::FieldTable;
 use lapin::{types::AMQPValue, Connection, ConnectionProperties};
-use warren_tests::{close, table, table_str, targets, RawEvent};
+use warren_tests::{close, compat_test, table, table_str, RawEvent};
 
-#[tokio::test]
-async fn server_properties_and_mechanisms() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn server_properties_and_mechanisms(target: Target) {
         let mut raw = target.raw().await;
         raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
         let start = match raw.recv_method(0).await {
@@ -74,9 +74,9 @@ async fn server_properties_and_mechanisms() {
     }
 }
 
-#[tokio::test]
-async fn tune_values() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn tune_values(target: Target) {
         let mut raw = target.raw().await;
         raw.handshake_until_open("guest", "guest", FieldTable::default())
             .await;
@@ -99,9 +99,9 @@ async fn tune_values() {
     }
 }
 
-#[tokio::test]
-async fn open_ok_and_clean_close() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn open_ok_and_clean_close(target: Target) {
         let mut raw = target.raw().await;
         raw.handshake().await;
         raw.send_method(
@@ -128,9 +128,9 @@ async fn open_ok_and_clean_close() {
     }
 }
 
-#[tokio::test]
-async fn wrong_protocol_header_gets_091_header_back() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn wrong_protocol_header_gets_091_header_back(target: Target) {
         for header in [
             &b"AMQP\x00\x00\x0a\x00"[..], // 0-10
             &b"AMQP\x03\x01\x00\x00"[..], // AMQP 1.0 SASL
@@ -151,9 +151,9 @@ async fn wrong_protocol_header_gets_091_header_back() {
     }
 }
 
-#[tokio::test]
-async fn bad_credentials_access_refused() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn bad_credentials_access_refused(target: Target) {
         // A client that advertises authentication_failure_close gets connection.close 403.
         let mut raw = target.raw().await;
         let caps = table(vec![(
@@ -194,9 +194,9 @@ async fn bad_credentials_access_refused() {
     }
 }
 
-#[tokio::test]
-async fn unknown_vhost_not_allowed() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn unknown_vhost_not_allowed(target: Target) {
         let mut raw = target.raw().await;
         raw.handshake_until_open("guest", "guest", FieldTable::default())
             .await;
@@ -271,9 +271,9 @@ async fn start_ok(raw: &mut warren_tests::RawConn, mechanism: &str, response: Ve
     .await;
 }
 
-#[tokio::test]
-async fn amqplain_login() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn amqplain_login(target: Target) {
         let mut raw = target.raw().await;
         start_ok(&mut raw, "AMQPLAIN", amqplain("guest", "guest")).await;
         let tune = raw.finish_tune().await;
@@ -297,9 +297,9 @@ async fn amqplain_login() {
     }
 }
 
-#[tokio::test]
-async fn unknown_auth_mechanism() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn unknown_auth_mechanism(target: Target) {
         let mut raw = target.raw().await;
         start_ok(&mut raw, "CRAM-MD5", b"whatever".to_vec()).await;
         // RabbitMQ 3.10 drops the socket without a connection.close here, even for clients
@@ -314,9 +314,9 @@ async fn unknown_auth_mechanism() {
     }
 }
 
-#[tokio::test]
-async fn silent_client_is_dropped_after_missed_heartbeats() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn silent_client_is_dropped_after_missed_heartbeats(target: Target) {
         let mut raw = target.raw().await;
         raw.handshake_until_open("guest", "guest", warren_tests::client_properties())
             .await;
@@ -367,9 +367,9 @@ async fn silent_client_is_dropped_after_missed_heartbeats() {
     }
 }
 
-#[tokio::test]
-async fn other_protocol_versions_get_091_header() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn other_protocol_versions_get_091_header(target: Target) {
         for header in [
             &b"AMQP\x00\x00\x09\x00"[..],
             &b"AMQP\x00\x00\x08\x00"[..],
@@ -390,9 +390,9 @@ async fn other_protocol_versions_get_091_header() {
     }
 }
 
-#[tokio::test]
-async fn frame_before_protocol_header() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn frame_before_protocol_header(target: Target) {
         let mut raw = target.raw().await;
         raw.send(amq_protocol::frame::AMQPFrame::Heartbeat).await;
         raw.send_bytes(&[0; 8]).await;
@@ -406,9 +406,9 @@ async fn frame_before_protocol_header() {
     }
 }
 
-#[tokio::test]
-async fn empty_vhost_name_not_allowed() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn empty_vhost_name_not_allowed(target: Target) {
         let mut raw = target.raw().await;
         raw.handshake_until_open("guest", "guest", warren_tests::client_properties())
             .await;
@@ -436,9 +436,9 @@ async fn empty_vhost_name_not_allowed() {
     }
 }
 
-#[tokio::test]
-async fn tune_ok_out_of_range_drops_the_connection() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn tune_ok_out_of_range_drops_the_connection(target: Target) {
         // frame_max below the 4096 minimum, frame_max above the server's, channel_max above the
         // server's: RabbitMQ drops the socket without a connection.close.
         let cases = [(2047u16, 1024u32), (2047, 262_144), (4000, 131_072)];
@@ -484,52 +484,48 @@ async fn tune_ok_out_of_range_drops_the_connection() {
     }
 }
 
-/// Checked on the bundled broker only (the shared RabbitMQ must not be stopped); the expected
-/// close is what RabbitMQ sends every client when the node stops.
+/// Checked on the bundled broker only, on a broker of its own: the shared RabbitMQ and the
+/// bundled broker the other tests share must not be stopped. The expected close is what
+/// RabbitMQ sends every client when the node stops.
 #[tokio::test]
 async fn graceful_shutdown_closes_connections_with_320() {
-    for mut target in targets().await {
-        if target.is_rabbitmq() {
-            println!("{target}: not stopping the shared RabbitMQ");
-            continue;
-        }
-        let mut raw = target.raw_open().await;
-        let addr = target.addr();
-        // Answer the close while the broker shuts down, as a client would.
-        let (stopped, close) = tokio::join!(
-            tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                target.shutdown_bundled()
-            ),
-            raw.expect_connection_close_only()
-        );
-        let stopped = stopped.unwrap_or_else(|_| panic!("bundled: shutdown did not finish"));
-        assert!(stopped, "bundled: broker stopped");
-        assert_eq!(
-            (
-                close.code,
-                close.text.as_str(),
-                close.class_id,
-                close.method_id
-            ),
-            (
-                320,
-                "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
-                0,
-                0
-            ),
-            "{target}: connection.close on shutdown"
-        );
-        assert!(
-            tokio::net::TcpStream::connect(addr).await.is_err(),
-            "{target}: listener closed after shutdown"
-        );
-    }
+    let mut target = warren_tests::bundled().await;
+    let mut raw = target.raw_open().await;
+    let addr = target.addr();
+    // Answer the close while the broker shuts down, as a client would.
+    let (stopped, close) = tokio::join!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            target.shutdown_bundled()
+        ),
+        raw.expect_connection_close_only()
+    );
+    let stopped = stopped.unwrap_or_else(|_| panic!("bundled: shutdown did not finish"));
+    assert!(stopped, "bundled: broker stopped");
+    assert_eq!(
+        (
+            close.code,
+            close.text.as_str(),
+            close.class_id,
+            close.method_id
+        ),
+        (
+            320,
+            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
+            0,
+            0
+        ),
+        "{target}: connection.close on shutdown"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "{target}: listener closed after shutdown"
+    );
 }
 
-#[tokio::test]
-async fn client_heartbeats_keep_the_connection_alive() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn client_heartbeats_keep_the_connection_alive(target: Target) {
         let mut raw = target.raw().await;
         raw.handshake_until_open("guest", "guest", warren_tests::client_properties())
             .await;

@@ -10,8 +10,8 @@ use lapin::{
     BasicProperties, Confirmation,
 };
 use warren_tests::{
-    close, declare_exclusive, drain, expect_error, get, get_body, publish_confirmed, publish_with,
-    targets, unique,
+    close, compat_test, declare_exclusive, drain, expect_error, get, get_body, publish_confirmed,
+    publish_with, unique,
 };
 
 fn mandatory() -> BasicPublishOptions {
@@ -21,9 +21,9 @@ fn mandatory() -> BasicPublishOptions {
     }
 }
 
-#[tokio::test]
-async fn mandatory_unroutable_is_returned_no_route() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn mandatory_unroutable_is_returned_no_route(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let key = unique("nowhere");
         let props = BasicProperties::default().with_message_id("mid-1".into());
@@ -93,9 +93,9 @@ async fn mandatory_unroutable_is_returned_no_route() {
     }
 }
 
-#[tokio::test]
-async fn mandatory_return_on_raw_wire_precedes_ack() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn mandatory_return_on_raw_wire_precedes_ack(t: Target) {
         let mut raw = t.raw_open().await;
         let reply = raw
             .call(
@@ -168,9 +168,9 @@ async fn mandatory_return_on_raw_wire_precedes_ack() {
     }
 }
 
-#[tokio::test]
-async fn publisher_confirms_count_from_one() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn publisher_confirms_count_from_one(t: Target) {
         let mut raw = t.raw_open().await;
         let reply = raw
             .call(
@@ -236,9 +236,9 @@ async fn publisher_confirms_count_from_one() {
     }
 }
 
-#[tokio::test]
-async fn confirms_with_lapin() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn confirms_with_lapin(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let mut pending = Vec::new();
@@ -271,9 +271,9 @@ async fn confirms_with_lapin() {
     }
 }
 
-#[tokio::test]
-async fn tx_and_confirm_are_exclusive() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn tx_and_confirm_are_exclusive(t: Target) {
         let (conn, ch) = t.open().await;
         ch.tx_select().await.expect("tx.select");
         let res = ch.confirm_select(ConfirmSelectOptions::default()).await;
@@ -300,9 +300,9 @@ async fn tx_and_confirm_are_exclusive() {
     }
 }
 
-#[tokio::test]
-async fn tx_commit_and_rollback_of_publishes() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn tx_commit_and_rollback_of_publishes(t: Target) {
         let (conn, ch) = t.open().await;
         let q = declare_exclusive(&t, &ch).await;
         let tx = conn.create_channel().await.expect("channel");
@@ -356,9 +356,9 @@ async fn tx_commit_and_rollback_of_publishes() {
     }
 }
 
-#[tokio::test]
-async fn tx_commit_and_rollback_of_acks() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn tx_commit_and_rollback_of_acks(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         publish_confirmed(&t, &ch, "", &q, b"a", BasicProperties::default()).await;
@@ -400,9 +400,9 @@ async fn tx_commit_and_rollback_of_acks() {
     }
 }
 
-#[tokio::test]
-async fn tx_commit_without_select() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn tx_commit_without_select(t: Target) {
         let (conn, ch) = t.open().await;
         let res = ch.tx_commit().await;
         expect_error(
@@ -425,9 +425,9 @@ async fn tx_commit_without_select() {
     }
 }
 
-#[tokio::test]
-async fn bad_expiration_is_refused() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn bad_expiration_is_refused(t: Target) {
         for (value, text) in [
             (
                 "abc",
@@ -474,9 +474,9 @@ async fn bad_expiration_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn expiration_zero_expires_unless_consumed_at_once() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn expiration_zero_expires_unless_consumed_at_once(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         publish_confirmed(
@@ -517,9 +517,9 @@ async fn expiration_zero_expires_unless_consumed_at_once() {
     }
 }
 
-#[tokio::test]
-async fn per_queue_message_ttl() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn per_queue_message_ttl(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("ttl");
         ch.queue_declare(
@@ -541,9 +541,9 @@ async fn per_queue_message_ttl() {
     }
 }
 
-#[tokio::test]
-async fn user_id_must_match_login() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn user_id_must_match_login(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         publish_confirmed(
@@ -582,9 +582,9 @@ async fn user_id_must_match_login() {
     }
 }
 
-#[tokio::test]
-async fn channel_errors_keep_connection_alive() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn channel_errors_keep_connection_alive(t: Target) {
         let (conn, _) = t.open().await;
         for _ in 0..3 {
             let ch = conn
@@ -624,9 +624,9 @@ async fn channel_errors_keep_connection_alive() {
     }
 }
 
-#[tokio::test]
-async fn frames_after_channel_close_are_ignored_until_close_ok() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn frames_after_channel_close_are_ignored_until_close_ok(t: Target) {
         let mut raw = t.raw_open().await;
         let missing = unique("missing");
         raw.send_method(
@@ -691,10 +691,10 @@ async fn frames_after_channel_close_are_ignored_until_close_ok() {
     }
 }
 
-#[tokio::test]
-async fn header_field_types_round_trip() {
-    use lapin::types::{AMQPValue as V, ByteArray, DecimalValue, FieldArray};
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn header_field_types_round_trip(t: Target) {
+        use lapin::types::{AMQPValue as V, ByteArray, DecimalValue, FieldArray};
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let mut array = FieldArray::default();
@@ -749,9 +749,9 @@ async fn header_field_types_round_trip() {
     }
 }
 
-#[tokio::test]
-async fn content_header_bytes_pass_through_unchanged() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn content_header_bytes_pass_through_unchanged(t: Target) {
         let mut raw = t.raw_open().await;
         let q = unique("bytes");
         raw.declare_queue(1, &q, true).await;
@@ -806,9 +806,9 @@ async fn content_header_bytes_pass_through_unchanged() {
     }
 }
 
-#[tokio::test]
-async fn tx_returns_unroutable_mandatory_at_commit() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn tx_returns_unroutable_mandatory_at_commit(t: Target) {
         let mut raw = t.raw_open().await;
         let reply = raw
             .call(
@@ -869,10 +869,10 @@ async fn tx_returns_unroutable_mandatory_at_commit() {
     }
 }
 
-#[tokio::test]
-async fn tx_rollback_of_rejects_and_nacks() {
-    use lapin::options::{BasicNackOptions, BasicRejectOptions};
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn tx_rollback_of_rejects_and_nacks(t: Target) {
+        use lapin::options::{BasicNackOptions, BasicRejectOptions};
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         publish_confirmed(&t, &ch, "", &q, b"m0", BasicProperties::default()).await;

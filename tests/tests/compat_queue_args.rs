@@ -11,8 +11,8 @@ use lapin::{
     BasicProperties, Channel, Confirmation,
 };
 use warren_tests::{
-    close, drain, expect_error, expect_no_delivery, fill, get, long_str, next_delivery, publish,
-    publish_confirmed, publish_with, table, targets, unique, Target,
+    close, compat_test, drain, expect_error, expect_no_delivery, fill, get, long_str,
+    next_delivery, publish, publish_confirmed, publish_with, table, unique, Target,
 };
 
 async fn declare(t: &Target, ch: &Channel, name: &str, args: FieldTable) {
@@ -87,9 +87,9 @@ fn count(t: &FieldTable) -> i64 {
     }
 }
 
-#[tokio::test]
-async fn dead_letter_on_reject_with_x_death() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn dead_letter_on_reject_with_x_death(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let dlq = unique("dlq");
         let work = unique("work");
@@ -195,9 +195,9 @@ async fn dead_letter_on_reject_with_x_death() {
     }
 }
 
-#[tokio::test]
-async fn dead_letter_on_expiry_keeps_original_routing_key() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn dead_letter_on_expiry_keeps_original_routing_key(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let dlx = unique("dlx");
         ch.exchange_declare(
@@ -273,9 +273,9 @@ async fn dead_letter_on_expiry_keeps_original_routing_key() {
     }
 }
 
-#[tokio::test]
-async fn max_length_drops_head() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn max_length_drops_head(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("maxlen");
         let dlq = unique("dlq");
@@ -310,9 +310,9 @@ async fn max_length_drops_head() {
     }
 }
 
-#[tokio::test]
-async fn max_length_reject_publish_nacks() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn max_length_reject_publish_nacks(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("full");
         declare(
@@ -359,9 +359,9 @@ async fn max_length_reject_publish_nacks() {
     }
 }
 
-#[tokio::test]
-async fn max_length_bytes() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn max_length_bytes(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("maxbytes");
         declare(
@@ -383,9 +383,9 @@ async fn max_length_bytes() {
     }
 }
 
-#[tokio::test]
-async fn queue_expires_when_unused() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn queue_expires_when_unused(t: Target) {
         let (conn, ch) = t.open().await;
         let q = unique("expires");
         ch.queue_declare(
@@ -444,9 +444,9 @@ async fn expect_invalid_args(t: &Target, cases: Vec<(FieldTable, String)>) {
     close(conn).await;
 }
 
-#[tokio::test]
-async fn invalid_queue_arguments() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn invalid_queue_arguments(t: Target) {
         let cases: Vec<(FieldTable, String)> = vec![
             (
                 table(vec![("x-max-length", AMQPValue::LongInt(-1))]),
@@ -457,9 +457,9 @@ async fn invalid_queue_arguments() {
     }
 }
 
-#[tokio::test]
-async fn invalid_queue_argument_texts() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn invalid_queue_argument_texts(t: Target) {
         let cases: Vec<(FieldTable, String)> = vec![
             (
                 table(vec![("x-overflow", long_str("explode"))]),
@@ -478,9 +478,9 @@ async fn invalid_queue_argument_texts() {
     }
 }
 
-#[tokio::test]
-async fn priority_queue_orders_by_priority() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn priority_queue_orders_by_priority(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("prio");
         declare(
@@ -515,9 +515,9 @@ async fn priority_queue_orders_by_priority() {
     }
 }
 
-#[tokio::test]
-async fn single_active_consumer() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn single_active_consumer(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("sac");
         declare(
@@ -570,9 +570,9 @@ async fn single_active_consumer() {
     }
 }
 
-#[tokio::test]
-async fn consumer_priority() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn consumer_priority(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("cprio");
         declare(&t, &ch, &q, FieldTable::default()).await;
@@ -608,9 +608,9 @@ async fn consumer_priority() {
     }
 }
 
-#[tokio::test]
-async fn dead_letter_cycle_counts_deaths() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn dead_letter_cycle_counts_deaths(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let a = unique("cycle-a");
         let b = unique("cycle-b");
@@ -697,10 +697,10 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
-#[tokio::test]
-#[ignore = "bundled broker: refuses x-queue-type quorum (not clustered)"]
-async fn quorum_queue_declare_rules() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    #[ignore = "bundled broker: refuses x-queue-type quorum (not clustered)"]
+    async fn quorum_queue_declare_rules(t: Target) {
         let (conn, ch) = t.open().await;
         let q = unique("quorum");
         ch.queue_declare(q.as_str().into(), durable(), quorum())
@@ -800,10 +800,10 @@ async fn quorum_queue_declare_rules() {
     }
 }
 
-#[tokio::test]
-#[ignore = "bundled broker: refuses x-queue-type quorum (not clustered)"]
-async fn quorum_queue_counts_deliveries() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    #[ignore = "bundled broker: refuses x-queue-type quorum (not clustered)"]
+    async fn quorum_queue_counts_deliveries(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("quorum");
         ch.queue_declare(q.as_str().into(), durable(), quorum())
@@ -849,9 +849,9 @@ async fn quorum_queue_counts_deliveries() {
     }
 }
 
-#[tokio::test]
-async fn max_length_counts_ready_messages_and_requeue_can_overflow() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn max_length_counts_ready_messages_and_requeue_can_overflow(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("maxlen-unacked");
         declare(
@@ -901,9 +901,9 @@ async fn max_length_counts_ready_messages_and_requeue_can_overflow() {
     }
 }
 
-#[tokio::test]
-async fn per_message_ttl_expires_only_at_the_head() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn per_message_ttl_expires_only_at_the_head(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = unique("ttl-head");
         declare(&t, &ch, &q, FieldTable::default()).await;
@@ -950,9 +950,9 @@ async fn per_message_ttl_expires_only_at_the_head() {
     }
 }
 
-#[tokio::test]
-async fn more_invalid_queue_arguments() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn more_invalid_queue_arguments(t: Target) {
         let cases: Vec<(FieldTable, String)> = vec![
             (
                 table(vec![("x-queue-mode", long_str("bogus"))]),
@@ -1004,9 +1004,9 @@ async fn more_invalid_queue_arguments() {
     }
 }
 
-#[tokio::test]
-async fn sender_selected_distribution_cc_bcc() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn sender_selected_distribution_cc_bcc(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let mut queues = Vec::new();
         for k in ["to", "cc", "bcc"] {

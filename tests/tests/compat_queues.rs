@@ -10,7 +10,8 @@ use lapin::{
     BasicProperties, Channel,
 };
 use warren_tests::{
-    close, consume, drain, expect_error, fill, get_body, publish_confirmed, targets, unique, Target,
+    close, compat_test, consume, drain, expect_error, fill, get_body, publish_confirmed, unique,
+    Target,
 };
 
 async fn declare(t: &Target, ch: &Channel, name: &str, opts: QueueDeclareOptions) -> lapin::Queue {
@@ -33,9 +34,9 @@ fn passive() -> QueueDeclareOptions {
     }
 }
 
-#[tokio::test]
-async fn server_named_queue() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn server_named_queue(t: Target) {
         let (conn, ch) = t.open().await;
         let q = declare(&t, &ch, "", exclusive()).await;
         let name = q.name().as_str();
@@ -56,9 +57,9 @@ async fn server_named_queue() {
     }
 }
 
-#[tokio::test]
-async fn declare_ok_counts_messages_and_consumers() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn declare_ok_counts_messages_and_consumers(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let name = unique("q");
         let q = declare(&t, &ch, &name, exclusive()).await;
@@ -100,9 +101,9 @@ async fn declare_ok_counts_messages_and_consumers() {
     }
 }
 
-#[tokio::test]
-async fn passive_declare_of_missing_queue() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn passive_declare_of_missing_queue(t: Target) {
         let (conn, ch) = t.open().await;
         let name = unique("missing");
         let res = ch
@@ -124,9 +125,9 @@ async fn passive_declare_of_missing_queue() {
     }
 }
 
-#[tokio::test]
-async fn exclusive_queue_is_locked_to_its_connection() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn exclusive_queue_is_locked_to_its_connection(t: Target) {
         let (owner, ch) = t.open().await;
         let name = unique("excl");
         declare(&t, &ch, &name, exclusive()).await;
@@ -206,9 +207,9 @@ async fn exclusive_queue_is_locked_to_its_connection() {
     }
 }
 
-#[tokio::test]
-async fn auto_delete_queue_goes_with_last_consumer() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn auto_delete_queue_goes_with_last_consumer(t: Target) {
         let (conn, ch) = t.open().await;
         let name = unique("autodel");
         let opts = QueueDeclareOptions {
@@ -233,9 +234,9 @@ async fn auto_delete_queue_goes_with_last_consumer() {
     }
 }
 
-#[tokio::test]
-async fn auto_delete_queue_goes_when_consumer_channel_closes() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn auto_delete_queue_goes_when_consumer_channel_closes(t: Target) {
         let (conn, ch) = t.open().await;
         let name = unique("autodel");
         declare(
@@ -262,9 +263,9 @@ async fn auto_delete_queue_goes_when_consumer_channel_closes() {
     }
 }
 
-#[tokio::test]
-async fn empty_name_means_last_declared_queue() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn empty_name_means_last_declared_queue(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare(&t, &ch, "", exclusive()).await;
         let name = q.name().to_string();
@@ -331,9 +332,9 @@ async fn empty_name_means_last_declared_queue() {
     }
 }
 
-#[tokio::test]
-async fn purge_counts() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn purge_counts(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let name = unique("purge");
         declare(&t, &ch, &name, exclusive()).await;
@@ -366,9 +367,9 @@ async fn purge_counts() {
     }
 }
 
-#[tokio::test]
-async fn delete_if_unused_if_empty_and_counts() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn delete_if_unused_if_empty_and_counts(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let name = unique("del");
         declare(&t, &ch, &name, QueueDeclareOptions::default()).await;
@@ -448,9 +449,9 @@ async fn delete_if_unused_if_empty_and_counts() {
     }
 }
 
-#[tokio::test]
-async fn redeclare_with_other_flags_and_reserved_names() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn redeclare_with_other_flags_and_reserved_names(t: Target) {
         let (conn, ch) = t.open().await;
         let name = unique("q");
         declare(
@@ -548,9 +549,9 @@ fn locked(name: &str) -> String {
     ))
 }
 
-#[tokio::test]
-async fn exclusive_queue_redeclared_non_exclusive_on_same_connection() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn exclusive_queue_redeclared_non_exclusive_on_same_connection(t: Target) {
         let (conn, ch) = t.open().await;
         let excl = unique("excl");
         declare(&t, &ch, &excl, exclusive()).await;
@@ -573,9 +574,9 @@ async fn exclusive_queue_redeclared_non_exclusive_on_same_connection() {
     }
 }
 
-#[tokio::test]
-async fn shared_queue_redeclared_exclusive_on_same_connection() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn shared_queue_redeclared_exclusive_on_same_connection(t: Target) {
         let (conn, ch) = t.open().await;
         let shared = unique("shared");
         let auto = QueueDeclareOptions {

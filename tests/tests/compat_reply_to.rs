@@ -8,8 +8,8 @@ use lapin::{
     BasicProperties, Confirmation,
 };
 use warren_tests::{
-    close, consume, declare_exclusive, expect_error, get, next_delivery, publish_confirmed,
-    publish_with, targets, unique,
+    close, compat_test, consume, declare_exclusive, expect_error, get, next_delivery,
+    publish_confirmed, publish_with, unique,
 };
 
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -21,9 +21,9 @@ fn no_ack() -> BasicConsumeOptions {
     }
 }
 
-#[tokio::test]
-async fn request_reply_round_trip() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn request_reply_round_trip(t: Target) {
         // The server side: a plain queue.
         let (server_conn, server_ch) = t.open_confirm().await;
         let service = declare_exclusive(&t, &server_ch).await;
@@ -130,9 +130,9 @@ async fn request_reply_round_trip() {
     }
 }
 
-#[tokio::test]
-async fn reply_consumer_must_be_no_ack() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn reply_consumer_must_be_no_ack(t: Target) {
         let (conn, ch) = t.open().await;
         let res = ch
             .basic_consume(
@@ -154,9 +154,9 @@ async fn reply_consumer_must_be_no_ack() {
     }
 }
 
-#[tokio::test]
-async fn reply_consumer_only_once_per_channel() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn reply_consumer_only_once_per_channel(t: Target) {
         let (conn, ch) = t.open().await;
         let _first = consume(&t, &ch, REPLY_TO, "a", true).await;
         let res = ch
@@ -179,9 +179,9 @@ async fn reply_consumer_only_once_per_channel() {
     }
 }
 
-#[tokio::test]
-async fn publish_with_reply_to_without_consumer_fails() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn publish_with_reply_to_without_consumer_fails(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let pending = ch
@@ -205,9 +205,9 @@ async fn publish_with_reply_to_without_consumer_fails() {
     }
 }
 
-#[tokio::test]
-async fn reply_consumer_on_another_channel_does_not_count() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn reply_consumer_on_another_channel_does_not_count(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let other = conn.create_channel().await.expect("channel");
@@ -233,9 +233,9 @@ async fn reply_consumer_on_another_channel_does_not_count() {
     }
 }
 
-#[tokio::test]
-async fn reply_to_other_values_are_left_alone() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn reply_to_other_values_are_left_alone(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let mine = unique("replies");
@@ -262,9 +262,9 @@ async fn reply_to_other_values_are_left_alone() {
     }
 }
 
-#[tokio::test]
-async fn reply_to_pseudo_queue_declare() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn reply_to_pseudo_queue_declare(t: Target) {
         let (conn, ch) = t.open().await;
         let q = ch
             .queue_declare(
@@ -293,9 +293,9 @@ fn passive() -> QueueDeclareOptions {
     }
 }
 
-#[tokio::test]
-async fn reply_to_names_as_queues() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn reply_to_names_as_queues(t: Target) {
         let (server_conn, server_ch) = t.open_confirm().await;
         let service = declare_exclusive(&t, &server_ch).await;
         let (caller_conn, caller_ch) = t.open_confirm().await;
@@ -391,9 +391,9 @@ async fn reply_to_names_as_queues() {
     }
 }
 
-#[tokio::test]
-async fn cancelled_reply_consumer_no_longer_counts() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn cancelled_reply_consumer_no_longer_counts(t: Target) {
         let (conn, ch) = t.open_confirm().await;
         let q = declare_exclusive(&t, &ch).await;
         let c = consume(&t, &ch, REPLY_TO, "replies", true).await;
@@ -430,9 +430,9 @@ async fn cancelled_reply_consumer_no_longer_counts() {
     }
 }
 
-#[tokio::test]
-async fn reply_to_pseudo_queue_cannot_be_bound() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn reply_to_pseudo_queue_cannot_be_bound(t: Target) {
         let (server_conn, _) = t.open().await;
         let ch = server_conn.create_channel().await.expect("channel");
         let res = ch

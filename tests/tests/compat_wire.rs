@@ -5,7 +5,7 @@
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{self as proto, AMQPClass};
 use lapin::{types::FieldTable, BasicProperties};
-use warren_tests::{targets, unique, RawConn, Target};
+use warren_tests::{compat_test, unique, RawConn, Target};
 
 /// Handshake with the client's own tune-ok values.
 async fn handshake_tuned(t: &Target, channel_max: u16, frame_max: u32) -> RawConn {
@@ -50,16 +50,16 @@ fn get_method(queue: &str) -> AMQPClass {
     }))
 }
 
-#[tokio::test]
-async fn bodies_are_split_to_the_clients_frame_max() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn bodies_are_split_to_the_clients_frame_max(t: Target) {
         body_split(&t, 8192, &[8184, 1816]).await;
     }
 }
 
-#[tokio::test]
-async fn bodies_are_split_to_the_smallest_frame_max() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn bodies_are_split_to_the_smallest_frame_max(t: Target) {
         body_split(&t, 4096, &[4088, 4088, 1824]).await;
     }
 }
@@ -121,9 +121,9 @@ async fn body_split(t: &Target, frame_max: u32, expected_sizes: &[usize]) {
     }
 }
 
-#[tokio::test]
-async fn channel_max_from_the_client() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn channel_max_from_the_client(t: Target) {
         let mut raw = handshake_tuned(&t, 2, 131_072).await;
         raw.open_channel(1).await;
         raw.open_channel(2).await;
@@ -146,9 +146,9 @@ async fn channel_max_from_the_client() {
     }
 }
 
-#[tokio::test]
-async fn nowait_methods_get_no_reply() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn nowait_methods_get_no_reply(t: Target) {
         let mut raw = t.raw_open().await;
         let x = unique("nowait-x");
         let q = unique("nowait-q");
@@ -271,9 +271,9 @@ async fn nowait_methods_get_no_reply() {
     }
 }
 
-#[tokio::test]
-async fn pipelined_methods_are_answered_in_order() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test]
+    async fn pipelined_methods_are_answered_in_order(t: Target) {
         let mut raw = t.raw_open().await;
         let names: Vec<String> = (0..20).map(|i| unique(&format!("pipe{i}"))).collect();
         let mut bytes = Vec::new();
@@ -303,9 +303,9 @@ async fn pipelined_methods_are_answered_in_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_connections_at_once() {
-    for t in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_connections_at_once(t: Target) {
         let conns = futures::future::join_all((0..10).map(|_| t.open())).await;
         let declared = futures::future::join_all(
             conns

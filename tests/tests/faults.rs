@@ -27,7 +27,7 @@ use warren_tests::proxy::Proxy;
 use warren_tests::rpc_support::{
     calculator, raw_calls, ProbeClient, ProbeImpl, ProbeServer, RawRequest,
 };
-use warren_tests::{consume, targets, unique, Target};
+use warren_tests::{compat_test, consume, unique, Target};
 
 /// How late past its deadline a call may end, for scheduling on a loaded machine.
 const SLACK: Duration = Duration::from_secs(2);
@@ -243,10 +243,10 @@ async fn queue_gone(target: &Target, queue: &str) -> bool {
     consumers(target.url(), queue).await.is_none()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_cut_every_two_seconds() {
-    const RUN: Duration = Duration::from_secs(9);
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_cut_every_two_seconds(target: Target) {
+        const RUN: Duration = Duration::from_secs(9);
         let proxy = Proxy::start(target.addr()).await;
         let url = proxy.url_for(target.url());
         let queue = unique("calculator-cuts");
@@ -393,9 +393,9 @@ async fn bundled_broker_stopped_and_restarted() {
     restarted.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_killed_mid_call_and_another_started() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_killed_mid_call_and_another_started(target: Target) {
         let queue = unique("probe-kill");
         // The first server reaches the broker through a proxy: cutting it and refusing its
         // reconnections is, for the broker, the server process dying.
@@ -462,9 +462,9 @@ async fn server_killed_mid_call_and_another_started() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_delivery_of_a_non_idempotent_call_runs_once() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn duplicate_delivery_of_a_non_idempotent_call_runs_once(target: Target) {
         // (1) The same call id three times, two at once and one later: one execution.
         let queue = unique("calculator-dup");
         let server = calculator_server(target.url(), &queue).await;
@@ -597,9 +597,9 @@ async fn recording_server(
     (conn, seen)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attempts_reuse_the_call_id_and_count_up() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attempts_reuse_the_call_id_and_count_up(target: Target) {
         // An idempotent method is sent again when an attempt gets no reply in time; the
         // recording server answers the third attempt only.
         let queue = unique("recorded");
@@ -677,9 +677,9 @@ async fn attempts_reuse_the_call_id_and_count_up() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_wait_for_a_refused_connection_until_their_deadline() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_wait_for_a_refused_connection_until_their_deadline(target: Target) {
         let proxy = Proxy::start(target.addr()).await;
         let queue = unique("calculator-down");
         let server = calculator_server(target.url(), &queue).await;
@@ -719,9 +719,9 @@ async fn calls_wait_for_a_refused_connection_until_their_deadline() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_partitions_are_noticed_by_heartbeats() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_partitions_are_noticed_by_heartbeats(target: Target) {
         let queue = unique("calculator-partition");
         let server = calculator_server(target.url(), &queue).await;
         let proxy = Proxy::start(target.addr()).await;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use warren_tests::targets;
+use warren_tests::compat_test;
 
 fn pika_available() -> Result<(), String> {
     match Command::new("python3").args(["-c", "import pika"]).output() {
@@ -18,19 +18,19 @@ fn pika_available() -> Result<(), String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pika_scenarios() {
-    if let Err(why) = pika_available() {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is set but pika is unavailable: {why} (pip install pika)");
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pika_scenarios(target: Target) {
+        if let Err(why) = pika_available() {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set but pika is unavailable: {why} (pip install pika)");
+            }
+            println!("skipped pika scenarios: {why}");
+            return;
         }
-        println!("skipped pika scenarios: {why}");
-        return;
-    }
-    let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "python", "compat_pika.py"]
-        .iter()
-        .collect();
-    for target in targets().await {
+        let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "python", "compat_pika.py"]
+            .iter()
+            .collect();
         let url = target.url().to_string();
         let name = target.name();
         let path = script.clone();

@@ -16,7 +16,7 @@ use warren_tests::rpc_support::{
     calculator, client, probe, raw_call, raw_calls, serve, serve_calculator, serve_probe,
     ProbeImpl, ProbeServer, RawRequest,
 };
-use warren_tests::{targets, Target};
+use warren_tests::{compat_test, Target};
 
 /// Slack allowed past a deadline for scheduling on a loaded CI machine.
 const SLACK: Duration = Duration::from_secs(2);
@@ -26,9 +26,9 @@ async fn cleanup(target: &Target, server: Server, queue: &str) {
     target.delete_queues(&[queue]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_return_values_and_application_errors() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_return_values_and_application_errors(target: Target) {
         let (server, queue) = serve_calculator(&target, Server::builder()).await;
         let client = client(&target).await;
         assert_eq!(
@@ -72,10 +72,10 @@ async fn calls_return_values_and_application_errors() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousands_of_concurrent_calls() {
-    const CALLS: u64 = 3000;
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn thousands_of_concurrent_calls(target: Target) {
+        const CALLS: u64 = 3000;
         let (server, queue) = serve_calculator(&target, Server::builder().concurrency(64)).await;
         let client = client(&target).await;
         let calc = calculator(&client, &queue);
@@ -97,9 +97,9 @@ async fn thousands_of_concurrent_calls() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exclusive_reply_queue_works_like_direct_reply_to() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exclusive_reply_queue_works_like_direct_reply_to(target: Target) {
         let (server, queue) = serve_calculator(&target, Server::builder()).await;
         let client = Client::builder()
             .reply_queue(ReplyQueue::Exclusive)
@@ -118,9 +118,9 @@ async fn exclusive_reply_queue_works_like_direct_reply_to() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_unknown_method_bad_arguments_and_panics() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn faults_unknown_method_bad_arguments_and_panics(target: Target) {
         let (server, queue) = serve_probe(&target, Server::builder()).await;
 
         let replies = raw_calls(
@@ -184,9 +184,9 @@ async fn faults_unknown_method_bad_arguments_and_panics() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_handler_times_out_by_the_deadline() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_handler_times_out_by_the_deadline(target: Target) {
         let (server, queue) = serve_probe(&target, Server::builder()).await;
         let client = client(&target).await;
         let probe = probe(&client, &queue);
@@ -211,9 +211,9 @@ async fn slow_handler_times_out_by_the_deadline() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_service_is_unavailable_at_once() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_service_is_unavailable_at_once(target: Target) {
         // Unconfirmed calls (the default) learn it from the returned request, confirmed ones
         // from the confirm that carries it.
         for confirm_calls in [false, true] {
@@ -253,9 +253,9 @@ async fn missing_service_is_unavailable_at_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirmed_calls_learn_that_the_broker_refused_the_request() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn confirmed_calls_learn_that_the_broker_refused_the_request(target: Target) {
         // A service queue that takes nothing: full at length 0, refusing new messages.
         let queue = warren_tests::unique("full");
         let (conn, ch) = target.open().await;
@@ -292,9 +292,9 @@ async fn confirmed_calls_learn_that_the_broker_refused_the_request() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_expire_while_queued() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_expire_while_queued(target: Target) {
         // A server with one slot, kept busy, so the next request waits in the queue.
         let (server, queue) = serve(
             &target,
@@ -338,9 +338,9 @@ async fn requests_expire_while_queued() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_waiting_behind_a_busy_server_expire() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_waiting_behind_a_busy_server_expire(target: Target) {
         let (server, queue) = serve_probe(&target, Server::builder().concurrency(1)).await;
         let client = client(&target).await;
         let probe = probe(&client, &queue);
@@ -368,9 +368,9 @@ async fn requests_waiting_behind_a_busy_server_expire() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oneway_calls_get_no_reply_and_run() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oneway_calls_get_no_reply_and_run(target: Target) {
         let (server, queue) = serve_probe(&target, Server::builder().concurrency(1)).await;
         let client = client(&target).await;
         let probe = probe(&client, &queue);
@@ -401,14 +401,14 @@ async fn oneway_calls_get_no_reply_and_run() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wire_format_in_json_and_msgpack() {
-    #[derive(serde::Serialize)]
-    struct Args {
-        a: i64,
-        b: i64,
-    }
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wire_format_in_json_and_msgpack(target: Target) {
+        #[derive(serde::Serialize)]
+        struct Args {
+            a: i64,
+            b: i64,
+        }
         let (server, queue) = serve_calculator(&target, Server::builder()).await;
 
         let request = RawRequest::json("add", r#"{"a": 2, "b": 3}"#);
@@ -475,24 +475,24 @@ async fn wire_format_in_json_and_msgpack() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serde_shapes_survive_both_codecs() {
-    use warren_tests::rpc_support::{Document, Shape};
-    let document = Document {
-        title: "ünïcode ✓".into(),
-        tags: Some(vec!["a".into(), String::new()]),
-        scores: [("x".to_owned(), 1.5), ("y".to_owned(), -0.25)].into(),
-        shapes: vec![
-            Shape::Point,
-            Shape::Circle(2.5),
-            Shape::Segment(-1, 1),
-            Shape::Rect { w: 3, h: 4 },
-        ],
-        blob: (0..=255).collect(),
-        nothing: (),
-        big: u64::MAX,
-    };
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serde_shapes_survive_both_codecs(target: Target) {
+        use warren_tests::rpc_support::{Document, Shape};
+        let document = Document {
+            title: "ünïcode ✓".into(),
+            tags: Some(vec!["a".into(), String::new()]),
+            scores: [("x".to_owned(), 1.5), ("y".to_owned(), -0.25)].into(),
+            shapes: vec![
+                Shape::Point,
+                Shape::Circle(2.5),
+                Shape::Segment(-1, 1),
+                Shape::Rect { w: 3, h: 4 },
+            ],
+            blob: (0..=255).collect(),
+            nothing: (),
+            big: u64::MAX,
+        };
         let (server, queue) = serve_probe(&target, Server::builder()).await;
         let client = client(&target).await;
         for codec in [Codec::MsgPack, Codec::Json] {
@@ -512,9 +512,9 @@ async fn serde_shapes_survive_both_codecs() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_requests_execute_once() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn duplicate_requests_execute_once(target: Target) {
         let (server, queue) = serve_probe(&target, Server::builder()).await;
 
         // The same call id twice, the second while the first still runs.
@@ -551,9 +551,9 @@ async fn duplicate_requests_execute_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handlers_see_their_call_context() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handlers_see_their_call_context(target: Target) {
         let (server, queue) = serve_probe(&target, Server::builder()).await;
         let client = client(&target).await;
         let probe = probe(&client, &queue).with_timeout(Duration::from_secs(3));
@@ -569,9 +569,9 @@ async fn handlers_see_their_call_context() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_made_by_a_handler_inherit_its_deadline() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_made_by_a_handler_inherit_its_deadline(target: Target) {
         let (inner, inner_queue) = serve_probe(&target, Server::builder()).await;
         // The relay's own client allows 30 s per call; the outer caller allows 1 s.
         let relay_client = Client::builder()
@@ -602,9 +602,9 @@ async fn calls_made_by_a_handler_inherit_its_deadline() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_drains_calls_in_flight() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_drains_calls_in_flight(target: Target) {
         let service = std::sync::Arc::new(ProbeImpl::default());
         let (server, queue) = serve(
             &target,
@@ -657,16 +657,16 @@ fn python_ready() -> bool {
     ready
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_client_speaks_the_wire_protocol() {
-    if !python_ready() {
-        return;
-    }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/python/calculator_client.py"
-    );
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn python_client_speaks_the_wire_protocol(target: Target) {
+        if !python_ready() {
+            return;
+        }
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/python/calculator_client.py"
+        );
         let (server, queue) = serve_calculator(&target, Server::builder()).await;
         let run = tokio::process::Command::new("python3")
             .arg(script)
@@ -690,9 +690,9 @@ async fn python_client_speaks_the_wire_protocol() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn durable_and_quorum_service_queues() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durable_and_quorum_service_queues(target: Target) {
         // Durable classic queue: everywhere.
         let (server, queue) = serve_calculator(&target, Server::builder().durable(true)).await;
         let client = client(&target).await;
@@ -742,18 +742,18 @@ async fn durable_and_quorum_service_queues() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rust_client_calls_a_python_server() {
-    use tokio::io::AsyncBufReadExt;
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rust_client_calls_a_python_server(target: Target) {
+        use tokio::io::AsyncBufReadExt;
 
-    if !python_ready() {
-        return;
-    }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/python/calculator_server.py"
-    );
-    for target in targets().await {
+        if !python_ready() {
+            return;
+        }
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/python/calculator_server.py"
+        );
         let queue = warren_tests::unique("calculator");
         let mut server = tokio::process::Command::new("python3")
             .arg(script)

@@ -286,6 +286,10 @@ async fn streams_deliver_every_item_in_order_then_end() {
             broken.next().await.is_none(),
             "{target}: nothing after the error"
         );
+        assert!(
+            broken.next().await.is_none(),
+            "{target}: nor when polled again"
+        );
 
         // A caller that knows nothing of streams gets every item in one reply.
         let reply = raw_call(
@@ -519,5 +523,86 @@ async fn a_server_that_does_not_stream_answers_a_stream_with_one_list() {
         }
         target.delete_queues(&[&queue]).await;
         warren_tests::close(conn).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_additions_from_a_raw_peer_are_harmless() {
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::BasicProperties;
+
+    for target in targets().await {
+        let (server, queue) = serve_probe(&target, Server::builder()).await;
+
+        // Malformed trace contexts are ignored: the handler starts a trace of its own.
+        for traceparent in [
+            AMQPValue::LongString("nonsense".into()),
+            AMQPValue::LongString("00-00000000000000000000000000000000-00f067aa0ba902b7-01".into()),
+            AMQPValue::LongLongInt(7),
+        ] {
+            let request = RawRequest {
+                headers: vec![("traceparent".into(), traceparent.clone())],
+                ..RawRequest::json("trace", "{}")
+            };
+            let reply = raw_call(&target, &queue, request).await.json();
+            assert!(reply["ok"]["trace_id"].is_string(), "{target}: {reply}");
+            assert!(
+                reply["ok"]["parent_span_id"].is_null(),
+                "{target}: {traceparent:?} gave a parent: {reply}"
+            );
+        }
+
+        // A credit far beyond anything sensible streams (it is capped, never a crash).
+        let request = RawRequest {
+            headers: vec![(
+                "x-warren-stream-credit".into(),
+                AMQPValue::LongLongInt(i64::MAX),
+            )],
+            ..RawRequest::json("numbers", r#"{"n": 3, "every_ms": 0}"#)
+        };
+        let first = raw_call(&target, &queue, request).await;
+        assert_eq!(first.kind.as_deref(), Some("started"), "{target}");
+
+        // Control messages the server cannot use are ignored.
+        let (conn, ch) = target.open().await;
+        let odd = [
+            BasicProperties::default().with_type("cancel".into()),
+            BasicProperties::default()
+                .with_type("what-is-this".into())
+                .with_correlation_id("x".into()),
+            BasicProperties::default()
+                .with_type("credit".into())
+                .with_correlation_id("y".into())
+                .with_headers({
+                    let mut headers = FieldTable::default();
+                    headers.insert("x-warren-credit".into(), AMQPValue::Boolean(true));
+                    headers
+                }),
+        ];
+        for properties in odd {
+            ch.basic_publish(
+                "warren.control".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                b"junk",
+                properties,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{target}: publish: {e}"));
+        }
+        warren_tests::close(conn).await;
+
+        // The server still serves.
+        let client = client(&target).await;
+        assert_eq!(
+            probe(&client, &queue)
+                .echo("still here".into())
+                .await
+                .unwrap(),
+            "still here",
+            "{target}"
+        );
+        cleanup(&target, server, &queue).await;
     }
 }

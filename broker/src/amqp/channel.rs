@@ -19,17 +19,17 @@ use std::sync::Arc;
 /// What a channel needs from its connection.
 pub(crate) struct Ctx<'a> {
     /// The broker state.
-    pub state: &'a StateLock,
+    pub(crate) state: &'a StateLock,
     /// The connection.
-    pub conn: ConnId,
+    pub(crate) conn: ConnId,
     /// The connection's outbox.
-    pub outbox: &'a Outbox,
+    pub(crate) outbox: &'a Outbox,
     /// The connection's vhost.
-    pub vhost: &'a str,
+    pub(crate) vhost: &'a str,
     /// The authenticated user.
-    pub user: &'a str,
+    pub(crate) user: &'a str,
     /// Largest accepted message body.
-    pub max_message_size: u64,
+    pub(crate) max_message_size: u64,
 }
 
 /// A message being received: the publish method, then its header, then its body frames.
@@ -57,7 +57,7 @@ pub(super) struct Tx {
 pub(crate) struct Channel {
     pub(super) id: u16,
     /// We sent channel.close and wait for close-ok; everything else is ignored.
-    pub closing: bool,
+    pub(crate) closing: bool,
     pub(super) pending: Option<Pending>,
     pub(super) confirm: bool,
     pub(super) next_publish_seq: u64,
@@ -109,7 +109,7 @@ pub(super) fn unexpected(text: String, class_id: u16, method_id: u16) -> AmqpErr
 
 impl Channel {
     /// A newly opened channel.
-    pub fn new(id: u16) -> Self {
+    pub(crate) fn new(id: u16) -> Self {
         Channel {
             id,
             closing: false,
@@ -130,7 +130,7 @@ impl Channel {
 
     /// Handles a frame for this channel (other than channel open/close, handled by the
     /// connection).
-    pub fn on_frame(
+    pub(crate) fn on_frame(
         &mut self,
         ctx: &Ctx<'_>,
         raw: RawFrame,

@@ -16,13 +16,13 @@ pub const FRAME_HEADER: u8 = 2;
 /// Frame type octet of a content body frame.
 pub const FRAME_BODY: u8 = 3;
 /// Frame type octet of a heartbeat frame.
-pub const FRAME_HEARTBEAT: u8 = 8;
+pub(crate) const FRAME_HEARTBEAT: u8 = 8;
 /// The octet that ends every frame.
-pub const FRAME_END: u8 = 0xCE;
+pub(crate) const FRAME_END: u8 = 0xCE;
 /// Bytes a frame adds around its payload (type, channel, size, frame-end).
-pub const FRAME_OVERHEAD: usize = 8;
+pub(crate) const FRAME_OVERHEAD: usize = 8;
 /// The AMQP 0-9-1 protocol header a client sends first.
-pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+pub(crate) const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 
 /// One frame as read from the wire, payload not yet interpreted.
 #[derive(Debug, Clone)]
@@ -87,7 +87,7 @@ impl FramingError {
 }
 
 /// Formats at most 16 payload octets the way RabbitMQ's errors print them (Erlang's `~tp`).
-pub fn snippet(payload: &[u8]) -> (&'static str, String) {
+pub(crate) fn snippet(payload: &[u8]) -> (&'static str, String) {
     let (which, bytes) = if payload.len() <= 16 {
         ("all", payload)
     } else {
@@ -97,7 +97,7 @@ pub fn snippet(payload: &[u8]) -> (&'static str, String) {
 }
 
 /// Prints a binary like Erlang: `<<"text">>` when `pretty` and printable, else `<<1,2,3>>`.
-pub fn erlang_binary(bytes: &[u8], pretty: bool) -> String {
+pub(crate) fn erlang_binary(bytes: &[u8], pretty: bool) -> String {
     if pretty && !bytes.is_empty() {
         if let Ok(text) = std::str::from_utf8(bytes) {
             let printable = text.chars().all(|c| {
@@ -134,7 +134,7 @@ pub fn erlang_binary(bytes: &[u8], pretty: bool) -> String {
 }
 
 /// Whether (class, method) is a method of AMQP 0-9-1.
-pub fn is_known_method(class: u16, method: u16) -> bool {
+pub(crate) fn is_known_method(class: u16, method: u16) -> bool {
     let methods: &[u16] = match class {
         10 => &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51, 60, 61, 70, 71],
         20 => &[10, 11, 20, 21, 40, 41],
@@ -240,12 +240,12 @@ pub fn write_body(out: &mut Vec<u8>, channel: u16, body: &[u8], frame_max: u32) 
 }
 
 /// Appends a heartbeat frame to `out`.
-pub fn write_heartbeat(out: &mut Vec<u8>) {
+pub(crate) fn write_heartbeat(out: &mut Vec<u8>) {
     out.extend_from_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
 }
 
 /// Reads the body size out of a content header payload.
-pub fn header_body_size(payload: &[u8]) -> Option<u64> {
+pub(crate) fn header_body_size(payload: &[u8]) -> Option<u64> {
     if payload.len() < 12 {
         return None;
     }
@@ -253,7 +253,7 @@ pub fn header_body_size(payload: &[u8]) -> Option<u64> {
 }
 
 /// The frame-max value every connection starts with, before tuning (the spec's minimum).
-pub const FRAME_MIN_SIZE: u32 = 4096;
+pub(crate) const FRAME_MIN_SIZE: u32 = 4096;
 
 #[cfg(test)]
 mod tests {

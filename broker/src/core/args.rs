@@ -22,7 +22,7 @@ fn unacceptable(v: &AMQPValue) -> String {
 }
 
 /// Checks the arguments of a queue being created.
-pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpResult<()> {
+pub(crate) fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpResult<()> {
     for (k, v) in args.inner() {
         let k = k.as_str();
         match k {

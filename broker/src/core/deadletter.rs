@@ -13,7 +13,7 @@ fn long(s: &str) -> AMQPValue {
 
 /// Why a message is dead-lettered, as written in x-death.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeathReason {
+pub(crate) enum DeathReason {
     /// Rejected or nacked without requeue.
     Rejected,
     /// Its TTL passed.
@@ -24,7 +24,7 @@ pub enum DeathReason {
 
 impl DeathReason {
     /// The reason as RabbitMQ writes it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
@@ -59,7 +59,7 @@ fn without_expiration(p: &AMQPProperties, headers: FieldTable) -> AMQPProperties
 }
 
 /// The message to publish to `dlx` when `msg` dies in `queue` for `reason`.
-pub fn dead_letter(
+pub(crate) fn dead_letter(
     msg: &Message,
     queue: &str,
     reason: DeathReason,
@@ -139,7 +139,7 @@ pub fn dead_letter(
 }
 
 /// Whether the message's history shows it already died in `queue` (a dead-letter cycle).
-pub fn is_cycle(msg: &Message, queue: &str) -> bool {
+pub(crate) fn is_cycle(msg: &Message, queue: &str) -> bool {
     let Some(headers) = msg.headers() else {
         return false;
     };

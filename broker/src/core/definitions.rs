@@ -20,7 +20,7 @@ pub(crate) fn is_durable_destination(vh: &Vhost, d: &Destination) -> bool {
 }
 
 /// The durable definitions of every vhost.
-pub fn snapshot(vhosts: &HashMap<String, Vhost>) -> Value {
+pub(crate) fn snapshot(vhosts: &HashMap<String, Vhost>) -> Value {
     let mut out = serde_json::Map::new();
     for (name, vh) in vhosts {
         let mut exchanges = Vec::new();

@@ -26,11 +26,11 @@ pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Routed {
     /// Queues (or reply consumers) the message reached.
-    pub queues: usize,
+    pub(crate) queues: usize,
     /// Queues that refused it (x-overflow reject-publish): the publisher gets a nack.
-    pub rejected: usize,
+    pub(crate) rejected: usize,
     /// It was written to disk: confirm only after the next fsync.
-    pub persisted: bool,
+    pub(crate) persisted: bool,
 }
 
 impl Routed {
@@ -46,13 +46,13 @@ impl Routed {
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumeOptions {
     /// The requested tag ("" to have one generated).
-    pub tag: String,
+    pub(crate) tag: String,
     /// No acknowledgements.
-    pub no_ack: bool,
+    pub(crate) no_ack: bool,
     /// Exclusive consumer.
-    pub exclusive: bool,
+    pub(crate) exclusive: bool,
     /// Consumer arguments (x-priority).
-    pub args: FieldTable,
+    pub(crate) args: FieldTable,
 }
 
 impl State {

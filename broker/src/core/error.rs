@@ -7,7 +7,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)]
 #[allow(dead_code)] // the whole table of reply codes, as RabbitMQ names them
-pub enum Code {
+pub(crate) enum Code {
     ContentTooLarge = 311,
     NoRoute = 312,
     NoConsumers = 313,
@@ -30,7 +30,7 @@ pub enum Code {
 
 impl Code {
     /// The upper-case name RabbitMQ puts in front of every error text.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Code::ContentTooLarge => "CONTENT_TOO_LARGE",
             Code::NoRoute => "NO_ROUTE",
@@ -54,27 +54,27 @@ impl Code {
     }
 
     /// Hard errors close the connection; soft ones only the channel (AMQP 0-9-1 spec, 1.3).
-    pub fn is_hard(self) -> bool {
+    pub(crate) fn is_hard(self) -> bool {
         (self as u16) >= 500 || matches!(self, Code::ConnectionForced | Code::InvalidPath)
     }
 }
 
 /// A protocol error raised while handling a method.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AmqpError {
+pub(crate) struct AmqpError {
     /// The reply code.
-    pub code: Code,
+    pub(crate) code: Code,
     /// The full reply text, e.g. "NOT_FOUND - no queue 'q' in vhost '/'".
-    pub text: String,
+    pub(crate) text: String,
     /// Class of the method that failed (0 when none).
-    pub class_id: u16,
+    pub(crate) class_id: u16,
     /// Id of the method that failed (0 when none).
-    pub method_id: u16,
+    pub(crate) method_id: u16,
 }
 
 impl AmqpError {
     /// An error with RabbitMQ's "NAME - explanation" text.
-    pub fn new(code: Code, explanation: impl fmt::Display) -> Self {
+    pub(crate) fn new(code: Code, explanation: impl fmt::Display) -> Self {
         AmqpError {
             code,
             text: format!("{} - {}", code.name(), explanation),
@@ -84,7 +84,7 @@ impl AmqpError {
     }
 
     /// Records which method failed, for the close method's class-id and method-id.
-    pub fn on(mut self, class_id: u16, method_id: u16) -> Self {
+    pub(crate) fn on(mut self, class_id: u16, method_id: u16) -> Self {
         if self.class_id == 0 {
             self.class_id = class_id;
             self.method_id = method_id;
@@ -93,7 +93,7 @@ impl AmqpError {
     }
 
     /// 404 for a missing queue.
-    pub fn no_queue(name: &str, vhost: &str) -> Self {
+    pub(crate) fn no_queue(name: &str, vhost: &str) -> Self {
         Self::new(
             Code::NotFound,
             format!("no queue '{name}' in vhost '{vhost}'"),
@@ -101,7 +101,7 @@ impl AmqpError {
     }
 
     /// 404 for a missing exchange.
-    pub fn no_exchange(name: &str, vhost: &str) -> Self {
+    pub(crate) fn no_exchange(name: &str, vhost: &str) -> Self {
         Self::new(
             Code::NotFound,
             format!("no exchange '{name}' in vhost '{vhost}'"),
@@ -109,12 +109,12 @@ impl AmqpError {
     }
 
     /// 406 with the given explanation.
-    pub fn precondition(explanation: impl fmt::Display) -> Self {
+    pub(crate) fn precondition(explanation: impl fmt::Display) -> Self {
         Self::new(Code::PreconditionFailed, explanation)
     }
 
     /// 405 for an exclusive queue owned by another connection.
-    pub fn locked(name: &str, vhost: &str) -> Self {
+    pub(crate) fn locked(name: &str, vhost: &str) -> Self {
         Self::new(
             Code::ResourceLocked,
             format!(
@@ -135,7 +135,7 @@ impl fmt::Display for AmqpError {
 impl std::error::Error for AmqpError {}
 
 /// Result of handling a method.
-pub type AmqpResult<T> = Result<T, AmqpError>;
+pub(crate) type AmqpResult<T> = Result<T, AmqpError>;
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 //! (see `state.rs`), because it needs every exchange.
 
 use super::fieldtable::{type_name, value_eq, value_int, value_str};
+use super::topic::TopicTrie;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use std::collections::HashMap;
 
@@ -23,7 +24,7 @@ pub enum ExchangeKind {
 
 impl ExchangeKind {
     /// Parses the type name a client declares.
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "direct" => Some(Self::Direct),
             "fanout" => Some(Self::Fanout),
@@ -34,7 +35,7 @@ impl ExchangeKind {
     }
 
     /// The type name, as declared.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct",
             Self::Fanout => "fanout",
@@ -57,24 +58,20 @@ pub enum Destination {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Binding {
     /// Where matching messages go.
-    pub destination: Destination,
+    pub(crate) destination: Destination,
     /// The binding key.
-    pub key: String,
+    pub(crate) key: String,
     /// The binding arguments (used by headers exchanges, and for binding identity).
-    pub args: FieldTable,
-    /// The binding key split into topic words, for topic exchanges.
-    words: Vec<String>,
+    pub(crate) args: FieldTable,
 }
 
 impl Binding {
     /// A binding of `destination` with `key` and `args`.
     pub fn new(destination: Destination, key: String, args: FieldTable) -> Self {
-        let words = split_words(&key).into_iter().map(str::to_owned).collect();
         Binding {
             destination,
             key,
             args,
-            words,
         }
     }
 }
@@ -83,21 +80,27 @@ impl Binding {
 #[derive(Debug, Clone)]
 pub struct Exchange {
     /// The exchange name.
-    pub name: String,
+    pub(crate) name: String,
     /// How it routes.
-    pub kind: ExchangeKind,
+    pub(crate) kind: ExchangeKind,
     /// Survives a broker restart.
-    pub durable: bool,
+    pub(crate) durable: bool,
     /// Deleted when its last binding (as source) is removed.
-    pub auto_delete: bool,
+    pub(crate) auto_delete: bool,
     /// Clients may not publish to it directly.
-    pub internal: bool,
+    pub(crate) internal: bool,
     /// Declaration arguments.
-    pub args: FieldTable,
-    /// Bindings with this exchange as source.
-    pub bindings: Vec<Binding>,
-    /// Index for direct exchanges: binding key -> positions in `bindings`.
-    direct_index: HashMap<String, Vec<usize>>,
+    pub(crate) args: FieldTable,
+    /// Bindings with this exchange as source (read-only outside: binding and unbinding keep
+    /// the indexes below in step, each in time proportional to one binding).
+    pub(crate) bindings: Vec<Binding>,
+    /// Positions in `bindings` by destination and key: identity checks and unbinding without
+    /// a scan.
+    by_route: HashMap<(Destination, String), Vec<usize>>,
+    /// Direct exchanges: positions by binding key.
+    direct: HashMap<String, Vec<usize>>,
+    /// Topic exchanges: positions by binding key's words.
+    topic: TopicTrie,
 }
 
 impl Exchange {
@@ -118,12 +121,14 @@ impl Exchange {
             internal,
             args,
             bindings: Vec::new(),
-            direct_index: HashMap::new(),
+            by_route: HashMap::new(),
+            direct: HashMap::new(),
+            topic: TopicTrie::default(),
         }
     }
 
     /// The alternate exchange configured by the `alternate-exchange` argument.
-    pub fn alternate_exchange(&self) -> Option<&str> {
+    pub(crate) fn alternate_exchange(&self) -> Option<&str> {
         match self.args.inner().get("alternate-exchange") {
             Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
             Some(AMQPValue::ShortString(s)) => Some(s.as_str()),
@@ -133,46 +138,83 @@ impl Exchange {
 
     /// Adds a binding; returns false if an identical one exists (binding is idempotent).
     pub fn bind(&mut self, binding: Binding) -> bool {
-        if self.bindings.iter().any(|b| {
-            b.destination == binding.destination && b.key == binding.key && b.args == binding.args
-        }) {
-            return false;
+        let route = (binding.destination.clone(), binding.key.clone());
+        if let Some(ids) = self.by_route.get(&route) {
+            if ids.iter().any(|&i| self.bindings[i].args == binding.args) {
+                return false;
+            }
         }
+        let id = self.bindings.len();
+        match self.kind {
+            ExchangeKind::Direct => self.direct.entry(binding.key.clone()).or_default().push(id),
+            ExchangeKind::Topic => self.topic.insert(&split_words(&binding.key), id),
+            ExchangeKind::Fanout | ExchangeKind::Headers => {}
+        }
+        self.by_route.entry(route).or_default().push(id);
         self.bindings.push(binding);
-        self.reindex();
         true
     }
 
     /// Removes a binding; returns whether it existed.
-    pub fn unbind(&mut self, destination: &Destination, key: &str, args: &FieldTable) -> bool {
-        let before = self.bindings.len();
-        self.bindings
-            .retain(|b| !(&b.destination == destination && b.key == key && &b.args == args));
-        let removed = self.bindings.len() != before;
-        if removed {
-            self.reindex();
+    pub(crate) fn unbind(
+        &mut self,
+        destination: &Destination,
+        key: &str,
+        args: &FieldTable,
+    ) -> bool {
+        let found = self
+            .by_route
+            .get(&(destination.clone(), key.to_string()))
+            .and_then(|ids| {
+                ids.iter()
+                    .copied()
+                    .find(|&i| &self.bindings[i].args == args)
+            });
+        match found {
+            Some(i) => {
+                self.remove_at(i);
+                true
+            }
+            None => false,
         }
-        removed
     }
 
     /// Removes every binding to `destination`; returns how many were removed.
-    pub fn unbind_destination(&mut self, destination: &Destination) -> usize {
-        let before = self.bindings.len();
-        self.bindings.retain(|b| &b.destination != destination);
-        let removed = before - self.bindings.len();
-        if removed > 0 {
-            self.reindex();
+    pub(crate) fn unbind_destination(&mut self, destination: &Destination) -> usize {
+        let doomed: Vec<usize> = (0..self.bindings.len())
+            .rev()
+            .filter(|&i| &self.bindings[i].destination == destination)
+            .collect();
+        // From the highest position down: the binding each removal moves into the hole comes
+        // from past every position still to remove.
+        for &i in &doomed {
+            self.remove_at(i);
         }
-        removed
+        doomed.len()
     }
 
-    fn reindex(&mut self) {
-        self.direct_index.clear();
-        if self.kind == ExchangeKind::Direct {
-            for (i, b) in self.bindings.iter().enumerate() {
-                self.direct_index.entry(b.key.clone()).or_default().push(i);
+    /// Removes the binding at position `i`, moving the last binding into its place.
+    fn remove_at(&mut self, i: usize) {
+        let last = self.bindings.len() - 1;
+        let b = &self.bindings[i];
+        let route = (b.destination.clone(), b.key.clone());
+        forget(&mut self.by_route, &route, i);
+        match self.kind {
+            ExchangeKind::Direct => forget(&mut self.direct, &b.key, i),
+            ExchangeKind::Topic => self.topic.remove(&split_words(&b.key), i),
+            ExchangeKind::Fanout | ExchangeKind::Headers => {}
+        }
+        if i != last {
+            let moved = &self.bindings[last];
+            let route = (moved.destination.clone(), moved.key.clone());
+            rename(&mut self.by_route, &route, last, i);
+            match self.kind {
+                ExchangeKind::Direct => rename(&mut self.direct, &moved.key, last, i),
+                ExchangeKind::Topic => self.topic.rename(&split_words(&moved.key), last, i),
+                ExchangeKind::Fanout | ExchangeKind::Headers => {}
             }
         }
+        self.bindings.swap_remove(i);
     }
 
     /// Appends the destinations whose bindings match the message to `out`.
@@ -184,19 +226,15 @@ impl Exchange {
     ) {
         match self.kind {
             ExchangeKind::Direct => {
-                if let Some(positions) = self.direct_index.get(routing_key) {
+                if let Some(positions) = self.direct.get(routing_key) {
                     out.extend(positions.iter().map(|&i| &self.bindings[i].destination));
                 }
             }
             ExchangeKind::Fanout => out.extend(self.bindings.iter().map(|b| &b.destination)),
             ExchangeKind::Topic => {
-                let words = split_words(routing_key);
-                out.extend(
-                    self.bindings
-                        .iter()
-                        .filter(|b| topic_match(&b.words, &words))
-                        .map(|b| &b.destination),
-                );
+                let mut ids = Vec::new();
+                self.topic.matches(&split_words(routing_key), &mut ids);
+                out.extend(ids.iter().map(|&i| &self.bindings[i].destination));
             }
             ExchangeKind::Headers => out.extend(
                 self.bindings
@@ -204,6 +242,30 @@ impl Exchange {
                     .filter(|b| headers_match(&b.args, headers))
                     .map(|b| &b.destination),
             ),
+        }
+    }
+}
+
+/// Drops position `i` from an index entry (and the entry once empty).
+fn forget<K: std::hash::Hash + Eq>(index: &mut HashMap<K, Vec<usize>>, key: &K, i: usize) {
+    if let Some(ids) = index.get_mut(key) {
+        ids.retain(|&x| x != i);
+        if ids.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// Renames position `from` to `to` in an index entry.
+fn rename<K: std::hash::Hash + Eq>(
+    index: &mut HashMap<K, Vec<usize>>,
+    key: &K,
+    from: usize,
+    to: usize,
+) {
+    if let Some(ids) = index.get_mut(key) {
+        for x in ids.iter_mut().filter(|x| **x == from) {
+            *x = to;
         }
     }
 }
@@ -257,7 +319,7 @@ pub fn topic_match<P: AsRef<str>>(pattern: &[P], words: &[&str]) -> bool {
 }
 
 /// Validates a headers-exchange binding's `x-match` argument like RabbitMQ.
-pub fn validate_headers_binding(args: &FieldTable) -> Result<(), String> {
+pub(crate) fn validate_headers_binding(args: &FieldTable) -> Result<(), String> {
     match args.inner().get("x-match") {
         None => Ok(()),
         Some(v) => match value_str(v) {
@@ -359,5 +421,42 @@ mod tests {
         assert!(!headers_match(&args, Some(&h)));
         h.insert("a".into(), AMQPValue::ShortString("1".into()));
         assert!(headers_match(&args, Some(&h)));
+    }
+
+    fn routed(x: &Exchange, key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        x.route(key, None, &mut out);
+        let mut names: Vec<String> = out
+            .into_iter()
+            .map(|d| match d {
+                Destination::Queue(q) | Destination::Exchange(q) => q.clone(),
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn unbinding_moves_no_other_binding_off_its_route() {
+        for kind in [ExchangeKind::Topic, ExchangeKind::Direct] {
+            let mut x = Exchange::new("x".into(), kind, false, false, false, FieldTable::default());
+            let q = |n: &str| Destination::Queue(n.into());
+            let none = FieldTable::default();
+            assert!(x.bind(Binding::new(q("q1"), "a.b".into(), none.clone())));
+            assert!(x.bind(Binding::new(q("q2"), "a.b".into(), none.clone())));
+            assert!(x.bind(Binding::new(q("q3"), "c".into(), none.clone())));
+            assert!(
+                !x.bind(Binding::new(q("q3"), "c".into(), none.clone())),
+                "idempotent"
+            );
+            // Removing the first moves the last (q3 on "c") into its place.
+            assert!(x.unbind(&q("q1"), "a.b", &none));
+            assert!(!x.unbind(&q("q1"), "a.b", &none));
+            assert_eq!(routed(&x, "a.b"), vec!["q2"]);
+            assert_eq!(routed(&x, "c"), vec!["q3"]);
+            assert_eq!(x.unbind_destination(&q("q2")), 1);
+            assert_eq!(routed(&x, "a.b"), Vec::<String>::new());
+            assert_eq!(routed(&x, "c"), vec!["q3"]);
+        }
     }
 }

@@ -12,43 +12,48 @@ use bytes::Bytes;
 use std::time::Duration;
 
 /// A connection's id, unique for the broker's lifetime.
-pub type ConnId = u64;
+pub(crate) type ConnId = u64;
 
 /// Identifies a channel across the broker: its connection and its number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChannelKey {
+pub(crate) struct ChannelKey {
     /// The connection.
-    pub conn: ConnId,
+    pub(crate) conn: ConnId,
     /// The channel number within the connection.
-    pub channel: u16,
+    pub(crate) channel: u16,
 }
 
 /// A published message: routing information, the encoded content header and the body,
 /// immutable once published. Properties stay encoded (see `props.rs`); the few the broker acts
 /// on are read once at publish time.
 #[derive(Debug)]
-pub struct Message {
+pub(crate) struct Message {
     /// The exchange it was published to.
-    pub exchange: String,
+    pub(crate) exchange: String,
     /// The routing key it was published with.
-    pub routing_key: String,
+    pub(crate) routing_key: String,
     /// The encoded content header payload, re-sent verbatim on delivery.
-    pub header: Bytes,
+    pub(crate) header: Bytes,
     /// The body.
-    pub body: Bytes,
+    pub(crate) body: Bytes,
     /// delivery-mode 2.
-    pub persistent: bool,
+    pub(crate) persistent: bool,
     /// The priority property.
-    pub priority: Option<u8>,
+    pub(crate) priority: Option<u8>,
     /// The expiration property in milliseconds, when valid.
-    pub expiration_ms: Option<u64>,
+    pub(crate) expiration_ms: Option<u64>,
     /// Extra routing keys from the CC and BCC headers.
-    pub cc: Vec<String>,
+    pub(crate) cc: Vec<String>,
 }
 
 impl Message {
     /// A message from an encoded header; None if the header's properties are malformed.
-    pub fn new(exchange: String, routing_key: String, header: Bytes, body: Bytes) -> Option<Self> {
+    pub(crate) fn new(
+        exchange: String,
+        routing_key: String,
+        header: Bytes,
+        body: Bytes,
+    ) -> Option<Self> {
         let v = PropsView::parse(&header)?;
         let expiration_ms =
             PropsView::text(&header, &v.expiration).and_then(|e| parse_expiration(e).ok());
@@ -65,7 +70,7 @@ impl Message {
     }
 
     /// A message with the given properties (encoded here).
-    pub fn with_properties(
+    pub(crate) fn with_properties(
         exchange: String,
         routing_key: String,
         properties: &AMQPProperties,
@@ -89,22 +94,22 @@ impl Message {
     }
 
     /// Bytes counted against queue length limits: the body size, as RabbitMQ counts it.
-    pub fn body_len(&self) -> usize {
+    pub(crate) fn body_len(&self) -> usize {
         self.body.len()
     }
 
     /// The per-message TTL from the `expiration` property, if valid.
-    pub fn expiration(&self) -> Option<Duration> {
+    pub(crate) fn expiration(&self) -> Option<Duration> {
         self.expiration_ms.map(Duration::from_millis)
     }
 
     /// The headers table, decoded (for headers exchanges and dead-lettering).
-    pub fn headers(&self) -> Option<FieldTable> {
+    pub(crate) fn headers(&self) -> Option<FieldTable> {
         PropsView::parse(&self.header)?.headers_table(&self.header)
     }
 
     /// All properties, decoded.
-    pub fn properties(&self) -> AMQPProperties {
+    pub(crate) fn properties(&self) -> AMQPProperties {
         amq_protocol::frame::parsing::parse_content_header(&self.header[..])
             .map(|(_, h)| h.properties)
             .unwrap_or_default()
@@ -112,7 +117,7 @@ impl Message {
 }
 
 /// Parses an `expiration` property like RabbitMQ: a non-negative integer of milliseconds.
-pub fn parse_expiration(s: &str) -> Result<u64, &'static str> {
+pub(crate) fn parse_expiration(s: &str) -> Result<u64, &'static str> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err("invalid");
     }

@@ -11,7 +11,8 @@
 //!   encoded message properties.
 //! - `message`: a published message and the ids of who holds it; `sink`: what front-ends are
 //!   told.
-//! - `args` (queue argument validation), `exchange` (routing within one exchange), `store`
+//! - `args` (queue argument validation), `topic` (the topic exchange's trie), `exchange`
+//!   (routing within one exchange), `store`
 //!   (durable definitions and persistent messages), `pager` (messages beyond the memory
 //!   budget), `deadletter` (x-death), `queue` (one queue's messages and consumers).
 //! - `vhost`, `session` (a session's delivery state), `definitions`, then `state` (the lock
@@ -34,5 +35,6 @@ pub(crate) mod settle;
 pub(crate) mod sink;
 pub(crate) mod state;
 pub(crate) mod store;
+pub(crate) mod topic;
 pub(crate) mod topology;
 pub(crate) mod vhost;

@@ -18,7 +18,7 @@ const PAGE_FILE_SIZE: u64 = 64 * 1024 * 1024;
 
 /// Where a paged message lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageRef {
+pub(crate) struct PageRef {
     file: u32,
     offset: u64,
     len: u32,
@@ -26,7 +26,7 @@ pub struct PageRef {
 
 /// The page files of one broker.
 #[derive(Debug)]
-pub struct Pager {
+pub(crate) struct Pager {
     dir: PathBuf,
     current: u32,
     writer: Option<File>,
@@ -37,7 +37,7 @@ pub struct Pager {
 
 impl Pager {
     /// A pager writing under `dir` (created now, emptied of old pages).
-    pub fn new(dir: PathBuf) -> Pager {
+    pub(crate) fn new(dir: PathBuf) -> Pager {
         let _ = fs::remove_dir_all(&dir);
         Pager {
             dir,
@@ -54,7 +54,7 @@ impl Pager {
     }
 
     /// Writes a message out; None if the disk refused (the caller keeps it in memory).
-    pub fn write(&mut self, m: &Message) -> Option<PageRef> {
+    pub(crate) fn write(&mut self, m: &Message) -> Option<PageRef> {
         if self.writer.is_none() || self.size >= PAGE_FILE_SIZE {
             self.current += 1;
             self.size = 0;
@@ -91,12 +91,12 @@ impl Pager {
     }
 
     /// Another queue refers to the same paged message.
-    pub fn retain(&mut self, r: PageRef) {
+    pub(crate) fn retain(&mut self, r: PageRef) {
         *self.live.entry(r.file).or_insert(0) += 1;
     }
 
     /// Reads a paged message back.
-    pub fn read(&mut self, r: PageRef) -> Option<Message> {
+    pub(crate) fn read(&mut self, r: PageRef) -> Option<Message> {
         if !self.readers.contains_key(&r.file) {
             let f = File::open(self.path(r.file)).ok()?;
             self.readers.insert(r.file, f);
@@ -130,7 +130,7 @@ impl Pager {
     }
 
     /// Forgets a paged message; deletes its file when nothing else lives there.
-    pub fn release(&mut self, r: PageRef) {
+    pub(crate) fn release(&mut self, r: PageRef) {
         let Some(n) = self.live.get_mut(&r.file) else {
             return;
         };

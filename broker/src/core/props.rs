@@ -30,25 +30,25 @@ const CLUSTER_ID: u16 = 1 << 2;
 
 /// Where each property sits in an encoded content header payload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PropsView {
+pub(crate) struct PropsView {
     /// delivery-mode, if present.
-    pub delivery_mode: Option<u8>,
+    pub(crate) delivery_mode: Option<u8>,
     /// priority, if present.
-    pub priority: Option<u8>,
+    pub(crate) priority: Option<u8>,
     /// The headers table (including its 4-byte length), if present.
-    pub headers: Option<Range<usize>>,
+    pub(crate) headers: Option<Range<usize>>,
     /// The reply-to short string's bytes (without its length octet), if present.
-    pub reply_to: Option<Range<usize>>,
+    pub(crate) reply_to: Option<Range<usize>>,
     /// The expiration short string's bytes, if present.
-    pub expiration: Option<Range<usize>>,
+    pub(crate) expiration: Option<Range<usize>>,
     /// The user-id short string's bytes, if present.
-    pub user_id: Option<Range<usize>>,
+    pub(crate) user_id: Option<Range<usize>>,
 }
 
 impl PropsView {
     /// Scans a content header payload (class id, weight, body size, flags, properties).
     /// Returns None if it is malformed.
-    pub fn parse(h: &[u8]) -> Option<PropsView> {
+    pub(crate) fn parse(h: &[u8]) -> Option<PropsView> {
         let mut pos = 12;
         let flags = u16::from_be_bytes(h.get(pos..pos + 2)?.try_into().ok()?);
         pos += 2;
@@ -121,13 +121,13 @@ impl PropsView {
     }
 
     /// A string property's text (lossy for invalid UTF-8, which real clients never send).
-    pub fn text<'a>(h: &'a [u8], r: &Option<Range<usize>>) -> Option<&'a str> {
+    pub(crate) fn text<'a>(h: &'a [u8], r: &Option<Range<usize>>) -> Option<&'a str> {
         r.as_ref()
             .and_then(|r| std::str::from_utf8(&h[r.clone()]).ok())
     }
 
     /// Decodes the headers table, if present.
-    pub fn headers_table(&self, h: &[u8]) -> Option<FieldTable> {
+    pub(crate) fn headers_table(&self, h: &[u8]) -> Option<FieldTable> {
         let r = self.headers.clone()?;
         amq_protocol::types::parsing::parse_field_table(&h[r])
             .ok()
@@ -136,7 +136,7 @@ impl PropsView {
 }
 
 /// Returns a copy of the header payload `h` (described by `v`) with its reply-to replaced.
-pub fn with_reply_to(h: &[u8], v: &PropsView, reply_to: &str) -> Vec<u8> {
+pub(crate) fn with_reply_to(h: &[u8], v: &PropsView, reply_to: &str) -> Vec<u8> {
     let r = v.reply_to.clone().expect("reply-to present");
     let new = &reply_to.as_bytes()[..reply_to.len().min(255)];
     let mut out = Vec::with_capacity(h.len() + new.len());
@@ -168,7 +168,7 @@ pub fn encode_header_payload(body_size: u64, properties: &AMQPProperties) -> Byt
 }
 
 /// Appends an AMQP short string (length octet + bytes), cut at 255 bytes.
-pub fn put_short_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_short_str(out: &mut Vec<u8>, s: &str) {
     let b = &s.as_bytes()[..s.len().min(255)];
     out.put_u8(b.len() as u8);
     out.extend_from_slice(b);

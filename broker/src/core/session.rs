@@ -11,13 +11,13 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub(crate) struct Unacked {
     /// The queue it came from (its name, shared with the queue: no copy per delivery).
-    pub queue: Arc<str>,
+    pub(crate) queue: Arc<str>,
     /// The id of that queue.
-    pub queue_id: u64,
+    pub(crate) queue_id: u64,
     /// The consumer it went to (None for basic.get).
-    pub consumer: Option<Arc<str>>,
+    pub(crate) consumer: Option<Arc<str>>,
     /// The queued copy, to requeue.
-    pub message: QueuedMessage,
+    pub(crate) message: QueuedMessage,
 }
 
 /// A channel's delivery state, shared with queues.

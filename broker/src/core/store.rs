@@ -27,15 +27,15 @@ const RECORD_MAGIC: u8 = 0x57;
 
 /// Where a persisted message copy lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreRef {
+pub(crate) struct StoreRef {
     /// Segment number.
-    pub segment: u32,
+    pub(crate) segment: u32,
     /// Record id (unique across the store's lifetime).
-    pub id: u64,
+    pub(crate) id: u64,
 }
 
 /// Something to do after the writes appended so far are on disk.
-pub type Completion = Box<dyn FnOnce() + Send>;
+pub(crate) type Completion = Box<dyn FnOnce() + Send>;
 
 enum Op {
     Append(PathBuf, Vec<u8>),
@@ -77,7 +77,7 @@ impl Segments {
 }
 
 /// The message store of one broker.
-pub struct Store {
+pub(crate) struct Store {
     segments: Mutex<Segments>,
     shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -86,15 +86,15 @@ pub struct Store {
 
 /// A message recovered from disk.
 #[derive(Debug)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     /// Its queue.
-    pub vhost: String,
+    pub(crate) vhost: String,
     /// Its queue's name.
-    pub queue: String,
+    pub(crate) queue: String,
     /// The message.
-    pub message: Message,
+    pub(crate) message: Message,
     /// Where it lives.
-    pub at: StoreRef,
+    pub(crate) at: StoreRef,
 }
 
 fn seg_path(dir: &Path, n: u32) -> PathBuf {
@@ -286,7 +286,9 @@ fn writer_loop(shared: Arc<Shared>) {
 
 impl Store {
     /// Opens (creating if needed) the store in `dir`, recovering what it holds.
-    pub fn open(dir: &Path) -> std::io::Result<(Store, Option<serde_json::Value>, Vec<Recovered>)> {
+    pub(crate) fn open(
+        dir: &Path,
+    ) -> std::io::Result<(Store, Option<serde_json::Value>, Vec<Recovered>)> {
         let msgs = dir.join("msgs");
         fs::create_dir_all(&msgs)?;
         let definitions = dir.join("definitions.json");
@@ -383,7 +385,7 @@ impl Store {
     }
 
     /// Appends a persistent message copy for `queue`; returns where it lives.
-    pub fn append(&self, vhost: &str, queue: &str, m: &Message) -> StoreRef {
+    pub(crate) fn append(&self, vhost: &str, queue: &str, m: &Message) -> StoreRef {
         let mut s = self.segments.lock().expect("segments lock");
         if s.current_size >= SEGMENT_SIZE {
             let old = s.current;
@@ -408,7 +410,7 @@ impl Store {
     }
 
     /// Records that a persisted copy is gone (acked, purged, deleted, dead-lettered).
-    pub fn remove(&self, at: StoreRef) {
+    pub(crate) fn remove(&self, at: StoreRef) {
         let mut s = self.segments.lock().expect("segments lock");
         let path = ack_path(&s.dir, at.segment);
         let emptied = match s.live.get_mut(&at.segment) {
@@ -430,7 +432,7 @@ impl Store {
     }
 
     /// Runs `f` once everything appended so far is on disk.
-    pub fn after_sync(&self, f: Completion) {
+    pub(crate) fn after_sync(&self, f: Completion) {
         let mut p = self.shared.pending.lock().expect("store lock");
         p.completions.push(f);
         drop(p);
@@ -438,7 +440,7 @@ impl Store {
     }
 
     /// Atomically replaces the durable definitions.
-    pub fn save_definitions(&self, defs: &serde_json::Value) {
+    pub(crate) fn save_definitions(&self, defs: &serde_json::Value) {
         let tmp = self.definitions.with_extension("json.tmp");
         let result = (|| -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;

@@ -18,36 +18,36 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub(crate) struct QueueDeclare {
     /// Queue name ("" for a server-named queue).
-    pub name: String,
+    pub(crate) name: String,
     /// Only check that it exists.
-    pub passive: bool,
+    pub(crate) passive: bool,
     /// Durable.
-    pub durable: bool,
+    pub(crate) durable: bool,
     /// Exclusive to the declaring connection.
-    pub exclusive: bool,
+    pub(crate) exclusive: bool,
     /// Deleted with its last consumer.
-    pub auto_delete: bool,
+    pub(crate) auto_delete: bool,
     /// Arguments.
-    pub args: FieldTable,
+    pub(crate) args: FieldTable,
 }
 
 /// Options of exchange.declare.
 #[derive(Debug, Clone)]
 pub(crate) struct ExchangeDeclare {
     /// Exchange name.
-    pub name: String,
+    pub(crate) name: String,
     /// Type name.
-    pub kind: String,
+    pub(crate) kind: String,
     /// Only check that it exists.
-    pub passive: bool,
+    pub(crate) passive: bool,
     /// Durable.
-    pub durable: bool,
+    pub(crate) durable: bool,
     /// Deleted when its last binding goes.
-    pub auto_delete: bool,
+    pub(crate) auto_delete: bool,
     /// Not publishable by clients.
-    pub internal: bool,
+    pub(crate) internal: bool,
     /// Arguments.
-    pub args: FieldTable,
+    pub(crate) args: FieldTable,
 }
 
 const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[

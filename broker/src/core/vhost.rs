@@ -7,18 +7,18 @@ use std::collections::HashMap;
 
 /// Exchanges and queues of one virtual host.
 #[derive(Debug)]
-pub struct Vhost {
+pub(crate) struct Vhost {
     /// The vhost name.
-    pub name: String,
+    pub(crate) name: String,
     /// Exchanges by name (the default exchange "" is implicit).
-    pub exchanges: HashMap<String, Exchange>,
+    pub(crate) exchanges: HashMap<String, Exchange>,
     /// Queues by name.
-    pub queues: HashMap<String, Queue>,
+    pub(crate) queues: HashMap<String, Queue>,
 }
 
 impl Vhost {
     /// A vhost with RabbitMQ's predeclared exchanges.
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut exchanges = HashMap::new();
         for (n, k) in [
             ("amq.direct", ExchangeKind::Direct),
