@@ -182,36 +182,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     result
 }
 
-/// Connects to the first URL that answers.
+/// Connects to the first URL that answers (the others are the client's fallbacks, as for the
+/// nodes of a cluster).
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
-    let urls: Vec<&str> = if cli.url.is_empty() {
-        vec![DEFAULT_URL]
-    } else {
-        cli.url.iter().map(String::as_str).collect()
+    let (first, rest) = match cli.url.split_first() {
+        Some((first, rest)) => (first.as_str(), rest),
+        None => (DEFAULT_URL, &[][..]),
     };
-    let mut last = None;
-    for url in urls {
-        let mut builder = Client::builder()
-            .codec(Codec::Json)
-            .timeout(Duration::from_millis(cli.timeout_ms))
-            .connection_name("warren-cli");
-        if !cli.headers.is_empty() {
-            let layer = cli
-                .headers
-                .iter()
-                .fold(SetHeadersLayer::new(), |layer, (name, value)| {
-                    layer.header(name, value)
-                });
-            builder = builder.layer(layer);
-        }
-        match builder.connect(url).await {
-            Ok(client) => return Ok(client),
-            Err(err) => last = Some(err),
-        }
+    let mut builder = Client::builder()
+        .codec(Codec::Json)
+        .timeout(Duration::from_millis(cli.timeout_ms))
+        .connection_name("warren-cli")
+        .urls(rest.iter().cloned());
+    if !cli.headers.is_empty() {
+        let layer = cli
+            .headers
+            .iter()
+            .fold(SetHeadersLayer::new(), |layer, (name, value)| {
+                layer.header(name, value)
+            });
+        builder = builder.layer(layer);
     }
-    Err(last
-        .map(Failure::from)
-        .unwrap_or_else(|| Failure::usage("no broker URL given")))
+    builder.connect(first).await.map_err(Failure::from)
 }
 
 fn broadcast_options(cli: &Cli) -> BroadcastOptions {
