@@ -4,6 +4,7 @@
 
 use std::process::Output;
 
+use warren_examples::auth::RequireTokenLayer;
 use warren_examples::{Calc, CalculatorServer};
 use warren_rpc::Server;
 use warren_tests::{targets, unique, Target};
@@ -200,6 +201,42 @@ async fn every_command_against_two_calculator_replicas() {
         for server in servers {
             server.shutdown().await;
         }
+        target.delete_queues(&[q]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_carry_a_token_to_a_server_that_checks_it() {
+    for target in targets().await {
+        let queue = unique("calculator");
+        let server = Server::builder()
+            .queue_name(queue.clone())
+            .layer(RequireTokenLayer::new("s3cret"))
+            .serve(target.url(), CalculatorServer::new(Calc::new()))
+            .await
+            .unwrap();
+        let q = queue.as_str();
+        let output = warren(&target, &["call", q, "add", r#"{"a":2,"b":3}"#]).await;
+        assert_eq!(output.status.code(), Some(1), "{target}");
+        assert!(
+            stderr(&output).starts_with("error (fault:unauthenticated)"),
+            "{target}: {}",
+            stderr(&output)
+        );
+        let output = warren(
+            &target,
+            &[
+                "--header",
+                "authorization=Bearer s3cret",
+                "call",
+                q,
+                "add",
+                r#"{"a":2,"b":3}"#,
+            ],
+        )
+        .await;
+        assert_eq!(ok(&target, "call with a token", &output), "5\n", "{target}");
+        server.shutdown().await;
         target.delete_queues(&[q]).await;
     }
 }
