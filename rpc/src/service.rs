@@ -444,3 +444,30 @@ impl fmt::Debug for Dispatch {
         f.write_str("Dispatch(..)")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_awaited_as_one_reply_is_a_list_up_to_a_limit() {
+        let short = Dispatch::stream(Codec::Json, async { crate::Stream::iter(0..3u32) });
+        assert!(short.is_stream());
+        assert_eq!(short.await, Outcome::Ok(br#"{"ok":[0,1,2]}"#.to_vec()));
+
+        let long = Dispatch::stream(Codec::MsgPack, async {
+            crate::Stream::iter(0..=MAX_COLLECTED_ITEMS)
+        });
+        match long.await {
+            Outcome::Fault(fault) => assert_eq!(fault.code, FaultCode::BadRequest),
+            other => panic!("expected a fault, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unary_dispatches_are_not_streams() {
+        let unary = Dispatch::value(Codec::Json, async { 5u8 });
+        assert!(!unary.is_stream());
+        assert!(unary.into_stream().is_err());
+    }
+}
