@@ -41,11 +41,11 @@ use broker_process::{find_beam, rss_kib, serve_broker, BrokerBin, ChildBroker};
 use cli::{Args, Cmd, Generator, Group, Which};
 use memory::{memory_connections, memory_queued};
 use report::{
-    print_targets, rpc_label, si, tput_label, Results, Unit, FANOUT, PERSISTENT, RSS_IDLE,
-    RSS_PER_CONN, TPUT_16, TPUT_1K,
+    persistent_online_label, print_targets, rpc_label, si, tput_label, Results, Unit, FANOUT,
+    PERSISTENT, RSS_IDLE, RSS_PER_CONN, TPUT_16, TPUT_1K,
 };
 use rpc::{raw_rpc, warren_rpc};
-use throughput::{persistent, raw_persistent, throughput, Load};
+use throughput::{persistent, raw_persistent, throughput, Load, Online};
 
 /// What a scenario reports when it fails: a sentence for the table.
 pub(crate) type BoxResult<T> = Result<T, String>;
@@ -133,9 +133,25 @@ async fn one_run(env: &Env<'_>, order: &[Which], last: bool, results: &mut Resul
             eprintln!("  throughput: {label}");
             for &w in order {
                 let r = match generator {
-                    Generator::Lapin => persistent(env.url(w), 1024, 1000, a.seconds).await,
+                    Generator::Lapin => {
+                        persistent(env.url(w), 1024, 1000, a.seconds, Online::Nobody).await
+                    }
                     Generator::Frame => raw_persistent(env.url(w), 1024, 1000, a.seconds).await,
                 };
+                record_or_note(results, w, &label, Unit::MsgsPerSec, r);
+            }
+        }
+        // Persistent messages with a consumer online (issue 16), with lapin on both brokers.
+        for (size, online) in [
+            (16, Online::NoAck),
+            (1024, Online::NoAck),
+            (16, Online::ManualAck),
+            (1024, Online::ManualAck),
+        ] {
+            let label = persistent_online_label(size, online);
+            eprintln!("  throughput: {label}");
+            for &w in order {
+                let r = persistent(env.url(w), size, 1000, a.seconds, online).await;
                 record_or_note(results, w, &label, Unit::MsgsPerSec, r);
             }
         }

@@ -405,13 +405,60 @@ async fn raw_consumer(
     Ok(ConsumerTask { conn: None, task })
 }
 
+/// Who consumes while a persistent scenario publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Online {
+    /// Nobody: the messages pile up on disk.
+    Nobody,
+    /// A no-ack consumer.
+    NoAck,
+    /// A consumer that acknowledges every delivery.
+    ManualAck,
+}
+
+/// A consumer of `queue` on its own connection that acknowledges each delivery (or not).
+async fn settling_consumer(url: &str, queue: &str, no_ack: bool) -> BoxResult<ConsumerTask> {
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    let conn = connect(url).await?;
+    let ch = channel(&conn).await?;
+    if !no_ack {
+        ch.basic_qos(1000, BasicQosOptions::default())
+            .await
+            .map_err(|e| format!("basic.qos: {e}"))?;
+    }
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("basic.consume: {e}"))?;
+    let task = tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            if !no_ack && d.ack(BasicAckOptions::default()).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(ConsumerTask {
+        conn: Some(conn),
+        task,
+    })
+}
+
 /// Persistent messages to a durable queue with publisher confirms, `window` unconfirmed at
-/// most. Returns confirmed messages per second.
+/// most, with `online` consuming meanwhile. Returns confirmed messages per second.
 pub(crate) async fn persistent(
     url: &str,
     body_size: usize,
     window: usize,
     seconds: f64,
+    online: Online,
 ) -> BoxResult<f64> {
     const QUEUE: &str = "warren-bench.persistent";
     let conn = connect(url).await?;
@@ -427,6 +474,11 @@ pub(crate) async fn persistent(
     )
     .await
     .map_err(|e| format!("queue.declare: {e}"))?;
+    let consumer = match online {
+        Online::Nobody => None,
+        Online::NoAck => Some(settling_consumer(url, QUEUE, true).await?),
+        Online::ManualAck => Some(settling_consumer(url, QUEUE, false).await?),
+    };
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| format!("confirm.select: {e}"))?;
@@ -469,6 +521,9 @@ pub(crate) async fn persistent(
         last_confirm = Instant::now();
     }
     drop(inflight);
+    if let Some(c) = consumer {
+        c.stop().await;
+    }
     let _ = ch
         .queue_delete(QUEUE.into(), QueueDeleteOptions::default())
         .await;
