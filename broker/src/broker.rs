@@ -40,10 +40,15 @@ pub struct Broker;
 impl Broker {
     /// A builder with RabbitMQ's defaults: listen on 0.0.0.0:5672, user guest/guest (loopback
     /// only), vhost "/".
+    ///
+    /// Unlike RabbitMQ and the `warren-broker` binary, an embedded broker is **memory-only**
+    /// unless [`BrokerBuilder::data_dir`] is given: durable entities and persistent messages
+    /// are kept only for the life of the process, which is what tests and embedded uses want.
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder {
             listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
             data_dir: None,
+            warn_durable_without_storage: false,
             users: Vec::new(),
             vhosts: Vec::new(),
             limits: Limits::default(),
@@ -56,6 +61,7 @@ impl Broker {
 pub struct BrokerBuilder {
     listen: SocketAddr,
     data_dir: Option<PathBuf>,
+    warn_durable_without_storage: bool,
     users: Vec<User>,
     vhosts: Vec<String>,
     limits: Limits,
@@ -68,9 +74,18 @@ impl BrokerBuilder {
         self
     }
 
-    /// Where durable entities and persistent messages are kept.
+    /// Where durable entities and persistent messages are kept (created if missing). Without
+    /// it the broker is memory-only: nothing survives the process.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether a memory-only broker (no [`BrokerBuilder::data_dir`]) logs a warning each time
+    /// a durable queue is created, since it will not survive a restart (off unless set; the
+    /// binary's `--memory-only` turns it on). Ignored when there is a data directory.
+    pub fn warn_on_durable_without_storage(mut self, warn: bool) -> Self {
+        self.warn_durable_without_storage = warn;
         self
     }
 
@@ -125,6 +140,7 @@ impl BrokerBuilder {
             });
         }
         let mut state = State::new();
+        state.warn_on_durable_without_storage(self.warn_durable_without_storage);
         for v in &self.vhosts {
             state.add_vhost(v);
         }
@@ -265,12 +281,21 @@ impl BrokerHandle {
         *self.shared.alarm.borrow()
     }
 
-    /// Stops accepting, closes every connection with 320 CONNECTION_FORCED, and waits for them.
+    /// Stops accepting, closes every connection with 320 CONNECTION_FORCED, waits for them,
+    /// and then until everything written to the data directory so far is on disk.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         let task = self.task.lock().expect("handle lock").take();
         if let Some(task) = task {
             let _ = task.await;
+        }
+        let store = self.shared.state.lock().store().cloned();
+        if let Some(store) = store {
+            let (flushed, done) = tokio::sync::oneshot::channel();
+            store.after_sync(Box::new(move || {
+                let _ = flushed.send(());
+            }));
+            let _ = done.await;
         }
     }
 }

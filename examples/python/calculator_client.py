@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Call Warren's calculator service from Python, using only pika, msgpack and the wire protocol.
 
-Nothing here comes from Warren: it follows "The RPC wire protocol, version 1" of Warren's
-design, which is all another language needs to call (or serve) a Warren service.
+Nothing here comes from Warren: it follows the RPC wire protocol, version 1 (docs/protocol.md),
+which is all another language needs to call (or serve) a Warren service.
 
     pip install pika msgpack
     python3 examples/python/calculator_client.py --url amqp://guest:guest@127.0.0.1:5672/%2f

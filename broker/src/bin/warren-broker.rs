@@ -1,10 +1,16 @@
 //! The `warren-broker` binary: the bundled AMQP 0-9-1 broker as a standalone server.
 //!
-//! Run with: `cargo run -p warren-broker -- --listen 127.0.0.1:5672`
+//! Run with: `cargo run -p warren-broker -- --listen 127.0.0.1:5672`. Durable by default: it
+//! keeps durable definitions and persistent messages in a data directory (see
+//! `default_data_dir`) unless `--memory-only` says otherwise. SIGTERM and SIGINT stop it
+//! gracefully (connections closed with 320 CONNECTION_FORCED, storage flushed, exit status 0).
+//! `docs/operations.md` describes every flag.
 
 use clap::Parser;
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use warren_broker::{Broker, Limits};
 
 /// An AMQP 0-9-1 broker compatible with RabbitMQ clients.
@@ -14,9 +20,15 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:5672")]
     listen: SocketAddr,
-    /// Directory for durable entities and persistent messages.
-    #[arg(long)]
+    /// Directory for durable entities and persistent messages (created if missing). Default:
+    /// $WARREN_DATA_DIR, else $XDG_DATA_HOME/warren-broker, else
+    /// $HOME/.local/share/warren-broker, else ./warren-data.
+    #[arg(long, conflicts_with = "memory_only")]
     data_dir: Option<PathBuf>,
+    /// Keep nothing on disk: durable queues, exchanges and persistent messages are lost when
+    /// the broker stops. Logs a warning at start and whenever a durable queue is declared.
+    #[arg(long)]
+    memory_only: bool,
     /// Configuration file (JSON): {"users": [{"name": "...", "password": "..."}],
     /// "vhosts": ["..."], "heartbeat": 60, "frame_max": 131072, "channel_max": 2047,
     /// "max_message_size": 134217728}.
@@ -54,8 +66,28 @@ fn load_config(path: &PathBuf) -> Result<ConfigFile, String> {
     serde_json::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
 }
 
-fn main() -> std::process::ExitCode {
+/// The data directory used without `--data-dir` or `--memory-only`: `$WARREN_DATA_DIR`, else
+/// `$XDG_DATA_HOME/warren-broker` (when absolute, as the XDG spec requires), else
+/// `$HOME/.local/share/warren-broker`, else `./warren-data`. Empty variables count as unset.
+/// `var` looks an environment variable up (`std::env::var_os` outside tests).
+fn default_data_dir(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    let set = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = set("WARREN_DATA_DIR") {
+        return dir;
+    }
+    if let Some(xdg) = set("XDG_DATA_HOME").filter(|p| p.is_absolute()) {
+        return xdg.join("warren-broker");
+    }
+    if let Some(home) = set("HOME") {
+        return home.join(".local").join("share").join("warren-broker");
+    }
+    PathBuf::from("warren-data")
+}
+
+fn main() -> ExitCode {
+    // Logs go to stderr; stdout carries only the "ready" line, for scripts.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -75,17 +107,59 @@ fn main() -> std::process::ExitCode {
         Ok(runtime) => runtime.block_on(serve(args)),
         Err(e) => {
             eprintln!("warren-broker: cannot start the runtime: {e}");
-            std::process::ExitCode::from(1)
+            ExitCode::from(1)
         }
     }
 }
 
-async fn serve(args: Args) -> std::process::ExitCode {
+/// The signals that stop the broker gracefully, installed before it starts so that a signal
+/// arriving right after the "ready" line is not lost.
+struct StopSignals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignals {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(StopSignals {})
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT (Ctrl-C elsewhere) and names it.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => "SIGTERM",
+                _ = self.interrupt.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+async fn serve(args: Args) -> ExitCode {
     let config = match args.config.as_ref().map(load_config).transpose() {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {
             eprintln!("warren-broker: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     let mut limits = Limits::default();
@@ -102,7 +176,17 @@ async fn serve(args: Args) -> std::process::ExitCode {
         limits.max_message_size = v;
     }
     let mut builder = Broker::builder().listen(args.listen).limits(limits);
-    if let Some(dir) = args.data_dir {
+    if args.memory_only {
+        tracing::warn!(
+            "memory-only (--memory-only): durable queues, exchanges and persistent messages \
+             are lost when the broker stops"
+        );
+        builder = builder.warn_on_durable_without_storage(true);
+    } else {
+        let dir = args
+            .data_dir
+            .unwrap_or_else(|| default_data_dir(|name| std::env::var_os(name)));
+        tracing::info!(data_dir = %absolute(&dir).display(), "durable storage");
         builder = builder.data_dir(dir);
     }
     for u in config.users {
@@ -111,15 +195,85 @@ async fn serve(args: Args) -> std::process::ExitCode {
     for v in config.vhosts {
         builder = builder.vhost(v);
     }
+    let mut signals = match StopSignals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warren-broker: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let broker = match builder.start().await {
         Ok(b) => b,
         Err(e) => {
             eprintln!("warren-broker: {e}");
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
     println!("warren-broker ready on {}", broker.local_addr());
-    let _ = tokio::signal::ctrl_c().await;
+    let signal = signals.recv().await;
+    tracing::info!(
+        signal,
+        "shutting down: closing connections, flushing storage"
+    );
     broker.shutdown().await;
-    std::process::ExitCode::SUCCESS
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// `dir` made absolute against the working directory, for the log (unchanged if that fails).
+fn absolute(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn default_data_dir_order() {
+        let all = [
+            ("WARREN_DATA_DIR", "/srv/warren"),
+            ("XDG_DATA_HOME", "/xdg"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(default_data_dir(env(&all)), PathBuf::from("/srv/warren"));
+        assert_eq!(
+            default_data_dir(env(&all[1..])),
+            PathBuf::from("/xdg/warren-broker")
+        );
+        assert_eq!(
+            default_data_dir(env(&all[2..])),
+            PathBuf::from("/home/u/.local/share/warren-broker")
+        );
+        assert_eq!(default_data_dir(env(&[])), PathBuf::from("warren-data"));
+    }
+
+    #[test]
+    fn empty_or_relative_variables_are_skipped() {
+        let vars = [
+            ("WARREN_DATA_DIR", ""),
+            ("XDG_DATA_HOME", "relative/xdg"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(
+            default_data_dir(env(&vars)),
+            PathBuf::from("/home/u/.local/share/warren-broker")
+        );
+    }
+
+    #[test]
+    fn memory_only_and_data_dir_exclude_each_other() {
+        let both = Args::try_parse_from(["warren-broker", "--memory-only", "--data-dir", "/d"]);
+        assert!(both.is_err());
+        let memory = Args::try_parse_from(["warren-broker", "--memory-only"]).expect("parses");
+        assert!(memory.memory_only && memory.data_dir.is_none());
+    }
 }

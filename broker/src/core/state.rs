@@ -78,6 +78,8 @@ pub(crate) struct State {
     pub(super) next_queue_id: u64,
     /// Reused by every publish for the queues a message reaches.
     pub(super) route_buf: Vec<Arc<str>>,
+    /// Log a warning when a durable queue is created without a store (`--memory-only`).
+    pub(super) warn_durable_without_storage: bool,
 }
 
 pub(super) fn gen_name(prefix: &str) -> String {
@@ -117,6 +119,7 @@ impl State {
             reply_names: HashMap::new(),
             next_queue_id: 1,
             route_buf: Vec::new(),
+            warn_durable_without_storage: false,
         }
     }
 
@@ -152,6 +155,12 @@ impl State {
             );
         }
         self.store = Some(store);
+    }
+
+    /// Whether creating a durable queue without a store logs a warning (it will not survive
+    /// a restart).
+    pub(crate) fn warn_on_durable_without_storage(&mut self, warn: bool) {
+        self.warn_durable_without_storage = warn;
     }
 
     /// Sets the in-memory budget for ready messages and where paged-out messages go.

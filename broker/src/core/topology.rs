@@ -382,6 +382,9 @@ impl State {
         vh.queues.insert(name.clone(), q);
         if durable {
             self.save_definitions();
+            if self.store.is_none() && self.warn_durable_without_storage {
+                tracing::warn!(queue = %name, vhost, "durable queue declared on a memory-only broker: it and its messages are lost when the broker stops");
+            }
         }
         Ok((name, 0, 0))
     }

@@ -1,0 +1,365 @@
+//! The `warren-broker` binary as a user runs it: durable by default in its default data
+//! directory, `--memory-only` as the explicit (and loudly logged) alternative, and a graceful
+//! stop on SIGTERM (clients get 320 CONNECTION_FORCED, exit status 0).
+//!
+//! Every run gets a temporary HOME and no WARREN_DATA_DIR / XDG_DATA_HOME, so the default data
+//! directory lands in the temporary HOME and never in the real one.
+
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A `warren-broker` child process; killed on drop if still running.
+struct BrokerProcess {
+    child: Child,
+    url: String,
+    /// Everything it logged on stderr so far.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl BrokerProcess {
+    /// Starts the binary with `args` and HOME = `home`, and waits for its "ready" line.
+    fn start(home: &Path, args: &[&str]) -> BrokerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren-broker"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("HOME", home)
+            .env_remove("WARREN_DATA_DIR")
+            .env_remove("XDG_DATA_HOME")
+            .env("RUST_LOG", "info")
+            .current_dir(home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn warren-broker");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let stdout = child.stdout.take().expect("stdout");
+        let mut addr = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("stdout line");
+            if let Some(a) = line.strip_prefix("warren-broker ready on ") {
+                addr = Some(a.trim().to_owned());
+                break;
+            }
+        }
+        let addr = addr.unwrap_or_else(|| {
+            let status = child.wait().expect("wait");
+            panic!(
+                "warren-broker exited ({status}) before it was ready; stderr: {:?}",
+                log.lock().expect("log lock")
+            )
+        });
+        BrokerProcess {
+            child,
+            url: format!("amqp://guest:guest@{addr}/%2f"),
+            log,
+        }
+    }
+
+    /// Sends SIGTERM with the `kill` command, as a service manager or container runtime does.
+    fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`) with the `kill` command.
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    /// Waits for the process to exit (bounded, so a hang fails the test instead of CI).
+    fn wait(&mut self) -> ExitStatus {
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "warren-broker did not exit after the signal"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The stderr lines so far that contain `needle`.
+    fn logged(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh temporary directory standing in for HOME, removed on drop.
+struct TempHome(PathBuf);
+
+impl TempHome {
+    fn new(name: &str) -> TempHome {
+        let dir = std::env::temp_dir().join(format!(
+            "warren-binary-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp HOME");
+        TempHome(dir)
+    }
+
+    /// Where the binary keeps its data without flags: $HOME/.local/share/warren-broker.
+    fn default_data_dir(&self) -> PathBuf {
+        self.0.join(".local/share/warren-broker")
+    }
+}
+
+impl Drop for TempHome {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn channel(url: &str) -> (Connection, Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}
+
+#[tokio::test]
+async fn sigterm_closes_connections_with_320_and_exits_0() {
+    let home = TempHome::new("sigterm");
+    let mut broker = BrokerProcess::start(&home.0, &[]);
+    let (conn, ch) = channel(&broker.url).await;
+    ch.queue_declare(
+        "binary.sigterm".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let mut events = conn.events_listener();
+
+    broker.terminate();
+
+    let error = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(err) = event {
+                return Some(err);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the client saw the connection close")
+    .expect("an error event before the event stream ended");
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            assert_eq!(amqp.get_id(), 320, "close code, got {amqp}");
+            assert!(
+                amqp.get_message().as_str().contains("shutdown"),
+                "close text, got {amqp}"
+            );
+        }
+        other => panic!("expected connection.close 320 from the broker, got {other:?}"),
+    }
+
+    let status = broker.wait();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
+    assert!(
+        !broker.logged("shutting down").is_empty(),
+        "the stop is logged"
+    );
+}
+
+/// Persistent messages published without confirms just before the stop.
+const UNCONFIRMED: u32 = 200;
+
+#[tokio::test]
+async fn without_flags_a_durable_queue_and_persistent_message_survive_a_restart() {
+    let home = TempHome::new("durable");
+    let queue = "binary.durable";
+    let mut first = BrokerProcess::start(&home.0, &[]);
+    assert!(
+        home.default_data_dir().is_dir(),
+        "the default data directory is created on first start"
+    );
+    let shown = home.default_data_dir().display().to_string();
+    assert!(
+        !first.logged(&shown).is_empty(),
+        "the data directory is logged at start: {:?}",
+        first.logged("")
+    );
+    {
+        let (conn, ch) = channel(&first.url).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+        for (body, mode) in [(&b"persistent"[..], 2), (&b"transient"[..], 1)] {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_delivery_mode(mode),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            assert!(confirm.is_ack(), "publish confirmed");
+        }
+        // Unconfirmed persistent messages: the broker has handled them once it answers the
+        // connection.close that follows them, but nothing says they reached the disk; the
+        // graceful stop must flush them.
+        let unconfirmed = conn.create_channel().await.expect("channel");
+        for i in 0..UNCONFIRMED {
+            unconfirmed
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    format!("unconfirmed {i}").as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+        }
+        conn.close(200, "bye".into()).await.expect("close");
+    }
+    first.terminate();
+    assert_eq!(first.wait().code(), Some(0), "first run exits 0");
+    drop(first);
+
+    let second = BrokerProcess::start(&home.0, &[]);
+    let (conn, ch) = channel(&second.url).await;
+    let declared = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the durable queue survived the restart");
+    assert_eq!(
+        declared.message_count(),
+        1 + UNCONFIRMED,
+        "the persistent messages survived, the transient one did not"
+    );
+    let got = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .expect("a message");
+    assert_eq!(got.delivery.data, b"persistent");
+    for i in 0..UNCONFIRMED {
+        let got = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+            .expect("a message");
+        assert_eq!(got.delivery.data, format!("unconfirmed {i}").as_bytes());
+    }
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn memory_only_warns_and_writes_nothing() {
+    let home = TempHome::new("memory");
+    let mut broker = BrokerProcess::start(&home.0, &["--memory-only"]);
+    assert!(
+        !broker.logged("memory-only").is_empty(),
+        "a warning at start: {:?}",
+        broker.logged("")
+    );
+    let (conn, ch) = channel(&broker.url).await;
+    ch.queue_declare(
+        "binary.memory.transient".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    ch.queue_declare(
+        "binary.memory.durable".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let _ = conn.close(200, "bye".into()).await;
+    // The declaration is answered under the state lock, where the warning is logged: it is in
+    // the pipe by now, but the reader thread may still be on its way.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while broker.logged("binary.memory.durable").is_empty() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let warnings = broker.logged("binary.memory.durable");
+    assert_eq!(warnings.len(), 1, "one warning for the durable queue");
+    assert!(warnings[0].contains("WARN"), "{warnings:?}");
+    assert!(
+        broker.logged("binary.memory.transient").is_empty(),
+        "no warning for a transient queue"
+    );
+    assert!(
+        !home.default_data_dir().exists(),
+        "--memory-only creates no data directory"
+    );
+    // Ctrl-C stops it as gracefully as SIGTERM.
+    broker.signal("INT");
+    let status = broker.wait();
+    assert_eq!(status.code(), Some(0), "exit status after SIGINT: {status}");
+}
