@@ -1,12 +1,14 @@
 //! Run with: cargo run -p warren-examples --example calculator
 //!
 //! Everything in one process: starts the bundled broker on a free port, a calculator server and
-//! a client, then shows results, an application error, a timeout and an unavailable service.
+//! a client, then shows results, an application error, a streamed reply, a timeout, a cancelled
+//! call and an unavailable service.
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use warren_examples::{Calc, CalculatorClient, CalculatorServer};
-use warren_rpc::{CallOptions, Client, Error, Server};
+use warren_rpc::{CallOptions, CancelToken, Client, Context, Error, Server};
 
 /// A service with one slow method, to show what a deadline does.
 #[warren_rpc::service(name = "reports")]
@@ -19,7 +21,19 @@ struct Reporter;
 
 impl Reports for Reporter {
     async fn slow_report(&self, delay_ms: u64) -> String {
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let started = Instant::now();
+        let cx = Context::current().expect("handlers run with a context");
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+            // The caller gave up (it cancelled, or its deadline passed): stop writing.
+            () = cx.cancelled() => {
+                println!(
+                    "         (server: report {} stopped after {}ms: cancelled)",
+                    cx.call_id(),
+                    started.elapsed().as_millis()
+                );
+            }
+        }
         format!("report written in {delay_ms}ms")
     }
 }
@@ -82,6 +96,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("memory_add(32)     = {}", calc.memory_add(32).await?);
     println!("memory_recall()    = {}", calc.memory_recall().await?);
 
+    // A streamed reply: items arrive one by one, under the caller's flow control.
+    let mut fib = calc.fibonacci(12);
+    let mut items = Vec::new();
+    while let Some(n) = fib.next().await {
+        items.push(n?);
+    }
+    println!("fibonacci(12)      = {items:?} (streamed)");
+    // Taking only the first items and dropping the stream cancels it on the server.
+    let first: Vec<u64> = calc
+        .fibonacci(1_000_000)
+        .take(5)
+        .map(|n| n.unwrap_or_default())
+        .collect()
+        .await;
+    println!("fibonacci(1000000) -> first {first:?}, then dropped (the server stops)");
+
     // A deadline shorter than the work: the caller gets a timeout by its deadline.
     let quick = ReportsClient::new(client.clone()).with_timeout(Duration::from_millis(200));
     let asked = Instant::now();
@@ -96,6 +126,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let patient = ReportsClient::new(client.clone());
     println!("slow_report(50)    = {}", patient.slow_report(50).await?);
+
+    // Cancelled by the caller: the server hears of it and stops the handler.
+    let token = CancelToken::new();
+    let cancellable = ReportsClient::new(client.clone())
+        .with_options(CallOptions::new().cancel_token(token.clone()));
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        token.cancel();
+    });
+    match cancellable.slow_report(10_000).await {
+        Ok(report) => println!("slow_report(10000) = {report} (unexpected)"),
+        Err(e @ Error::Cancelled) => println!("slow_report(10000) -> {e}"),
+        Err(e) => return Err(e.into()),
+    }
+    canceller.await?;
+    // Give the server's note a moment to print before the next line.
+    tokio::time::sleep(Duration::from_millis(50)).await;
 
     // No queue for the service: the broker returns the request and the caller knows at once.
     let nobody =

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use warren_rpc::Stream;
 
 /// Why a calculation has no answer: an application error, returned as `{"err": ...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -47,6 +48,10 @@ pub trait Calculator {
     /// The server-side total.
     #[warren(idempotent)]
     async fn memory_recall(&self) -> i64;
+
+    /// The first `n` Fibonacci numbers (0, 1, 1, 2, ...), wrapping on overflow, streamed one by
+    /// one as the caller takes them.
+    async fn fibonacci(&self, n: u32) -> Stream<u64>;
 }
 
 /// The calculator implementation: stateless arithmetic and an atomic memory.
@@ -89,6 +94,13 @@ impl Calculator for Calc {
 
     async fn memory_recall(&self) -> i64 {
         self.memory.load(Ordering::SeqCst)
+    }
+
+    async fn fibonacci(&self, n: u32) -> Stream<u64> {
+        let pairs =
+            std::iter::successors(Some((0u64, 1u64)), |&(a, b)| Some((b, a.wrapping_add(b))));
+        let count = usize::try_from(n).unwrap_or(usize::MAX);
+        Stream::iter(pairs.map(|(a, _)| a).take(count))
     }
 }
 
@@ -186,6 +198,15 @@ mod tests {
         assert!(
             matches!(outcome, Outcome::Fault(f) if f.code == warren_rpc::FaultCode::BadRequest)
         );
+        // A streamed reply awaited as one future collects its items.
+        let outcome = server
+            .dispatch(Request::new(
+                "fibonacci",
+                Codec::Json,
+                br#"{"n":7}"#.to_vec(),
+            ))
+            .await;
+        assert_eq!(outcome, Outcome::Ok(br#"{"ok":[0,1,1,2,3,5,8]}"#.to_vec()));
     }
 
     #[test]
@@ -203,9 +224,19 @@ mod tests {
         let names: Vec<&str> = CalculatorClient::METHODS.iter().map(|m| m.name).collect();
         assert_eq!(
             names,
-            ["add", "sub", "mul", "div", "memory_add", "memory_recall"]
+            [
+                "add",
+                "sub",
+                "mul",
+                "div",
+                "memory_add",
+                "memory_recall",
+                "fibonacci"
+            ]
         );
         assert!(!CalculatorClient::METHODS[4].idempotent);
         assert!(CalculatorClient::METHODS[0].idempotent);
+        assert!(CalculatorClient::METHODS[6].streaming);
+        assert!(!CalculatorClient::METHODS[0].streaming);
     }
 }

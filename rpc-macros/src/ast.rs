@@ -138,6 +138,8 @@ pub(crate) enum Output {
     Value(Box<Type>),
     /// `Result<T, E>`: `{"ok": t}` or `{"err": e}`.
     Result { ok: Box<Type>, err: Box<Type> },
+    /// `Stream<T>` (spelled `Stream` with one type parameter): items streamed one by one.
+    Stream(Box<Type>),
 }
 
 /// `#[warren(...)]` on a method.
@@ -294,6 +296,11 @@ fn parse_output(output: &ReturnType) -> Output {
     if let Type::Path(path) = ty {
         if path.qself.is_none() {
             if let Some(last) = path.path.segments.last() {
+                if last.ident == "Stream" {
+                    if let Some(item) = single_type_argument(&last.arguments) {
+                        return Output::Stream(Box::new(item.clone()));
+                    }
+                }
                 if last.ident == "Result" {
                     if let PathArguments::AngleBracketed(generics) = &last.arguments {
                         let types: Vec<&Type> = generics
@@ -316,6 +323,19 @@ fn parse_output(output: &ReturnType) -> Output {
         }
     }
     Output::Value(Box::new(ty.clone()))
+}
+
+/// The `T` of `Name<T>`, when that is the only generic argument.
+pub(crate) fn single_type_argument(arguments: &PathArguments) -> Option<&Type> {
+    match arguments {
+        PathArguments::AngleBracketed(generics) if generics.args.len() == 1 => {
+            match generics.args.first() {
+                Some(GenericArgument::Type(t)) => Some(t),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 const METHOD_OPTIONS_HELP: &str =

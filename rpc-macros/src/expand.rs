@@ -59,6 +59,7 @@ fn return_type(output: &Output) -> TokenStream {
         Output::Result { ok, err, .. } => {
             quote!(::core::result::Result<#ok, #err>)
         }
+        Output::Stream(item) => quote!(::warren_rpc::Stream<#item>),
     }
 }
 
@@ -93,6 +94,7 @@ fn method_spec(service: &Service, method: &Method) -> TokenStream {
     let method_name = LitStr::new(&method.ident.unraw().to_string(), method.ident.span());
     let idempotent = method.options.idempotent.is_some();
     let oneway = method.options.oneway.is_some();
+    let streaming = matches!(method.output, Output::Stream(_));
     let timeout = method
         .options
         .timeout_ms
@@ -101,6 +103,7 @@ fn method_spec(service: &Service, method: &Method) -> TokenStream {
         ::warren_rpc::MethodSpec::new(#service_name, #method_name)
             .idempotent(#idempotent)
             .oneway(#oneway)
+            .streaming(#streaming)
             #timeout
     }
 }
@@ -128,14 +131,30 @@ fn expand_client(service: &Service) -> TokenStream {
         let params = typed_args(m);
         let fields = typed_args(m);
         let names: Vec<&Ident> = m.args.iter().map(|a| &a.ident).collect();
+        let span = m.ident.span();
+        if let Output::Stream(item) = &m.output {
+            // Not async: the stream sends its call when first polled.
+            return quote_spanned! {span=>
+                #(#docs)*
+                #default_doc
+                pub fn #name(&self, #(#params),*) -> ::warren_rpc::ReplyStream<#item> {
+                    #[derive(::warren_rpc::__private::serde::Serialize)]
+                    #[serde(crate = "::warren_rpc::__private::serde")]
+                    struct __WarrenArgs {
+                        #(#fields,)*
+                    }
+                    self.client
+                        .stream(&Self::METHODS[#index], &__WarrenArgs { #(#names),* }, &self.options)
+                }
+            };
+        }
         // Validation made every one-way method return `()`.
         let ret = return_type(&m.output);
         let call = match &m.output {
             _ if m.options.oneway.is_some() => quote!(notify),
             Output::Result { .. } => quote!(call_fallible),
-            Output::Unit | Output::Value(_) => quote!(call),
+            Output::Unit | Output::Value(_) | Output::Stream(_) => quote!(call),
         };
-        let span = m.ident.span();
         quote_spanned! {span=>
             #(#docs)*
             #default_doc
@@ -216,6 +235,7 @@ fn expand_server(service: &Service) -> TokenStream {
         let names: Vec<&Ident> = m.args.iter().map(|a| &a.ident).collect();
         let run = match &m.output {
             Output::Result { .. } => quote!(::warren_rpc::Dispatch::result),
+            Output::Stream(_) => quote!(::warren_rpc::Dispatch::stream),
             Output::Unit | Output::Value(_) => quote!(::warren_rpc::Dispatch::value),
         };
         quote! {
@@ -300,6 +320,10 @@ pub(crate) fn fallback(item: &ItemTrait, service: &Service) -> TokenStream {
     for trait_item in &mut item.items {
         if let TraitItem::Fn(f) = trait_item {
             f.attrs.retain(|a| !a.path().is_ident("warren"));
+            // A `Stream` without exactly one item type is reported once, by us.
+            if crate::valid::is_malformed_stream(&f.sig.output) {
+                f.sig.output = syn::ReturnType::Default;
+            }
             // Patterns are not allowed in a declaration without a body: name them, so the only
             // error the user sees about them is ours.
             for (index, input) in f.sig.inputs.iter_mut().enumerate() {

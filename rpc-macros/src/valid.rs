@@ -136,6 +136,35 @@ fn check_method(method: &Method, errors: &mut Errors) {
             "a `oneway` method gets no reply, so it returns nothing; remove the return type",
         );
     }
+    if let Output::Value(ty) = &method.output {
+        if let Type::Path(path) = &**ty {
+            if path
+                .path
+                .segments
+                .last()
+                .is_some_and(|s| s.ident == "Stream")
+            {
+                errors.push_tokens(
+                    ty,
+                    "a streaming method returns `warren_rpc::Stream<T>` with exactly one item \
+                     type, e.g. `-> warren_rpc::Stream<u32>`",
+                );
+            }
+        }
+    }
+}
+
+/// Whether `output` is spelled `Stream` without exactly one item type.
+pub(crate) fn is_malformed_stream(output: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    let Type::Path(path) = &**ty else {
+        return false;
+    };
+    path.path.segments.last().is_some_and(|s| {
+        s.ident == "Stream" && crate::ast::single_type_argument(&s.arguments).is_none()
+    })
 }
 
 fn problem_help(problem: &str) -> &'static str {

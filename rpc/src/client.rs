@@ -25,9 +25,16 @@
 //!
 //! Replies come through RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`) by default; when
 //! the broker lacks it, the client declares an exclusive, server-named reply queue instead.
+//!
+//! A call asks servers for a `started` notice (`x-warren-notices`): a server whose handler runs
+//! for more than a moment says so, and a call that reaches its deadline ends with
+//! [`Error::DeadlineExceeded`] if a server said so, [`Error::Expired`] if none did. A call whose
+//! future is dropped (or whose [`CancelToken`] is cancelled) after it was published sends a
+//! `cancel` to [`wire::CONTROL_EXCHANGE`], which every server of the service hears. Every
+//! request carries the W3C `traceparent` of its `warren.call` span ([`crate::trace`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,12 +49,14 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::cancel::CancelToken;
 use crate::context::{unix_millis, CallId, Context};
 use crate::error::Error;
-use crate::in_flight::{InFlight, ReplyMessage};
+use crate::in_flight::{InFlight, PendingReply, PendingStream, ReplyKind, ReplyMessage};
 use crate::reconnect::{self, Endpoint, Link, Session, Tripwire};
 use crate::retry::{AttemptFailure, RetryPolicy};
 use crate::service::MethodSpec;
+use crate::trace::TraceContext;
 use crate::wire::{self, Codec, ReplyBody};
 
 /// How the client receives replies.
@@ -71,6 +80,9 @@ pub struct CallOptions {
     service: Option<Arc<str>>,
     codec: Option<Codec>,
     retry: Option<RetryPolicy>,
+    cancel: Option<CancelToken>,
+    trace: Option<TraceContext>,
+    stream_window: Option<u32>,
 }
 
 impl CallOptions {
@@ -104,11 +116,46 @@ impl CallOptions {
         self
     }
 
+    /// Cancels calls made with these options when `token` is cancelled: the call returns
+    /// [`Error::Cancelled`] (a stream ends with it) and the servers are told, as when the
+    /// call's future is dropped.
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Sends this as the caller's span in `traceparent`/`tracestate` (the server's span becomes
+    /// its child), instead of a span of the current handler's trace or a new trace. With the
+    /// `opentelemetry` feature and an OpenTelemetry layer installed, the current span wins.
+    pub fn trace(mut self, parent: TraceContext) -> Self {
+        self.trace = Some(parent);
+        self
+    }
+
+    /// How many items of a streamed reply may be on their way at once (32 unless set; at
+    /// least 1): the flow-control window. The server sends no more until the caller has taken
+    /// half of them, so a slow caller bounds what is buffered on both sides.
+    pub fn stream_window(mut self, items: u32) -> Self {
+        self.stream_window = Some(items.max(1));
+        self
+    }
+
     /// The timeout override, if any.
     pub fn timeout_override(&self) -> Option<Duration> {
         self.timeout
     }
+
+    pub(crate) fn window(&self) -> usize {
+        usize::try_from(self.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW)).unwrap_or(1)
+    }
+
+    pub(crate) fn cancel(&self) -> Option<&CancelToken> {
+        self.cancel.as_ref()
+    }
 }
+
+/// The flow-control window of a streamed reply when the call does not set one.
+const DEFAULT_STREAM_WINDOW: u32 = 32;
 
 /// Builds a [`Client`].
 #[derive(Debug, Clone)]
@@ -310,6 +357,8 @@ pub(crate) struct ClientSession {
     /// One-way calls go out here, in confirm mode (`channel` itself when it is).
     notify_channel: Channel,
     reply_to: ShortString,
+    /// Whether the control exchange exists, so cancels can be published to it.
+    control: bool,
     in_flight: Arc<InFlight>,
     tripwire: Tripwire,
     reader: JoinHandle<()>,
@@ -402,6 +451,7 @@ async fn open_session(
             Ok(opened) => opened,
             Err(err) => return Err((connection, err)),
         };
+    let control = declare_control_exchange(&connection).await;
     let notify_channel = if confirm_calls {
         channel.clone()
     } else {
@@ -425,12 +475,35 @@ async fn open_session(
         confirm_calls,
         notify_channel,
         reply_to: ShortString::from(reply_to),
+        control,
         in_flight,
         tripwire,
         reader,
         returns,
         nacks: NackStreak::new(stale_after_nacks),
     })
+}
+
+/// Declares the control exchange cancels go to, on a channel of its own: a broker that refuses
+/// (a user without the permission) closes that channel only, and the session works without
+/// cancellation. Returns whether the exchange is there.
+async fn declare_control_exchange(connection: &Connection) -> bool {
+    let declared = async {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(Error::connection)?;
+        crate::server::declare_control_exchange(&channel).await?;
+        let _ = channel.close(200, "control exchange declared".into()).await;
+        Ok::<_, Error>(())
+    };
+    match declared.await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(%err, "cannot declare the control exchange; calls cannot be cancelled");
+            false
+        }
+    }
 }
 
 /// While calls are pending, collects the requests the broker returned (no queue took them)
@@ -546,7 +619,18 @@ async fn read_replies(mut consumer: Consumer, in_flight: Arc<InFlight>, tripwire
                     continue;
                 };
                 let id = CallId::from_wire(id.as_str());
+                let props = &delivery.properties;
+                let kind = match props.kind().as_ref().map(|k| k.as_str()) {
+                    Some(wire::KIND_STARTED) => ReplyKind::Started,
+                    Some(wire::KIND_ITEM) => ReplyKind::Item,
+                    Some(wire::KIND_END) => ReplyKind::End,
+                    _ => ReplyKind::Final,
+                };
+                let server = wire::header_str(props.headers().as_ref(), wire::HEADER_SERVER)
+                    .map(str::to_owned);
                 let reply = ReplyMessage {
+                    kind,
+                    server,
                     content_type: delivery
                         .properties
                         .content_type()
@@ -617,22 +701,67 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// What one publication of a request resolved to.
-struct Sent {
-    pending: Option<crate::in_flight::PendingReply>,
+/// What one publication of a request waits for.
+pub(crate) enum Sent {
+    /// Nothing (a one-way call).
+    Nothing,
+    /// One reply.
+    Reply(PendingReply),
+    /// The messages of a stream.
+    Stream(PendingStream),
 }
 
 /// Everything about one call that stays the same across its attempts.
-struct Call<'a> {
-    service: &'a str,
-    method: &'a MethodSpec,
-    call_id: &'a CallId,
-    codec: Codec,
-    body: &'a [u8],
-    deadline: Instant,
-    timeout: Duration,
-    policy: RetryPolicy,
-    expect_reply: bool,
+pub(crate) struct Call<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) method: &'a MethodSpec,
+    pub(crate) call_id: &'a CallId,
+    pub(crate) codec: Codec,
+    pub(crate) body: &'a [u8],
+    pub(crate) deadline: Instant,
+    pub(crate) timeout: Duration,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) expect_reply: bool,
+    /// The credit granted to a streamed reply; `None` for other calls.
+    pub(crate) stream_credit: Option<usize>,
+    /// The caller's span, sent as `traceparent`.
+    pub(crate) trace: &'a TraceContext,
+    /// Set once a server reported that it took the call.
+    pub(crate) started: Arc<AtomicBool>,
+    /// Set once a request of the call was handed to the connection.
+    pub(crate) published: AtomicBool,
+}
+
+impl Call<'_> {
+    /// The error of a call that reached its deadline: whether a server reported it started.
+    fn out_of_time(&self) -> Error {
+        if self.started.load(Ordering::SeqCst) {
+            Error::DeadlineExceeded {
+                timeout: self.timeout,
+            }
+        } else {
+            Error::Expired {
+                timeout: self.timeout,
+            }
+        }
+    }
+}
+
+/// Tells the servers of a call that its caller gave up on it, unless disarmed: dropped with
+/// the future of a call that was published and has not finished.
+struct CancelOnDrop<'a> {
+    client: &'a Client,
+    call: &'a Call<'a>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.call.published.load(Ordering::SeqCst) {
+            self.client
+                .send_cancel(self.call.service, self.call.call_id, self.call.deadline);
+        }
+    }
 }
 
 /// Trips a session whose channel failed under a publish, and turns the error into ours.
@@ -744,6 +873,7 @@ impl Client {
             .map_err(|reason| Error::Encode { reason })?;
         let call_id = CallId::random();
         let span = call_span(&service, method, &call_id);
+        let trace = call_trace(&span, options);
         let call = Call {
             service: &service,
             method,
@@ -754,6 +884,10 @@ impl Client {
             timeout,
             policy: self.policy(method, options),
             expect_reply: false,
+            stream_credit: None,
+            trace: &trace,
+            started: Arc::default(),
+            published: AtomicBool::new(false),
         };
         self.run(&call).instrument(span).await.map(|_| ())
     }
@@ -775,6 +909,7 @@ impl Client {
             .map_err(|reason| Error::Encode { reason })?;
         let call_id = CallId::random();
         let span = call_span(&service, method, &call_id);
+        let trace = call_trace(&span, options);
         let call = Call {
             service: &service,
             method,
@@ -785,8 +920,28 @@ impl Client {
             timeout,
             policy: self.policy(method, options),
             expect_reply: true,
+            stream_credit: None,
+            trace: &trace,
+            started: Arc::default(),
+            published: AtomicBool::new(false),
         };
-        let result = match self.run(&call).instrument(span.clone()).await {
+        // Dropping this future before the reply tells the servers to cancel the call.
+        let mut cancel_on_drop = CancelOnDrop {
+            client: self,
+            call: &call,
+            armed: true,
+        };
+        let run = self.run(&call).instrument(span.clone());
+        let outcome = match options.cancel() {
+            Some(token) => tokio::select! {
+                outcome = run => outcome,
+                () = token.cancelled() => Err(Error::Cancelled),
+            },
+            None => run.await,
+        };
+        cancel_on_drop.armed = matches!(outcome, Err(Error::Cancelled));
+        drop(cancel_on_drop);
+        let result = match outcome {
             Ok(Some(reply)) => decode_reply(&reply),
             Ok(None) => Err(Error::Decode {
                 reason: "no reply was requested".into(),
@@ -827,9 +982,7 @@ impl Client {
             let now = Instant::now();
             let give_up = |failure: AttemptFailure| match failure {
                 AttemptFailure::Error(err) => err,
-                AttemptFailure::TimedOut => Error::DeadlineExceeded {
-                    timeout: call.timeout,
-                },
+                AttemptFailure::TimedOut => call.out_of_time(),
             };
             if now >= call.deadline || last || !policy.retries(&failure, call.method.idempotent) {
                 return Err(give_up(failure));
@@ -859,10 +1012,9 @@ impl Client {
             .await
             .map_err(AttemptFailure::Error)?;
         let work = async {
-            let sent = self.publish(&session, call, attempt).await?;
-            match sent.pending {
-                Some(mut pending) => pending.wait().await.map(Some),
-                None => Ok(None),
+            match self.publish(&session, call, attempt).await? {
+                Sent::Reply(mut pending) => pending.wait().await.map(Some),
+                Sent::Nothing | Sent::Stream(_) => Ok(None),
             }
         };
         match tokio::time::timeout_at(attempt_deadline.into(), work).await {
@@ -873,7 +1025,7 @@ impl Client {
     }
 
     /// Resolves the service name, codec, deadline and budget of a call.
-    fn plan(
+    pub(crate) fn plan(
         &self,
         method: &MethodSpec,
         options: &CallOptions,
@@ -905,7 +1057,7 @@ impl Client {
     /// Publishes one attempt of a call on `session`, and waits for the broker's confirm if the
     /// call is confirmed (one-way calls always are). A failure to publish means the session is
     /// broken: it is tripped, so the next attempt waits for a new one.
-    async fn publish(
+    pub(crate) async fn publish(
         &self,
         session: &ClientSession,
         call: &Call<'_>,
@@ -918,23 +1070,29 @@ impl Client {
             codec,
             body,
             deadline,
-            timeout,
             expect_reply,
+            stream_credit,
             ..
         } = *call;
         let routing_key = ShortString::try_new(service).map_err(|e| Error::Config {
             reason: format!("service name: {e}"),
         })?;
-        let pending = if expect_reply {
-            Some(session.in_flight.register(call_id.clone())?)
-        } else {
-            None
+        let pending = match stream_credit {
+            Some(credit) => {
+                Sent::Stream(session.in_flight.register_stream(call_id.clone(), credit)?)
+            }
+            None if expect_reply => Sent::Reply(
+                session
+                    .in_flight
+                    .register(call_id.clone(), Arc::clone(&call.started))?,
+            ),
+            None => Sent::Nothing,
         };
         // The budget left for this attempt, rounded down: an expired call is not sent.
         let remaining = deadline.saturating_duration_since(Instant::now());
         let budget_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
         if budget_ms == 0 {
-            return Err(Error::DeadlineExceeded { timeout });
+            return Err(call.out_of_time());
         }
         let deadline_unix = unix_millis(SystemTime::now() + remaining);
 
@@ -955,6 +1113,25 @@ impl Client {
             wire::HEADER_ATTEMPT.into(),
             AMQPValue::LongLongInt(i64::from(attempt)),
         );
+        headers.insert(
+            wire::HEADER_TRACEPARENT.into(),
+            AMQPValue::LongString(call.trace.traceparent().into()),
+        );
+        if let Some(state) = call.trace.tracestate() {
+            headers.insert(
+                wire::HEADER_TRACESTATE.into(),
+                AMQPValue::LongString(state.into()),
+            );
+        }
+        if expect_reply {
+            headers.insert(wire::HEADER_NOTICES.into(), AMQPValue::LongLongInt(1));
+        }
+        if let Some(credit) = stream_credit {
+            headers.insert(
+                wire::HEADER_STREAM_CREDIT.into(),
+                AMQPValue::LongLongInt(i64::try_from(credit).unwrap_or(i64::MAX)),
+            );
+        }
 
         let mut properties = BasicProperties::default()
             .with_type(method.name.into())
@@ -984,6 +1161,7 @@ impl Client {
             body,
             properties,
         );
+        call.published.store(true, Ordering::SeqCst);
         if !confirmed {
             // lapin queues the frames for its I/O thread when the publish is first polled, then
             // waits for the thread to have written them. The reply (or the session's death,
@@ -991,7 +1169,7 @@ impl Client {
             // skipping it saves two thread hand-offs per call.
             return match publish.now_or_never() {
                 Some(Err(e)) => Err(broken(session, e)),
-                Some(Ok(_)) | None => Ok(Sent { pending }),
+                Some(Ok(_)) | None => Ok(pending),
             };
         }
         let confirm = publish
@@ -1007,21 +1185,132 @@ impl Client {
                 })
             }
             Confirmation::Nack(None) => Err(Error::PublishRejected),
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Sent { pending }),
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(pending),
         }
+    }
+
+    /// Tells every server of `service` that the caller gave up on `call_id`: the one running
+    /// it cancels its handler, the others skip it if it reaches them before `deadline`.
+    /// Best effort and without waiting: lapin queues the message when first polled.
+    pub(crate) fn send_cancel(&self, service: &str, call_id: &CallId, deadline: Instant) {
+        let Some(session) = self.inner.link.current().filter(|s| s.control) else {
+            return;
+        };
+        let Ok(routing_key) = ShortString::try_new(service) else {
+            return;
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let budget_ms = u64::try_from(remaining.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut headers = FieldTable::default();
+        headers.insert(
+            wire::HEADER_PROTOCOL.into(),
+            AMQPValue::LongLongInt(wire::PROTOCOL_VERSION),
+        );
+        headers.insert(
+            wire::HEADER_TIMEOUT_MS.into(),
+            AMQPValue::LongLongInt(i64::try_from(budget_ms).unwrap_or(i64::MAX)),
+        );
+        let properties = BasicProperties::default()
+            .with_type(wire::KIND_CANCEL.into())
+            .with_correlation_id(call_id.as_str().into())
+            .with_expiration(budget_ms.to_string().into())
+            .with_headers(headers);
+        let published = session
+            .channel
+            .basic_publish(
+                wire::CONTROL_EXCHANGE.into(),
+                routing_key,
+                BasicPublishOptions::default(),
+                &[],
+                properties,
+            )
+            .now_or_never();
+        if let Some(Err(err)) = published {
+            tracing::debug!(%err, %call_id, "could not send a cancel");
+        }
+        tracing::debug!(%call_id, "call cancelled by its caller; servers told");
+    }
+
+    /// Grants `items` more credit to the stream of `call_id` served by the server whose control
+    /// queue is `server`.
+    pub(crate) async fn send_credit(
+        &self,
+        session: &ClientSession,
+        server: &str,
+        call_id: &CallId,
+        items: usize,
+    ) {
+        let Ok(routing_key) = ShortString::try_new(server) else {
+            return;
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(
+            wire::HEADER_CREDIT.into(),
+            AMQPValue::LongLongInt(i64::try_from(items).unwrap_or(i64::MAX)),
+        );
+        let properties = BasicProperties::default()
+            .with_type(wire::KIND_CREDIT.into())
+            .with_correlation_id(call_id.as_str().into())
+            .with_headers(headers);
+        let published = session
+            .channel
+            .basic_publish(
+                "".into(),
+                routing_key,
+                BasicPublishOptions::default(),
+                &[],
+                properties,
+            )
+            .now_or_never();
+        if let Some(Err(err)) = published {
+            tracing::debug!(%err, %call_id, "could not send stream credit");
+        }
+    }
+
+    /// The live session, waiting for one until `deadline`.
+    pub(crate) async fn session(&self, deadline: Instant) -> Result<Arc<ClientSession>, Error> {
+        self.inner.link.session(deadline).await
+    }
+
+    /// The retry policy of a call (see [`Client::policy`]).
+    pub(crate) fn policy_of(&self, method: &MethodSpec, options: &CallOptions) -> RetryPolicy {
+        self.policy(method, options)
     }
 }
 
-fn call_span(service: &str, method: &MethodSpec, call_id: &CallId) -> tracing::Span {
+pub(crate) fn call_span(service: &str, method: &MethodSpec, call_id: &CallId) -> tracing::Span {
     tracing::info_span!(
         "warren.call",
         service = %service,
         method = method.name,
         call_id = %call_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     )
 }
 
-fn decode_reply<T, E>(reply: &ReplyMessage) -> Result<Result<T, E>, Error>
+/// The caller's span a call sends as `traceparent`, recorded on the call's `span`: the span
+/// itself under OpenTelemetry, else the trace in `options`, else a new span of the current
+/// handler's trace, else a new trace.
+pub(crate) fn call_trace(span: &tracing::Span, options: &CallOptions) -> TraceContext {
+    #[cfg(feature = "opentelemetry")]
+    let from_span = crate::otel::span_trace(span);
+    #[cfg(not(feature = "opentelemetry"))]
+    let from_span = None;
+    let trace = from_span
+        .or_else(|| options.trace.clone())
+        .unwrap_or_else(|| match Context::current_trace() {
+            Some(handler) => handler.child(),
+            None => TraceContext::new_root(),
+        });
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
+    span.record("span_id", tracing::field::display(trace.span_id()));
+    trace
+}
+
+pub(crate) fn decode_reply<T, E>(reply: &ReplyMessage) -> Result<Result<T, E>, Error>
 where
     T: DeserializeOwned,
     E: DeserializeOwned,

@@ -1,4 +1,5 @@
-//! The call context a handler can see: call id, method, attempt and deadline.
+//! The call context a handler can see: call id, method, attempt, deadline, trace and
+//! cancellation.
 //!
 //! The server runs each handler inside a task-local scope holding its [`Context`], so a handler
 //! reads it with [`Context::current`] without an extra parameter in the service trait. A
@@ -8,6 +9,9 @@
 use std::fmt;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::cancel::CancelToken;
+use crate::trace::{SpanId, TraceContext};
 
 /// The id of one call: a UUID string, the same on every attempt of that call. It is the
 /// request's `correlation_id` and `message_id`, and what servers de-duplicate on.
@@ -55,6 +59,11 @@ pub struct Context {
     pub(crate) deadline: Option<Instant>,
     pub(crate) deadline_unix_ms: Option<i64>,
     pub(crate) redelivered: bool,
+    /// The handler's span: the caller's trace, a span id of its own.
+    pub(crate) trace: TraceContext,
+    /// The caller's span (from `traceparent`), `None` when the request carried none.
+    pub(crate) parent_span: Option<SpanId>,
+    pub(crate) cancel: CancelToken,
 }
 
 tokio::task_local! {
@@ -114,6 +123,39 @@ impl Context {
         self.redelivered
     }
 
+    /// The trace context of the handler's span: the caller's trace id (from the request's
+    /// `traceparent`, or a new trace when it had none) and a span id of its own. Calls the
+    /// handler makes continue this trace.
+    pub fn trace(&self) -> &TraceContext {
+        &self.trace
+    }
+
+    /// The caller's span id from the request's `traceparent`: the parent of the handler's
+    /// span. `None` when the request carried no (valid) `traceparent`.
+    pub fn parent_span_id(&self) -> Option<SpanId> {
+        self.parent_span
+    }
+
+    /// Whether the call was cancelled: its caller cancelled it (dropped the call or cancelled
+    /// its token) or its deadline passed. After a cancel the server drops the handler's future
+    /// within [`ServerBuilder::cancel_grace`](crate::ServerBuilder::cancel_grace); at the
+    /// deadline, at once. Work the handler spawned (with a clone of this context) can check
+    /// this to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Waits until the call is cancelled (see [`Context::is_cancelled`]). Select on it to stop
+    /// cleanly within the grace period, or hand a clone of the context to spawned work.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// The trace context of the call the current task is serving.
+    pub(crate) fn current_trace() -> Option<TraceContext> {
+        CURRENT.try_with(|cx| cx.trace.clone()).ok()
+    }
+
     /// Runs `fut` with this context as [`Context::current`].
     pub(crate) fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
         CURRENT.scope(self, fut)
@@ -142,6 +184,9 @@ mod tests {
             deadline: Some(Instant::now() + Duration::from_secs(5)),
             deadline_unix_ms: None,
             redelivered: false,
+            trace: TraceContext::new_root(),
+            parent_span: None,
+            cancel: CancelToken::new(),
         };
         let seen = cx
             .scope(async { Context::current().map(|c| (c.call_id().clone(), c.attempt())) })

@@ -9,7 +9,8 @@ use std::time::Duration;
 /// Why a call failed, as far as the framework is concerned.
 ///
 /// Match on it to act: [`Error::ServiceUnavailable`] means no server could take the call,
-/// [`Error::DeadlineExceeded`] that the call's budget ran out, [`Error::Fault`] that a server
+/// [`Error::Expired`] that no server started it before its deadline,
+/// [`Error::DeadlineExceeded`] that a server started it and its budget ran out, [`Error::Fault`] that a server
 /// took the call and reported a failure with a [`FaultCode`]. [`Error::is_retryable`] tells
 /// whether sending the same call again can help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -23,12 +24,42 @@ pub enum Error {
         service: String,
     },
 
-    /// The call's deadline passed before a reply arrived. The server may or may not have run
-    /// the call.
-    #[error("deadline of {}ms exceeded", timeout.as_millis())]
+    /// A server started the call and it ran past its deadline: the server told the caller it
+    /// took the call (a `started` notice or a streamed item), and no reply came in time. The
+    /// server cancels the handler at the deadline; its side effects so far remain.
+    #[error("deadline of {}ms exceeded (a server had started the call)", timeout.as_millis())]
     DeadlineExceeded {
         /// The budget the call was given.
         timeout: Duration,
+    },
+
+    /// No server reported starting the call before its deadline: it waited in the queue (or
+    /// for a free slot of a busy server) until the broker dropped it (its `expiration`) or a
+    /// server skipped it as expired. It never ran, so sending it again is safe.
+    ///
+    /// Warren servers report a call they take whose handler runs longer than a few
+    /// milliseconds; a server that knows none of the protocol's additions never does, so a
+    /// call such a server ran past its deadline is reported as `Expired` too.
+    #[error("expired after {}ms: no server started the call before its deadline", timeout.as_millis())]
+    Expired {
+        /// The budget the call was given.
+        timeout: Duration,
+    },
+
+    /// The caller cancelled the call (through its [`CancelToken`](crate::CancelToken)); the
+    /// servers were told.
+    #[error("the call was cancelled by its caller")]
+    Cancelled,
+
+    /// A streamed reply broke off before its end marker: the connection to the broker was
+    /// lost, or the reply was malformed. The items received so far were delivered; calling
+    /// again starts a new stream from the beginning.
+    #[error("the stream broke off after {received} items: {reason}")]
+    StreamInterrupted {
+        /// How many items arrived before the break.
+        received: u64,
+        /// What happened.
+        reason: String,
     },
 
     /// The connection or channel to the broker failed, could not be opened, or was closed.
@@ -84,16 +115,21 @@ impl Error {
     ///
     /// True for failures that happen before a server ran the call or that are transient:
     /// [`Error::ServiceUnavailable`], [`Error::Connection`], [`Error::PublishRejected`], and a
-    /// [`Error::Fault`] with [`FaultCode::Unavailable`]. A [`Error::DeadlineExceeded`] is not
-    /// retryable: the budget is spent (a caller may start a new call with a new deadline if the
-    /// method is idempotent; servers de-duplicate by call id in any case).
+    /// [`Error::Fault`] with [`FaultCode::Unavailable`], an [`Error::Expired`] call (it never
+    /// ran) and an [`Error::StreamInterrupted`] stream (call again to restart it). A
+    /// [`Error::DeadlineExceeded`] is not retryable: a server ran the call and the budget is
+    /// spent (a caller may start a new call with a new deadline if the method is idempotent;
+    /// servers de-duplicate by call id in any case).
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::ServiceUnavailable { .. }
             | Error::Connection { .. }
-            | Error::PublishRejected => true,
+            | Error::PublishRejected
+            | Error::Expired { .. }
+            | Error::StreamInterrupted { .. } => true,
             Error::Fault { code, .. } => code.is_retryable(),
             Error::DeadlineExceeded { .. }
+            | Error::Cancelled
             | Error::Encode { .. }
             | Error::Decode { .. }
             | Error::Shutdown
@@ -115,6 +151,9 @@ impl Error {
         match self {
             Error::ServiceUnavailable { .. } => "service_unavailable",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
+            Error::Expired { .. } => "expired",
+            Error::Cancelled => "cancelled",
+            Error::StreamInterrupted { .. } => "stream_interrupted",
             Error::Connection { .. } => "connection",
             Error::PublishRejected => "publish_rejected",
             Error::Encode { .. } => "encode",

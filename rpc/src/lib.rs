@@ -68,7 +68,15 @@
 //!   concurrently, replies, then acks. Handlers see their call through [`Context::current`].
 //! - Errors: a method's own error type `E` reaches the caller as a value; everything the
 //!   framework can fail with is an [`Error`], which says whether it [is
-//!   retryable](Error::is_retryable).
+//!   retryable](Error::is_retryable). A call out of time is [`Error::DeadlineExceeded`] if a
+//!   server reported starting it, [`Error::Expired`] if none did.
+//! - A method returning [`Stream<T>`](Stream) streams its reply under credit-based flow control;
+//!   its caller gets a [`ReplyStream`] (see [`stream`]).
+//! - Dropping a call (or cancelling its [`CancelToken`]) cancels it on the server; handlers see
+//!   it through [`Context::cancelled`].
+//! - Every request carries the W3C `traceparent` of the caller's span, continued by the server
+//!   ([`Context::trace`]; see [`trace`]). The `opentelemetry` feature joins both sides in one
+//!   OpenTelemetry trace.
 //!
 //! # Attributes of `#[service]`
 //!
@@ -101,24 +109,33 @@
 //! ends with a typed [`Error`] by its deadline.
 #![deny(missing_docs)]
 
+mod cancel;
 mod client;
 mod context;
+mod control;
 mod dedup;
 mod error;
 mod in_flight;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod reconnect;
 mod retry;
 mod server;
 mod service;
+pub mod stream;
+pub mod trace;
 pub mod wire;
 
+pub use cancel::CancelToken;
 pub use client::{CallOptions, Client, ClientBuilder, ReplyQueue};
 pub use context::{CallId, Context};
 pub use dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
 pub use error::{Error, FaultCode};
 pub use retry::RetryPolicy;
 pub use server::{Server, ServerBuilder, DEFAULT_QUORUM_DELIVERY_LIMIT};
-pub use service::{Dispatch, Fault, MethodSpec, Outcome, Request, Service};
+pub use service::{Dispatch, Fault, MethodSpec, Outcome, Request, Service, MAX_COLLECTED_ITEMS};
+pub use stream::{ReplyStream, Stream};
+pub use trace::{SpanId, TraceContext, TraceId};
 pub use wire::Codec;
 
 /// Turns a trait into a Warren service: generates `{Trait}Client` and `{Trait}Server`.

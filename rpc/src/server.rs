@@ -2,10 +2,15 @@
 //!
 //! One connection and channel per [`Server`]. The server declares the service queue, sets the
 //! channel's prefetch to its concurrency, and runs each delivery in a task of its own:
-//! decode the request -> skip it if its deadline passed -> consult the [`ReplyCache`] (replay,
-//! wait for a running duplicate, or execute) -> run the handler inside its [`Context`] with
-//! panics caught and the deadline enforced -> publish the reply -> ack. Shutdown cancels the
+//! decode the request -> skip it if its deadline passed or its caller cancelled it -> consult
+//! the [`ReplyCache`] (replay, wait for a running duplicate, or execute) -> run the handler
+//! inside its [`Context`] with panics caught, the deadline enforced and cancellation heard
+//! (telling a caller that asks for notices that it started) -> publish the reply -> ack. A
+//! streaming method sends its items instead, as the caller grants credit. Shutdown cancels the
 //! consumer, lets the requests in flight finish within a grace period, and closes.
+//!
+//! Each session also consumes the server's control queue (see [`control`](crate::control)):
+//! cancels and stream credit from callers.
 //!
 //! When the connection dies (socket error, missed heartbeats, the broker closing it or
 //! cancelling the consumer), the server reconnects with backoff, declares its queue again and
@@ -23,19 +28,21 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    QueueDeclareOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::context::{unix_millis, CallId, Context};
+use crate::control::{Controls, RunGuard};
 use crate::dedup::{CacheLookup, CachedReply, MemoryReplyCache, ReplyCache};
 use crate::error::{Error, FaultCode};
 use crate::reconnect::{self, Endpoint, Tripwire};
-use crate::service::{Fault, Outcome, Request, Service};
+use crate::service::{Dispatch, EncodedItems, Fault, Outcome, Request, Service};
+use crate::trace::TraceContext;
 use crate::wire::{self, Codec};
 
 /// Builds and starts a [`Server`].
@@ -48,6 +55,7 @@ pub struct ServerBuilder {
     shutdown_grace: Duration,
     connection_name: String,
     heartbeat: Duration,
+    cancel_grace: Duration,
     more_urls: Vec<String>,
     delivery_limit: Option<u32>,
 }
@@ -60,6 +68,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("queue_type", &self.queue_type)
             .field("queue_name", &self.queue_name)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("cancel_grace", &self.cancel_grace)
             .finish_non_exhaustive()
     }
 }
@@ -75,11 +84,15 @@ impl Default for ServerBuilder {
             shutdown_grace: Duration::from_secs(10),
             connection_name: "warren-server".to_owned(),
             heartbeat: Duration::from_secs(10),
+            cancel_grace: DEFAULT_CANCEL_GRACE,
             more_urls: Vec::new(),
             delivery_limit: None,
         }
     }
 }
+
+/// How long a cancelled handler may run on when the builder does not say.
+const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
 
 impl ServerBuilder {
     /// How many requests run at once (32 unless set); also the channel's prefetch count.
@@ -170,6 +183,15 @@ impl ServerBuilder {
         self
     }
 
+    /// How long a handler whose caller cancelled the call may run on to notice it
+    /// ([`Context::cancelled`]) and finish cleanly before its future is dropped (100 ms unless
+    /// set). Its result is discarded either way. A handler past its deadline is dropped at
+    /// once.
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
     /// Connects to `url` (or, when it does not answer, to the first of the builder's
     /// [`urls`](ServerBuilder::urls) that does), declares the service queue and starts serving
     /// `service`.
@@ -219,6 +241,8 @@ impl ServerBuilder {
             service: Box::new(service),
             queue: queue.clone(),
             cache: self.cache,
+            controls: Arc::new(Controls::default()),
+            cancel_grace: self.cancel_grace,
             delivery_limit,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -304,6 +328,8 @@ struct Shared {
     service: Box<dyn Service>,
     queue: String,
     cache: Arc<dyn ReplyCache>,
+    controls: Arc<Controls>,
+    cancel_grace: Duration,
     /// The queue's `x-delivery-limit`, when it is a quorum queue.
     delivery_limit: Option<u32>,
 }
@@ -321,6 +347,9 @@ struct ServerSession {
     connection: Connection,
     channel: Channel,
     consumer: Consumer,
+    /// The control queue's consumer (cancels, stream credit) and the queue's name.
+    control: Consumer,
+    control_queue: ShortString,
     tripwire: Tripwire,
 }
 
@@ -329,17 +358,22 @@ impl Declare {
     /// failure hands the connection back to be closed.
     async fn open(&self, connection: Connection) -> Result<ServerSession, (Connection, Error)> {
         match self.setup(&connection).await {
-            Ok((channel, consumer)) => Ok(ServerSession {
+            Ok((channel, consumer, (control, control_queue))) => Ok(ServerSession {
                 connection,
                 channel,
                 consumer,
+                control,
+                control_queue,
                 tripwire: Tripwire::new(),
             }),
             Err(err) => Err((connection, err)),
         }
     }
 
-    async fn setup(&self, connection: &Connection) -> Result<(Channel, Consumer), Error> {
+    async fn setup(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Channel, Consumer, (Consumer, ShortString)), Error> {
         let channel = connection
             .create_channel()
             .await
@@ -368,8 +402,68 @@ impl Declare {
             )
             .await
             .map_err(Error::connection)?;
-        Ok((channel, consumer))
+        let control = self.setup_control(&channel).await?;
+        Ok((channel, consumer, control))
     }
+
+    /// Declares the server's control queue, binds it to the control exchange under the
+    /// service's name and consumes it.
+    async fn setup_control(&self, channel: &Channel) -> Result<(Consumer, ShortString), Error> {
+        declare_control_exchange(channel).await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::connection)?;
+        let name = queue.name().clone();
+        channel
+            .queue_bind(
+                name.clone(),
+                wire::CONTROL_EXCHANGE.into(),
+                self.queue.clone(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::connection)?;
+        let consumer = channel
+            .basic_consume(
+                name.clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::connection)?;
+        Ok((consumer, name))
+    }
+}
+
+/// Declares [`wire::CONTROL_EXCHANGE`] (direct, durable); clients and servers declare it alike.
+pub(crate) async fn declare_control_exchange(channel: &Channel) -> Result<(), Error> {
+    channel
+        .exchange_declare(
+            wire::CONTROL_EXCHANGE.into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::connection)
 }
 
 /// Why a session's consume loop ended.
@@ -462,6 +556,21 @@ impl Supervisor {
             let delivery = tokio::select! {
                 _ = self.stop.wait_for(|stopped| *stopped) => return Ended::Stopped,
                 reason = &mut dead => return Ended::Lost(reason),
+                control = session.control.next() => {
+                    match control {
+                        Some(Ok(message)) => self.shared.controls.handle(&message),
+                        Some(Err(err)) => {
+                            session.tripwire.trip(err.to_string());
+                            return Ended::Lost(format!("control consumer failed: {err}"));
+                        }
+                        None => {
+                            let reason = "control consumer cancelled by the broker".to_owned();
+                            session.tripwire.trip(reason.clone());
+                            return Ended::Lost(reason);
+                        }
+                    }
+                    continue;
+                }
                 delivery = session.consumer.next() => delivery,
             };
             match delivery {
@@ -473,8 +582,9 @@ impl Supervisor {
                     };
                     let shared = Arc::clone(&self.shared);
                     let channel = session.channel.clone();
+                    let control_queue = session.control_queue.clone();
                     tokio::spawn(async move {
-                        handle(&shared, &channel, delivery, received).await;
+                        handle(&shared, &channel, &control_queue, delivery, received).await;
                         drop(permit);
                     });
                 }
@@ -500,6 +610,13 @@ struct Incoming {
     correlation_id: Option<ShortString>,
     codec: Option<Codec>,
     protocol: Option<i64>,
+    /// The caller understands `started` notices (`x-warren-notices`).
+    notices: bool,
+    /// The caller wants a streamed reply and granted this much credit.
+    stream_credit: Option<usize>,
+    /// The caller's span, from `traceparent` (the OpenTelemetry glue makes it the parent).
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    parent: Option<TraceContext>,
     /// How often the broker delivered the request before (`x-delivery-count`, set by quorum
     /// queues on redeliveries).
     delivery_count: Option<i64>,
@@ -524,12 +641,24 @@ impl Incoming {
             .and_then(|a| u32::try_from(a).ok())
             .unwrap_or(1);
         let method = props.kind().as_ref().map(|m| m.as_str().to_owned());
+        // A malformed traceparent is ignored, as W3C asks: the handler starts a new trace.
+        let parent = wire::header_str(headers, wire::HEADER_TRACEPARENT).and_then(|tp| {
+            TraceContext::parse(tp, wire::header_str(headers, wire::HEADER_TRACESTATE)).ok()
+        });
+        let (trace, parent_span) = match &parent {
+            Some(parent) => (parent.child(), Some(parent.span_id())),
+            None => (TraceContext::new_root(), None),
+        };
         Incoming {
             call_id: call_id.clone(),
             reply_to: props.reply_to().clone().filter(|r| !r.as_str().is_empty()),
             correlation_id: props.correlation_id().clone(),
             codec: Codec::from_content_type(props.content_type().as_ref().map(|c| c.as_str())),
             protocol: wire::header_i64(headers, wire::HEADER_PROTOCOL),
+            notices: wire::header_i64(headers, wire::HEADER_NOTICES).is_some_and(|n| n != 0),
+            stream_credit: wire::header_i64(headers, wire::HEADER_STREAM_CREDIT)
+                .map(|n| usize::try_from(n).unwrap_or(0)),
+            parent,
             delivery_count: wire::header_i64(headers, wire::HEADER_DELIVERY_COUNT),
             context: Context {
                 call_id: call_id.unwrap_or_else(|| CallId::from_wire("")),
@@ -541,6 +670,9 @@ impl Incoming {
                     budget_ms.map(|ms| unix_millis(SystemTime::now()).saturating_add(ms.max(0)))
                 }),
                 redelivered: delivery.redelivered,
+                trace,
+                parent_span,
+                cancel: crate::cancel::CancelToken::new(),
             },
             method,
         }
@@ -598,17 +730,108 @@ fn delivery_limit_fault(count: Option<i64>, limit: u32) -> Option<Fault> {
     })
 }
 
+/// Where a handled request's messages go: the reply queue and call of the request, and this
+/// server's control queue (named in notices and stream messages).
+struct Responder<'a> {
+    channel: &'a Channel,
+    reply_to: Option<&'a ShortString>,
+    correlation_id: Option<&'a ShortString>,
+    control_queue: &'a ShortString,
+    codec: Codec,
+}
+
+impl Responder<'_> {
+    /// Publishes a notice or stream message of `kind` and waits until lapin wrote it. Returns
+    /// false when it could not (the channel is gone).
+    async fn send(&self, kind: &str, body: &[u8], seq: Option<u64>) -> bool {
+        let Some(reply_to) = self.reply_to else {
+            return false;
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(
+            wire::HEADER_SERVER.into(),
+            AMQPValue::LongString(self.control_queue.as_str().into()),
+        );
+        if let Some(seq) = seq {
+            headers.insert(
+                wire::HEADER_SEQ.into(),
+                AMQPValue::LongLongInt(i64::try_from(seq).unwrap_or(i64::MAX)),
+            );
+        }
+        let mut properties = BasicProperties::default()
+            .with_type(kind.into())
+            .with_content_type(self.codec.content_type().into())
+            .with_headers(headers);
+        if let Some(id) = self.correlation_id {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        let published = self
+            .channel
+            .basic_publish(
+                "".into(),
+                reply_to.clone(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await;
+        match published {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::warn!(%err, kind, "could not publish a notice or stream message");
+                false
+            }
+        }
+    }
+
+    async fn started(&self) {
+        self.send(wire::KIND_STARTED, &[], None).await;
+    }
+
+    /// Ends a stream: `{"ok": items}` or `{"fault": ...}`.
+    async fn end(&self, items: u64, fault: Option<Fault>) {
+        let body = match fault {
+            None => wire::encode_ok(self.codec, &items).unwrap_or_default(),
+            Some(fault) => wire::encode_fault(self.codec, &fault.code, &fault.message),
+        };
+        self.send(wire::KIND_END, &body, None).await;
+    }
+}
+
 /// Handles one delivery from start to ack; the reply goes out on `channel`, the channel the
 /// request came from.
-async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received: Instant) {
-    let incoming = Incoming::parse(&shared.queue, &delivery, received);
+async fn handle(
+    shared: &Shared,
+    channel: &Channel,
+    control_queue: &ShortString,
+    delivery: Delivery,
+    received: Instant,
+) {
+    #[cfg_attr(not(feature = "opentelemetry"), allow(unused_mut))]
+    let mut incoming = Incoming::parse(&shared.queue, &delivery, received);
     let span = tracing::info_span!(
         "warren.handle",
         service = %shared.queue,
         method = incoming.method.as_deref().unwrap_or(""),
         call_id = %incoming.context.call_id,
         attempt = incoming.context.attempt,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
     );
+    // Under OpenTelemetry the span is the caller's span's child, and its ids are the handler's.
+    #[cfg(feature = "opentelemetry")]
+    if let Some(parent) = &incoming.parent {
+        if let Some(own) = crate::otel::continue_trace(&span, parent) {
+            incoming.context.trace = own;
+        }
+    }
+    let trace = &incoming.context.trace;
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
+    span.record("span_id", tracing::field::display(trace.span_id()));
+    if let Some(parent) = incoming.context.parent_span {
+        span.record("parent_span_id", tracing::field::display(parent));
+    }
     async {
         if let Some(deadline) = incoming.context.deadline {
             if deadline <= Instant::now() {
@@ -617,10 +840,39 @@ async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received
                 return;
             }
         }
+        if let Some(id) = &incoming.call_id {
+            if shared.controls.was_cancelled(id) {
+                tracing::debug!("cancelled by its caller before it started; skipped");
+                ack(channel, &delivery);
+                return;
+            }
+        }
         let codec = incoming.codec.unwrap_or_default();
+        let responder = Responder {
+            channel,
+            reply_to: incoming.reply_to.as_ref(),
+            correlation_id: incoming.correlation_id.as_ref(),
+            control_queue,
+            codec,
+        };
         let reply = match incoming.invalid() {
             Some(fault) => Some(reply_of(codec, Outcome::Fault(fault))),
-            None => execute_once(shared, &incoming, codec, &delivery.data).await,
+            None => match dispatch(shared, &incoming, codec, &delivery.data) {
+                Err(reply) => Some(reply),
+                Ok(dispatch) => match (dispatch.is_stream(), incoming.stream_credit) {
+                    (true, Some(credit)) => {
+                        // Streams are not de-duplicated, but a poison request is given up.
+                        match incoming.at_delivery_limit(shared.delivery_limit) {
+                            Some(fault) => Some(given_up(codec, fault)),
+                            None => {
+                                stream(shared, &incoming, &responder, dispatch, credit).await;
+                                None
+                            }
+                        }
+                    }
+                    _ => execute_once(shared, &incoming, &responder, dispatch).await,
+                },
+            },
         };
         if let (Some(reply), Some(reply_to)) = (reply, &incoming.reply_to) {
             send_reply(channel, reply_to, incoming.correlation_id.clone(), reply).await;
@@ -631,21 +883,33 @@ async fn handle(shared: &Shared, channel: &Channel, delivery: Delivery, received
     .await
 }
 
-/// Runs the request unless the cache says it already ran; returns the reply to send, or `None`
-/// when there is none (the call was abandoned at its deadline).
-async fn execute_once(
+/// Decodes the arguments and prepares the handler; a panic there is a `handler_panicked` reply.
+fn dispatch(
     shared: &Shared,
     incoming: &Incoming,
     codec: Codec,
     body: &[u8],
+) -> Result<Dispatch, CachedReply> {
+    let request = Request::new(incoming.context.method.clone(), codec, body);
+    std::panic::catch_unwind(AssertUnwindSafe(|| shared.service.dispatch(request)))
+        .map_err(|panic| panicked(codec, panic))
+}
+
+/// Runs the request unless the cache says it already ran; returns the reply to send, or `None`
+/// when there is none (the call was abandoned at its deadline or cancelled).
+async fn execute_once(
+    shared: &Shared,
+    incoming: &Incoming,
+    responder: &Responder<'_>,
+    dispatch: Dispatch,
 ) -> Option<CachedReply> {
     let deadline = incoming.context.deadline;
     let Some(call_id) = incoming.call_id.clone() else {
-        // Without an id there is nothing to de-duplicate on.
+        // Without an id there is nothing to de-duplicate on, nor to cancel.
         if let Some(fault) = incoming.at_delivery_limit(shared.delivery_limit) {
-            return Some(given_up(codec, fault));
+            return Some(given_up(responder.codec, fault));
         }
-        return run(shared, incoming, codec, body).await;
+        return run(shared, incoming, responder, dispatch, None).await;
     };
     let keep_for = deadline
         .map(|d| d.saturating_duration_since(Instant::now()))
@@ -667,11 +931,17 @@ async fn execute_once(
         }
         CacheLookup::Execute => {
             if let Some(fault) = incoming.at_delivery_limit(shared.delivery_limit) {
-                let reply = given_up(codec, fault);
+                let reply = given_up(responder.codec, fault);
                 shared.cache.finish(&call_id, reply.clone());
                 return Some(reply);
             }
-            let reply = run(shared, incoming, codec, body).await;
+            let reply = match shared.controls.start(&call_id, 0) {
+                Some(guard) => run(shared, incoming, responder, dispatch, Some(guard)).await,
+                None => {
+                    tracing::debug!("cancelled by its caller before it started; skipped");
+                    None
+                }
+            };
             match &reply {
                 Some(reply) => shared.cache.finish(&call_id, reply.clone()),
                 None => shared.cache.abandon(&call_id),
@@ -681,39 +951,191 @@ async fn execute_once(
     }
 }
 
-/// Runs the handler with its context, its deadline and a panic guard.
+/// How long a handler runs before a caller that asked for notices is told it started: short
+/// handlers reply first and cost no notice.
+const NOTICE_AFTER: Duration = Duration::from_millis(10);
+
+/// Why a handler stopped before its outcome.
+enum Stopped {
+    /// The caller cancelled the call.
+    Cancelled,
+    /// The call's deadline passed.
+    Deadline,
+}
+
+/// Runs the handler with its context, its deadline, cancellation and a panic guard.
 async fn run(
     shared: &Shared,
     incoming: &Incoming,
-    codec: Codec,
-    body: &[u8],
+    responder: &Responder<'_>,
+    dispatch: Dispatch,
+    guard: Option<RunGuard>,
 ) -> Option<CachedReply> {
-    let request = Request::new(incoming.context.method.clone(), codec, body);
-    let context = incoming.context.clone();
-    // Decoding the arguments happens inside dispatch: guard it as well as the handler.
-    let handler =
-        match std::panic::catch_unwind(AssertUnwindSafe(|| shared.service.dispatch(request))) {
-            Ok(dispatch) => AssertUnwindSafe(context.scope(dispatch)).catch_unwind(),
-            Err(panic) => return Some(panicked(codec, panic)),
-        };
-    let outcome = match incoming.context.deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline.into(), handler).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                tracing::warn!("handler cancelled at the call's deadline");
-                return None;
+    let codec = responder.codec;
+    let mut context = incoming.context.clone();
+    if let Some(guard) = &guard {
+        context.cancel = guard.running.cancel.clone();
+    }
+    let cancel = context.cancel.clone();
+    let handler = AssertUnwindSafe(context.scope(dispatch)).catch_unwind();
+    let mut handler = std::pin::pin!(handler);
+    // Tell the caller it started once the handler has run for a moment, well before its
+    // deadline: a quarter of the budget at most.
+    let mut notice = (incoming.notices && responder.reply_to.is_some()).then(|| {
+        let after = incoming
+            .context
+            .remaining()
+            .map_or(NOTICE_AFTER, |left| NOTICE_AFTER.min(left / 4));
+        tokio::time::Instant::now() + after
+    });
+    let deadline = incoming.context.deadline;
+    let stopped = loop {
+        tokio::select! {
+            biased;
+            outcome = &mut handler => {
+                return Some(match outcome {
+                    Ok(outcome) => {
+                        if let Outcome::Fault(fault) = &outcome {
+                            tracing::debug!(%fault, "call failed");
+                        }
+                        reply_of(codec, outcome)
+                    }
+                    Err(panic) => panicked(codec, panic),
+                });
+            }
+            _ = cancel.cancelled() => break Stopped::Cancelled,
+            _ = sleep_until(deadline) => break Stopped::Deadline,
+            _ = sleep_until(notice), if notice.is_some() => {
+                notice = None;
+                responder.started().await;
+            }
+        }
+    };
+    cancel.cancel();
+    match stopped {
+        Stopped::Deadline => tracing::warn!("handler cancelled at the call's deadline"),
+        Stopped::Cancelled => {
+            // The handler may notice (`Context::cancelled`) and finish within the grace.
+            let grace = tokio::time::timeout(shared.cancel_grace, &mut handler).await;
+            tracing::debug!(finished = grace.is_ok(), "handler cancelled by its caller");
+        }
+    }
+    None
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until<T: Into<tokio::time::Instant>>(at: Option<T>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// How long a stream waits for credit when its call has no deadline, before giving up on a
+/// caller that went away.
+const CREDIT_WAIT: Duration = Duration::from_secs(60);
+
+/// Streams a reply: a `started` notice, then one item per credit, then the end marker. Not
+/// de-duplicated: a stream runs for each request that asks for one.
+async fn stream(
+    shared: &Shared,
+    incoming: &Incoming,
+    responder: &Responder<'_>,
+    dispatch: Dispatch,
+    credit: usize,
+) {
+    let Ok(start) = dispatch.into_stream() else {
+        return;
+    };
+    let guard = match &incoming.call_id {
+        Some(id) => match shared.controls.start(id, credit) {
+            Some(guard) => Some(guard),
+            None => {
+                tracing::debug!("cancelled by its caller before it started; skipped");
+                return;
             }
         },
-        None => handler.await,
+        None => None,
     };
-    match outcome {
-        Ok(outcome) => {
-            if let Outcome::Fault(fault) = &outcome {
-                tracing::debug!(%fault, "call failed");
-            }
-            Some(reply_of(codec, outcome))
+    let mut context = incoming.context.clone();
+    let own_credit = tokio::sync::Semaphore::new(credit.min(crate::control::MAX_CREDIT));
+    let credit = match &guard {
+        Some(guard) => {
+            context.cancel = guard.running.cancel.clone();
+            &guard.running.credit
         }
-        Err(panic) => Some(panicked(codec, panic)),
+        None => &own_credit,
+    };
+    let cancel = context.cancel.clone();
+    let run = async {
+        responder.started().await;
+        match AssertUnwindSafe(start).catch_unwind().await {
+            Ok(items) => send_items(responder, items, credit, incoming.context.deadline).await,
+            Err(panic) => responder.end(0, Some(panicked_fault(panic))).await,
+        }
+    };
+    let stopped = tokio::select! {
+        biased;
+        () = context.scope(run) => return,
+        () = cancel.cancelled() => Stopped::Cancelled,
+        () = sleep_until(incoming.context.deadline) => Stopped::Deadline,
+    };
+    // The handler's stream is dropped by now; work it spawned may watch the context.
+    cancel.cancel();
+    match stopped {
+        Stopped::Cancelled => tracing::debug!("stream cancelled by its caller"),
+        Stopped::Deadline => {
+            tracing::debug!("stream stopped at the call's deadline");
+            let fault = Fault {
+                code: FaultCode::DeadlineExceeded,
+                message: "the stream ran past the call's deadline".into(),
+            };
+            responder.end(0, Some(fault)).await;
+        }
+    }
+}
+
+/// Sends the items of a stream as credit allows, then its end marker. The handler's stream
+/// is polled only with credit in hand, so a slow caller holds back the producer instead of
+/// filling the server's memory. Without a deadline, a caller silent for [`CREDIT_WAIT`] is
+/// taken to be gone.
+async fn send_items(
+    responder: &Responder<'_>,
+    items: EncodedItems,
+    credit: &tokio::sync::Semaphore,
+    deadline: Option<Instant>,
+) {
+    let mut items = AssertUnwindSafe(items).catch_unwind();
+    let mut sent = 0u64;
+    loop {
+        let permit = match deadline {
+            Some(_) => credit.acquire().await.ok(),
+            None => tokio::time::timeout(CREDIT_WAIT, credit.acquire())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        let Some(permit) = permit else {
+            tracing::debug!("no credit from the caller; stream abandoned");
+            return;
+        };
+        permit.forget();
+        match items.next().await {
+            Some(Ok(Ok(item))) => {
+                sent += 1;
+                let body = wire::ok_from_encoded(responder.codec, &item);
+                if !responder.send(wire::KIND_ITEM, &body, Some(sent)).await {
+                    // The session is gone: nobody can receive the rest.
+                    return;
+                }
+            }
+            Some(Ok(Err(fault))) => {
+                tracing::debug!(%fault, "stream ended with a fault");
+                return responder.end(sent, Some(fault)).await;
+            }
+            Some(Err(panic)) => return responder.end(sent, Some(panicked_fault(panic))).await,
+            None => return responder.end(sent, None).await,
+        }
     }
 }
 
@@ -724,19 +1146,20 @@ fn given_up(codec: Codec, fault: Fault) -> CachedReply {
 }
 
 fn panicked(codec: Codec, panic: Box<dyn Any + Send>) -> CachedReply {
+    reply_of(codec, Outcome::Fault(panicked_fault(panic)))
+}
+
+fn panicked_fault(panic: Box<dyn Any + Send>) -> Fault {
     let detail = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string panic payload".to_owned());
     tracing::error!(panic = %detail, "handler panicked");
-    reply_of(
-        codec,
-        Outcome::Fault(Fault {
-            code: FaultCode::HandlerPanicked,
-            message: format!("the handler panicked: {detail}"),
-        }),
-    )
+    Fault {
+        code: FaultCode::HandlerPanicked,
+        message: format!("the handler panicked: {detail}"),
+    }
 }
 
 /// The reply a server sends (and caches) for `outcome`.

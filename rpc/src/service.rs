@@ -6,6 +6,11 @@
 //! matching on the method name; the [`Server`](crate::Server) does everything else (consuming,
 //! deadlines, de-duplication, panics, replies). Implementing [`Service`] by hand is possible
 //! too, for dynamic services.
+//!
+//! A streaming method (returning [`Stream<T>`](crate::Stream)) dispatches to
+//! [`Dispatch::stream`]: the server sends its items one message each under the caller's flow
+//! control. Awaited as a plain future (by a caller that did not ask for a stream, or by a
+//! test), such a dispatch collects the items into one `{"ok": [items]}` reply instead.
 
 use std::fmt;
 use std::future::Future;
@@ -14,6 +19,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{BoxStream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -34,6 +40,8 @@ pub struct MethodSpec {
     pub oneway: bool,
     /// The method's default budget (`#[warren(timeout_ms = ...)]`), overriding the client's.
     pub timeout: Option<Duration>,
+    /// Whether the method streams its reply (it returns [`Stream<T>`](crate::Stream)).
+    pub streaming: bool,
 }
 
 impl MethodSpec {
@@ -45,7 +53,14 @@ impl MethodSpec {
             idempotent: false,
             oneway: false,
             timeout: None,
+            streaming: false,
         }
+    }
+
+    /// Marks the method as streaming its reply (or not).
+    pub const fn streaming(mut self, streaming: bool) -> Self {
+        self.streaming = streaming;
+        self
     }
 
     /// Marks the method idempotent (or not).
@@ -175,9 +190,25 @@ impl Outcome {
     }
 }
 
+/// The items of a streamed reply, each encoded on its own (not wrapped in `{"ok": ...}`), or
+/// the fault that ends the stream.
+pub(crate) type EncodedItems = BoxStream<'static, Result<Vec<u8>, Fault>>;
+
+/// At most this many items are collected into one reply for a caller that did not ask for a
+/// stream; a longer stream ends that call with a `bad_request` fault.
+pub const MAX_COLLECTED_ITEMS: usize = 10_000;
+
 /// The future of one handled request, returned by [`Service::dispatch`].
 #[must_use = "a Dispatch does nothing until awaited"]
-pub struct Dispatch(BoxFuture<'static, Outcome>);
+pub struct Dispatch(Kind);
+
+enum Kind {
+    Unary(BoxFuture<'static, Outcome>),
+    Stream {
+        codec: Codec,
+        start: BoxFuture<'static, EncodedItems>,
+    },
+}
 
 impl Dispatch {
     /// Runs a handler returning a plain value `T`, replied as `{"ok": value}`.
@@ -186,11 +217,11 @@ impl Dispatch {
         T: Serialize,
         F: Future<Output = T> + Send + 'static,
     {
-        Dispatch(
+        Dispatch(Kind::Unary(
             handler
                 .map(move |value| Outcome::encoded(wire::encode_ok(codec, &value), true))
                 .boxed(),
-        )
+        ))
     }
 
     /// Runs a handler returning `Result<T, E>`, replied as `{"ok": t}` or `{"err": e}`.
@@ -200,19 +231,58 @@ impl Dispatch {
         E: Serialize,
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        Dispatch(
+        Dispatch(Kind::Unary(
             handler
                 .map(move |result| match result {
                     Ok(value) => Outcome::encoded(wire::encode_ok(codec, &value), true),
                     Err(err) => Outcome::encoded(wire::encode_err(codec, &err), false),
                 })
                 .boxed(),
-        )
+        ))
+    }
+
+    /// Runs a handler returning a [`Stream<T>`](crate::Stream), whose items are sent to the
+    /// caller one by one as `{"ok": item}` messages, as fast as the caller grants credit.
+    pub fn stream<T, F>(codec: Codec, handler: F) -> Self
+    where
+        T: Serialize + Send + 'static,
+        F: Future<Output = crate::Stream<T>> + Send + 'static,
+    {
+        let start = handler.map(move |items| {
+            items
+                .map(move |item| {
+                    codec.encode(&item).map_err(|reason| Fault {
+                        code: FaultCode::Internal,
+                        message: format!("could not encode a streamed item: {reason}"),
+                    })
+                })
+                .boxed()
+        });
+        Dispatch(Kind::Stream {
+            codec,
+            start: start.boxed(),
+        })
+    }
+
+    /// Whether this dispatch streams its reply ([`Dispatch::stream`]).
+    pub fn is_stream(&self) -> bool {
+        matches!(self.0, Kind::Stream { .. })
+    }
+
+    /// The handler's future yielding its stream, for a streaming dispatch; the dispatch
+    /// itself otherwise.
+    pub(crate) fn into_stream(self) -> Result<BoxFuture<'static, EncodedItems>, Dispatch> {
+        match self.0 {
+            Kind::Stream { start, .. } => Ok(start),
+            unary => Err(Dispatch(unary)),
+        }
     }
 
     /// A request that fails without running a handler.
     pub fn fault(fault: Fault) -> Self {
-        Dispatch(futures::future::ready(Outcome::Fault(fault)).boxed())
+        Dispatch(Kind::Unary(
+            futures::future::ready(Outcome::Fault(fault)).boxed(),
+        ))
     }
 
     /// The `unknown_method` fault for a request no method matches.
@@ -224,16 +294,75 @@ impl Dispatch {
     }
 }
 
+/// Runs a stream to its end and replies `{"ok": [items]}` (or the fault that ended it).
+async fn collect(codec: Codec, start: BoxFuture<'static, EncodedItems>) -> Outcome {
+    let mut items = start.await;
+    let mut collected = Vec::new();
+    while let Some(item) = items.next().await {
+        match item {
+            Ok(item) if collected.len() < MAX_COLLECTED_ITEMS => collected.push(item),
+            Ok(_) => {
+                return Outcome::Fault(Fault {
+                    code: FaultCode::BadRequest,
+                    message: format!(
+                        "the method streams more than {MAX_COLLECTED_ITEMS} items; call it \
+                         with the `{}` header to receive them as a stream",
+                        wire::HEADER_STREAM_CREDIT
+                    ),
+                })
+            }
+            Err(fault) => return Outcome::Fault(fault),
+        }
+    }
+    Outcome::Ok(wire::ok_list_from_encoded(codec, &collected))
+}
+
 impl Future for Dispatch {
     type Output = Outcome;
 
+    /// A unary dispatch's outcome; a streaming dispatch's items collected into one list.
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Outcome> {
-        self.0.as_mut().poll(cx)
+        let this = &mut self.0;
+        if let Kind::Stream { codec, start } = this {
+            let start = std::mem::replace(start, futures::future::pending().boxed());
+            *this = Kind::Unary(collect(*codec, start).boxed());
+        }
+        match this {
+            Kind::Unary(run) => run.as_mut().poll(cx),
+            Kind::Stream { .. } => Poll::Pending,
+        }
     }
 }
 
 impl fmt::Debug for Dispatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Dispatch(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_awaited_as_one_reply_is_a_list_up_to_a_limit() {
+        let short = Dispatch::stream(Codec::Json, async { crate::Stream::iter(0..3u32) });
+        assert!(short.is_stream());
+        assert_eq!(short.await, Outcome::Ok(br#"{"ok":[0,1,2]}"#.to_vec()));
+
+        let long = Dispatch::stream(Codec::MsgPack, async {
+            crate::Stream::iter(0..=MAX_COLLECTED_ITEMS)
+        });
+        match long.await {
+            Outcome::Fault(fault) => assert_eq!(fault.code, FaultCode::BadRequest),
+            other => panic!("expected a fault, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unary_dispatches_are_not_streams() {
+        let unary = Dispatch::value(Codec::Json, async { 5u8 });
+        assert!(!unary.is_stream());
+        assert!(unary.into_stream().is_err());
     }
 }

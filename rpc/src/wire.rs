@@ -25,8 +25,37 @@ pub const HEADER_TIMEOUT_MS: &str = "x-warren-timeout-ms";
 pub const HEADER_DEADLINE: &str = "x-warren-deadline";
 /// Header: the attempt number, 1 for the first publication of a call.
 pub const HEADER_ATTEMPT: &str = "x-warren-attempt";
-/// Header: optional W3C trace context.
+/// Header: the W3C trace context of the caller's span (`00-<trace id>-<span id>-<flags>`).
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// Header: the W3C vendor trace state that goes with [`HEADER_TRACEPARENT`].
+pub const HEADER_TRACESTATE: &str = "tracestate";
+/// Request header: the caller understands notices (`1`): a server that takes the call and
+/// runs it for more than a moment sends a [`KIND_STARTED`] message to `reply_to` first.
+pub const HEADER_NOTICES: &str = "x-warren-notices";
+/// Request header: the caller wants a streamed reply and grants this many items at first
+/// (flow-control credit). Server messages: see [`KIND_ITEM`] and [`KIND_END`].
+pub const HEADER_STREAM_CREDIT: &str = "x-warren-stream-credit";
+/// Header of server notices and stream messages: the server's control queue, where the caller
+/// sends [`KIND_CREDIT`] messages for this call.
+pub const HEADER_SERVER: &str = "x-warren-server";
+/// Header of a [`KIND_ITEM`] message: the item's number in the stream, from 1.
+pub const HEADER_SEQ: &str = "x-warren-seq";
+/// Header of a [`KIND_CREDIT`] message: how many more items the caller accepts.
+pub const HEADER_CREDIT: &str = "x-warren-credit";
+/// The direct exchange every server binds its control queue to, with its service (queue)
+/// name as the binding key: a [`KIND_CANCEL`] message published there reaches every server of
+/// the service.
+pub const CONTROL_EXCHANGE: &str = "warren.control";
+/// Message `type` of a server's notice that it took a call (empty body).
+pub const KIND_STARTED: &str = "started";
+/// Message `type` of one streamed item: the body is `{"ok": item}`.
+pub const KIND_ITEM: &str = "item";
+/// Message `type` of the end of a stream: `{"ok": <number of items>}` or `{"fault": ...}`.
+pub const KIND_END: &str = "end";
+/// Message `type` of a caller's cancel, on [`CONTROL_EXCHANGE`] (`correlation_id`: the call).
+pub const KIND_CANCEL: &str = "cancel";
+/// Message `type` of a caller's flow-control credit, to a server's control queue.
+pub const KIND_CREDIT: &str = "credit";
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Header set by the broker (RabbitMQ's quorum queues): how often the request was delivered
@@ -124,6 +153,60 @@ pub(crate) fn encode_err<E: Serialize + ?Sized>(
     codec.encode(&Body { err: value })
 }
 
+/// The prefix of `{"ok": <value>}` before the encoded value, in `codec`.
+fn ok_prefix(codec: Codec) -> &'static [u8] {
+    match codec {
+        // fixmap(1), fixstr(2) "ok"
+        Codec::MsgPack => &[0x81, 0xa2, b'o', b'k'],
+        Codec::Json => br#"{"ok":"#,
+    }
+}
+
+/// `{"ok": value}` from a value already encoded in `codec`.
+pub(crate) fn ok_from_encoded(codec: Codec, value: &[u8]) -> Vec<u8> {
+    let prefix = ok_prefix(codec);
+    let mut body = Vec::with_capacity(prefix.len() + value.len() + 1);
+    body.extend_from_slice(prefix);
+    body.extend_from_slice(value);
+    if codec == Codec::Json {
+        body.push(b'}');
+    }
+    body
+}
+
+/// `{"ok": [v1, v2, ...]}` from values already encoded in `codec`.
+pub(crate) fn ok_list_from_encoded(codec: Codec, values: &[Vec<u8>]) -> Vec<u8> {
+    let mut list = Vec::with_capacity(values.iter().map(Vec::len).sum::<usize>() + 8);
+    match codec {
+        Codec::MsgPack => {
+            let len = values.len();
+            if len < 16 {
+                list.push(0x90 | len as u8);
+            } else if let Ok(len) = u16::try_from(len) {
+                list.push(0xdc);
+                list.extend_from_slice(&len.to_be_bytes());
+            } else {
+                list.push(0xdd);
+                list.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+            }
+            for value in values {
+                list.extend_from_slice(value);
+            }
+        }
+        Codec::Json => {
+            list.push(b'[');
+            for (i, value) in values.iter().enumerate() {
+                if i > 0 {
+                    list.push(b',');
+                }
+                list.extend_from_slice(value);
+            }
+            list.push(b']');
+        }
+    }
+    ok_from_encoded(codec, &list)
+}
+
 #[derive(Serialize, Deserialize)]
 struct FaultDetail {
     code: String,
@@ -202,6 +285,15 @@ where
     }
 }
 
+/// Reads a string header (short or long string), as UTF-8.
+pub(crate) fn header_str<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a str> {
+    match headers?.inner().get(name)? {
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        _ => None,
+    }
+}
+
 /// Reads an integer header, accepting any AMQP integer type and decimal strings, since other
 /// clients pick different field types for the same number.
 pub(crate) fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
@@ -277,6 +369,26 @@ mod tests {
         let ok = encode_ok(Codec::MsgPack, &3i64).unwrap();
         // fixmap(1), fixstr(2) "ok", positive fixint 3
         assert_eq!(ok, vec![0x81, 0xa2, b'o', b'k', 0x03]);
+    }
+
+    #[test]
+    fn bodies_built_from_encoded_values_decode() {
+        for codec in [Codec::MsgPack, Codec::Json] {
+            let one = codec.encode(&"tick").unwrap();
+            assert_eq!(
+                round_trip::<String, ()>(codec, &ok_from_encoded(codec, &one)),
+                ReplyBody::Ok("tick".to_owned())
+            );
+            for n in [0u32, 3, 15, 16, 300, 70_000] {
+                let items: Vec<Vec<u8>> = (0..n).map(|i| codec.encode(&i).unwrap()).collect();
+                let body = ok_list_from_encoded(codec, &items);
+                assert_eq!(
+                    round_trip::<Vec<u32>, ()>(codec, &body),
+                    ReplyBody::Ok((0..n).collect()),
+                    "{codec} {n}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -18,6 +18,10 @@ mod user {
     pub struct Send;
     #[allow(dead_code)]
     pub struct Error;
+    #[allow(dead_code)]
+    pub struct Stream;
+    #[allow(dead_code)]
+    pub struct ReplyStream;
 
     /// A service with every kind of method.
     #[::warren_rpc::service(name = "hygienic")]
@@ -31,6 +35,8 @@ mod user {
         /// One-way, with a timeout.
         #[warren(oneway, timeout_ms = 250)]
         async fn fire(&self, r#type: u32);
+        /// Streamed reply.
+        async fn count(&self, n: u32) -> ::warren_rpc::Stream<u32>;
     }
 
     pub struct Impl;
@@ -44,6 +50,9 @@ mod user {
         }
         async fn nothing(&self) {}
         async fn fire(&self, _type: u32) {}
+        async fn count(&self, n: u32) -> ::warren_rpc::Stream<u32> {
+            ::warren_rpc::Stream::iter(0..n)
+        }
     }
 }
 
@@ -55,7 +64,7 @@ fn generated_code_is_hygienic() {
     let names: ::std::vec::Vec<&str> = ::core::iter::Iterator::collect(
         ::core::iter::Iterator::map(server.methods().iter(), |m| m.name),
     );
-    ::std::assert_eq!(names, ["value", "fallible", "nothing", "fire"]);
+    ::std::assert_eq!(names, ["value", "fallible", "nothing", "fire", "count"]);
     let fire = &user::HygienicClient::METHODS[3];
     ::std::assert!(fire.oneway);
     ::std::assert_eq!(
@@ -82,6 +91,27 @@ fn raw_identifiers_keep_their_wire_name() {
     );
 }
 
+#[test]
+fn a_stream_awaited_as_one_reply_collects_its_items() {
+    let runtime = ::tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let server = user::HygienicServer::new(user::Impl);
+    ::std::assert!(user::HygienicClient::METHODS[4].streaming);
+    ::std::assert!(!user::HygienicClient::METHODS[0].streaming);
+    let request = ::warren_rpc::Request::new(
+        "count",
+        ::warren_rpc::Codec::Json,
+        <[u8]>::to_vec(br#"{"n": 3}"#),
+    );
+    let dispatch = ::warren_rpc::Service::dispatch(&server, request);
+    ::std::assert!(dispatch.is_stream());
+    ::std::assert_eq!(
+        runtime.block_on(dispatch),
+        ::warren_rpc::Outcome::Ok(<[u8]>::to_vec(br#"{"ok":[0,1,2]}"#))
+    );
+}
+
 /// Generated clients and servers can move between threads, and so can the futures of their
 /// calls: users spawn them on a multi-threaded runtime.
 #[allow(dead_code)]
@@ -94,5 +124,6 @@ fn generated_types_are_thread_safe(client: user::HygienicClient) {
         let _ = client.value(::std::string::String::new()).await;
         let _ = client.fallible(1).await;
         let _ = client.fire(2).await;
+        let _ = ::futures::StreamExt::next(&mut client.count(3)).await;
     });
 }

@@ -6,7 +6,7 @@
 //! serves all tests at once; clients address it with `CallOptions::service`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,7 +15,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use warren_examples::{Calc, CalculatorClient, CalculatorServer};
-use warren_rpc::{CallOptions, Client, Context, Server, ServerBuilder, Service};
+use warren_rpc::{CallOptions, Client, Context, Server, ServerBuilder, Service, Stream};
 
 use crate::{Target, WAIT};
 
@@ -28,6 +28,17 @@ pub struct CallInfo {
     pub attempt: u32,
     /// The budget left when the handler ran, in milliseconds.
     pub remaining_ms: Option<u64>,
+}
+
+/// What a handler saw of its trace, returned by [`Probe::trace`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceInfo {
+    /// The trace id (32 hex digits).
+    pub trace_id: String,
+    /// The handler's own span id.
+    pub span_id: String,
+    /// The caller's span id, from `traceparent`.
+    pub parent_span_id: Option<String>,
 }
 
 /// A value with most serde shapes: structs, enums with unit, newtype, tuple and struct
@@ -104,6 +115,61 @@ pub trait Probe {
     /// Calls `context` on the relay probe (see [`ProbeImpl::with_relay`]) and returns what that
     /// handler saw; `Err` describes a missing relay or a failed call.
     async fn relay_context(&self) -> Result<CallInfo, String>;
+
+    /// The trace context the handler sees.
+    async fn trace(&self) -> TraceInfo;
+
+    /// What this handler saw of its trace, and what the relay probe's handler saw when this
+    /// one called it.
+    async fn relay_trace(&self) -> Result<(TraceInfo, TraceInfo), String>;
+
+    /// A long handler with side effects: counts a tick every `tick_ms`, `ticks` times, and stops
+    /// early when it notices its call was cancelled. Returns the ticks counted.
+    async fn tick(&self, ticks: u32, tick_ms: u64) -> u32;
+
+    /// Streams `0..n`, one item every `every_ms`, counting each item produced.
+    async fn numbers(&self, n: u32, every_ms: u64) -> Stream<u32>;
+
+    /// Streams `0..n`, then panics.
+    async fn numbers_then_panic(&self, n: u32) -> Stream<u32>;
+}
+
+/// Side effects of the probe that tests watch from outside.
+#[derive(Debug, Default)]
+pub struct ProbeEffects {
+    /// Ticks counted by `tick`.
+    pub ticks: AtomicU64,
+    /// `tick` handlers that noticed their cancellation.
+    pub noticed_cancel: AtomicU64,
+    /// Items produced by `numbers` streams.
+    pub produced: AtomicU64,
+    /// `numbers` streams dropped (finished or cancelled).
+    pub streams_dropped: AtomicU64,
+}
+
+impl ProbeEffects {
+    /// Reads one counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a dropped stream in [`ProbeEffects::streams_dropped`].
+struct DropCounter(Arc<ProbeEffects>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.streams_dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn trace_info() -> TraceInfo {
+    let cx = Context::current().expect("handlers run with a context");
+    TraceInfo {
+        trace_id: cx.trace().trace_id().to_string(),
+        span_id: cx.trace().span_id().to_string(),
+        parent_span_id: cx.parent_span_id().map(|id| id.to_string()),
+    }
 }
 
 /// The probe implementation.
@@ -112,6 +178,7 @@ pub struct ProbeImpl {
     recorded: Mutex<Vec<i64>>,
     executions: AtomicU64,
     relay: Option<ProbeClient>,
+    effects: Arc<ProbeEffects>,
 }
 
 impl ProbeImpl {
@@ -121,6 +188,11 @@ impl ProbeImpl {
             relay: Some(relay),
             ..ProbeImpl::default()
         }
+    }
+
+    /// The side effects of `tick` and `numbers`, shared with the test.
+    pub fn effects(&self) -> Arc<ProbeEffects> {
+        Arc::clone(&self.effects)
     }
 
     /// How many times `count_slowly` ran.
@@ -189,6 +261,56 @@ impl Probe for ProbeImpl {
         let relay = self.relay.as_ref().ok_or("this probe has no relay")?;
         relay.context().await.map_err(|e| e.to_string())
     }
+
+    async fn trace(&self) -> TraceInfo {
+        trace_info()
+    }
+
+    async fn relay_trace(&self) -> Result<(TraceInfo, TraceInfo), String> {
+        let relay = self.relay.as_ref().ok_or("this probe has no relay")?;
+        let inner = relay.trace().await.map_err(|e| e.to_string())?;
+        Ok((trace_info(), inner))
+    }
+
+    async fn tick(&self, ticks: u32, tick_ms: u64) -> u32 {
+        let cx = Context::current().expect("handlers run with a context");
+        for done in 0..ticks {
+            tokio::select! {
+                () = cx.cancelled() => {
+                    self.effects.noticed_cancel.fetch_add(1, Ordering::SeqCst);
+                    return done;
+                }
+                () = tokio::time::sleep(Duration::from_millis(tick_ms)) => {}
+            }
+            self.effects.ticks.fetch_add(1, Ordering::SeqCst);
+        }
+        ticks
+    }
+
+    async fn numbers(&self, n: u32, every_ms: u64) -> Stream<u32> {
+        let effects = Arc::clone(&self.effects);
+        let guard = DropCounter(Arc::clone(&effects));
+        Stream::new(futures::stream::iter(0..n).then(move |i| {
+            let effects = Arc::clone(&effects);
+            let _alive = &guard;
+            async move {
+                if every_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(every_ms)).await;
+                }
+                effects.produced.fetch_add(1, Ordering::SeqCst);
+                i
+            }
+        }))
+    }
+
+    async fn numbers_then_panic(&self, n: u32) -> Stream<u32> {
+        Stream::new(futures::stream::iter(0..=n).map(move |i| {
+            if i == n {
+                panic!("the stream broke after {n} items");
+            }
+            i
+        }))
+    }
 }
 
 /// A server on a fresh queue of `target`, and the queue's name.
@@ -209,6 +331,16 @@ pub async fn serve<S: Service>(
 /// A calculator server on a fresh queue.
 pub async fn serve_calculator(target: &Target, builder: ServerBuilder) -> (Server, String) {
     serve(target, builder, CalculatorServer::new(Calc::new())).await
+}
+
+/// Serves `probe` on a queue of its own, keeping a handle on it; returns the server and the
+/// queue.
+pub async fn serve_shared_probe(
+    target: &Target,
+    builder: ServerBuilder,
+    probe: Arc<ProbeImpl>,
+) -> (Server, String) {
+    serve(target, builder, ProbeServer::from_arc(probe)).await
 }
 
 /// Serves a [`ProbeImpl`] on a queue of its own; returns the server and the queue.
@@ -248,6 +380,8 @@ pub struct RawRequest {
     pub body: Vec<u8>,
     /// The `x-warren-timeout-ms` header, if any.
     pub timeout_ms: Option<i64>,
+    /// More headers, as sent.
+    pub headers: Vec<(String, AMQPValue)>,
 }
 
 impl RawRequest {
@@ -259,6 +393,7 @@ impl RawRequest {
             call_id: uuid::Uuid::new_v4().to_string(),
             body: body.as_bytes().to_vec(),
             timeout_ms: Some(WAIT.as_millis() as i64),
+            headers: Vec::new(),
         }
     }
 
@@ -279,6 +414,8 @@ pub struct RawReply {
     pub content_type: Option<String>,
     /// Its `correlation_id`.
     pub correlation_id: Option<String>,
+    /// Its `type` (`started`, `item`, `end` for notices and streams; none for a reply).
+    pub kind: Option<String>,
     /// Its body.
     pub body: Vec<u8>,
 }
@@ -321,6 +458,9 @@ pub async fn raw_calls(target: &Target, queue: &str, requests: &[RawRequest]) ->
         headers.insert("x-warren-attempt".into(), AMQPValue::LongLongInt(1));
         if let Some(ms) = request.timeout_ms {
             headers.insert("x-warren-timeout-ms".into(), AMQPValue::LongLongInt(ms));
+        }
+        for (name, value) in &request.headers {
+            headers.insert(name.as_str().into(), value.clone());
         }
         let mut props = BasicProperties::default()
             .with_correlation_id(request.call_id.as_str().into())
@@ -373,6 +513,7 @@ pub async fn raw_calls(target: &Target, queue: &str, requests: &[RawRequest]) ->
                 .correlation_id()
                 .as_ref()
                 .map(|c| c.to_string()),
+            kind: delivery.properties.kind().as_ref().map(|k| k.to_string()),
             body: delivery.data,
         });
     }

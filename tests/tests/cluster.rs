@@ -182,6 +182,10 @@ impl Calculator for Replica {
     async fn memory_recall(&self) -> i64 {
         self.ledger.calc.memory_recall().await
     }
+
+    async fn fibonacci(&self, n: u32) -> warren_rpc::Stream<u64> {
+        self.ledger.calc.fibonacci(n).await
+    }
 }
 
 /// A port nothing listens on (bound, then released).

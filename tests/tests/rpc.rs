@@ -194,9 +194,10 @@ compat_test! {
         let started = Instant::now();
         let result = probe.with_timeout(budget).sleep(10_000).await;
         let elapsed = started.elapsed();
+        // The server reported that it started the call: it ran past its deadline.
         assert!(
             matches!(result, Err(Error::DeadlineExceeded { .. })),
-            "{target}: expected a timeout, got {result:?}"
+            "{target}: expected DeadlineExceeded, got {result:?}"
         );
         assert!(!result.unwrap_err().is_retryable(), "{target}");
         assert!(
@@ -310,10 +311,13 @@ compat_test! {
             .with_timeout(Duration::from_millis(200))
             .memory_add(7)
             .await;
+        // No server took it: the broker dropped it at its expiration, and the caller knows it
+        // never ran.
         assert!(
-            matches!(result, Err(Error::DeadlineExceeded { .. })),
-            "{target}: expected a timeout, got {result:?}"
+            matches!(result, Err(Error::Expired { .. })),
+            "{target}: expected Expired, got {result:?}"
         );
+        assert!(result.unwrap_err().is_retryable(), "{target}");
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         // A new server on the same queue must not run the expired request.
@@ -351,8 +355,8 @@ compat_test! {
         let (busy, queued) = tokio::join!(busy, queued);
         assert_eq!(busy.unwrap(), 600, "{target}");
         assert!(
-            matches!(queued, Err(Error::DeadlineExceeded { .. })),
-            "{target}: expected a timeout, got {queued:?}"
+            matches!(queued, Err(Error::Expired { .. })),
+            "{target}: expected Expired (no server started it), got {queued:?}"
         );
         // Whether the broker dropped it or the server skipped it, it never ran.
         assert_eq!(
