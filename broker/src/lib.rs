@@ -38,5 +38,6 @@ pub mod bench {
     pub use crate::core::exchange::{
         split_words, topic_match, Binding, Destination, Exchange, ExchangeKind,
     };
+    pub use crate::core::hold::LockHold;
     pub use crate::core::props::encode_header_payload;
 }

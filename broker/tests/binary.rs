@@ -102,6 +102,20 @@ impl BrokerProcess {
         }
     }
 
+    /// The stderr lines that contain `needle`, waiting (bounded) for at least one: stderr is
+    /// read by a thread of its own, which may not have caught up with the process yet. Empty
+    /// if none came.
+    fn wait_logged(&self, needle: &str) -> Vec<String> {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.logged(needle);
+            if !lines.is_empty() || Instant::now() >= give_up {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The stderr lines so far that contain `needle`.
     fn logged(&self, needle: &str) -> Vec<String> {
         self.log
@@ -203,7 +217,7 @@ async fn sigterm_closes_connections_with_320_and_exits_0() {
         "exit status after SIGTERM: {status}"
     );
     assert!(
-        !broker.logged("shutting down").is_empty(),
+        !broker.wait_logged("shutting down").is_empty(),
         "the stop is logged"
     );
 }
@@ -222,7 +236,7 @@ async fn without_flags_a_durable_queue_and_persistent_message_survive_a_restart(
     );
     let shown = home.default_data_dir().display().to_string();
     assert!(
-        !first.logged(&shown).is_empty(),
+        !first.wait_logged(&shown).is_empty(),
         "the data directory is logged at start: {:?}",
         first.logged("")
     );
@@ -318,7 +332,7 @@ async fn memory_only_warns_and_writes_nothing() {
     let home = TempHome::new("memory");
     let mut broker = BrokerProcess::start(&home.0, &["--memory-only"]);
     assert!(
-        !broker.logged("memory-only").is_empty(),
+        !broker.wait_logged("memory-only").is_empty(),
         "a warning at start: {:?}",
         broker.logged("")
     );
@@ -341,15 +355,11 @@ async fn memory_only_warns_and_writes_nothing() {
     .await
     .expect("declare");
     let _ = conn.close(200, "bye".into()).await;
-    // The declaration is answered under the state lock, where the warning is logged: it is in
-    // the pipe by now, but the reader thread may still be on its way.
-    let give_up = Instant::now() + Duration::from_secs(10);
-    while broker.logged("binary.memory.durable").is_empty() && Instant::now() < give_up {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let warnings = broker.logged("binary.memory.durable");
+    let warnings = broker.wait_logged("binary.memory.durable");
     assert_eq!(warnings.len(), 1, "one warning for the durable queue");
     assert!(warnings[0].contains("WARN"), "{warnings:?}");
+    // The transient queue was declared first: had it been warned about, that line would be
+    // on stderr before the durable queue's.
     assert!(
         broker.logged("binary.memory.transient").is_empty(),
         "no warning for a transient queue"

@@ -100,12 +100,13 @@ impl Pair {
         self.frames(id, out)
     }
 
-    fn declare(&mut self, id: u16, name: &str, args: FieldTable) -> (u32, u32) {
+    /// queue.declare (passive or not); returns the declare-ok's (messages, consumers).
+    fn declare_with(&mut self, id: u16, name: &str, passive: bool, args: FieldTable) -> (u32, u32) {
         self.method(
             id,
             AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
                 queue: name.into(),
-                passive: false,
+                passive,
                 durable: false,
                 exclusive: false,
                 auto_delete: false,
@@ -122,27 +123,13 @@ impl Pair {
         }
     }
 
+    fn declare(&mut self, id: u16, name: &str, args: FieldTable) {
+        self.declare_with(id, name, false, args);
+    }
+
     /// Ready messages in a queue, asked the way a client asks (a passive declare).
     fn ready(&mut self, id: u16, name: &str) -> u32 {
-        self.method(
-            id,
-            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-                queue: name.into(),
-                passive: true,
-                durable: false,
-                exclusive: false,
-                auto_delete: false,
-                nowait: false,
-                arguments: FieldTable::default(),
-            })),
-        )
-        .expect("passive declare");
-        match self.drain().pop() {
-            Some(Out::Method(_, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)))) => {
-                ok.message_count
-            }
-            other => panic!("expected declare-ok, got {other:?}"),
-        }
+        self.declare_with(id, name, true, FieldTable::default()).0
     }
 
     fn consume(&mut self, id: u16, queue: &str, no_ack: bool) {

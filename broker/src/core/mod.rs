@@ -25,6 +25,7 @@ pub(crate) mod delivery;
 pub(crate) mod error;
 pub(crate) mod exchange;
 pub(crate) mod fieldtable;
+pub(crate) mod hold;
 pub(crate) mod lifecycle;
 pub(crate) mod message;
 pub(crate) mod pager;

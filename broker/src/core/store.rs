@@ -40,11 +40,15 @@ pub(crate) type Completion = Box<dyn FnOnce() + Send>;
 enum Op {
     Append(PathBuf, Vec<u8>),
     Delete(PathBuf),
+    /// A message record cancelled before it was written (see [`Store::remove`]).
+    Skipped,
 }
 
 #[derive(Default)]
 struct Pending {
     ops: Vec<Op>,
+    /// Message records still in `ops` (not yet taken by the writer): record id -> position.
+    unwritten: HashMap<u64, usize>,
     completions: Vec<Completion>,
     stop: bool,
 }
@@ -230,6 +234,7 @@ fn writer_loop(shared: Arc<Shared>) {
             while p.ops.is_empty() && p.completions.is_empty() && !p.stop {
                 p = shared.wake.wait(p).expect("store lock");
             }
+            p.unwritten.clear();
             (
                 std::mem::take(&mut p.ops),
                 std::mem::take(&mut p.completions),
@@ -262,6 +267,7 @@ fn writer_loop(shared: Arc<Shared>) {
                     touched.retain(|p| p != &path);
                     let _ = fs::remove_file(&path);
                 }
+                Op::Skipped => {}
             }
         }
         for path in &touched {
@@ -405,11 +411,21 @@ impl Store {
         *s.live.entry(seg).or_insert(0) += 1;
         let path = seg_path(&s.dir, seg);
         drop(s);
-        self.push(Op::Append(path, rec));
+        let mut p = self.shared.pending.lock().expect("store lock");
+        let at = p.ops.len();
+        p.ops.push(Op::Append(path, rec));
+        p.unwritten.insert(id, at);
+        drop(p);
+        self.shared.wake.notify_one();
         StoreRef { segment: seg, id }
     }
 
     /// Records that a persisted copy is gone (acked, purged, deleted, dead-lettered).
+    ///
+    /// A copy whose record the writer has not taken yet is simply never written, and needs no
+    /// acknowledgement record either: as in RabbitMQ, a persistent message delivered and
+    /// settled before its write was due costs no disk I/O. A publisher confirm waiting for the
+    /// same round still comes after it, and the message it confirms has been settled.
     pub(crate) fn remove(&self, at: StoreRef) {
         let mut s = self.segments.lock().expect("segments lock");
         let path = ack_path(&s.dir, at.segment);
@@ -420,13 +436,14 @@ impl Store {
             }
             None => false,
         };
-        let mut ops = vec![Op::Append(path, at.id.to_be_bytes().to_vec())];
-        if emptied && at.segment != s.current {
-            ops.extend(s.retire(at.segment));
-        }
+        let retired = (emptied && at.segment != s.current).then(|| s.retire(at.segment));
         drop(s);
         let mut p = self.shared.pending.lock().expect("store lock");
-        p.ops.extend(ops);
+        match p.unwritten.remove(&at.id) {
+            Some(i) => p.ops[i] = Op::Skipped,
+            None => p.ops.push(Op::Append(path, at.id.to_be_bytes().to_vec())),
+        }
+        p.ops.extend(retired.into_iter().flatten());
         drop(p);
         self.shared.wake.notify_one();
     }

@@ -41,11 +41,11 @@ use broker_process::{find_beam, rss_kib, serve_broker, BrokerBin, ChildBroker};
 use cli::{Args, Cmd, Generator, Group, Which};
 use memory::{memory_connections, memory_queued};
 use report::{
-    print_targets, rpc_label, si, tput_label, Results, Unit, FANOUT, PERSISTENT, RSS_IDLE,
-    RSS_PER_CONN, TPUT_16, TPUT_1K,
+    persistent_online_label, print_targets, rpc_label, si, tput_label, Results, Unit, FANOUT,
+    PERSISTENT, RSS_IDLE, RSS_PER_CONN, TOPIC_10K, TOPIC_10K_DECLARE, TPUT_16, TPUT_1K,
 };
 use rpc::{raw_rpc, warren_rpc};
-use throughput::{persistent, raw_persistent, throughput, Load};
+use throughput::{persistent, raw_persistent, throughput, Load, Online};
 
 /// What a scenario reports when it fails: a sentence for the table.
 pub(crate) type BoxResult<T> = Result<T, String>;
@@ -124,18 +124,56 @@ async fn one_run(env: &Env<'_>, order: &[Which], last: bool, results: &mut Resul
                         publishers: a.publishers,
                         window: a.window,
                         seconds: a.seconds,
+                        topic_bindings: 0,
                     };
                     let r = throughput(env.url(w), size, queues, load).await;
-                    record_or_note(results, w, &label, Unit::MsgsPerSec, r);
+                    record_or_note(results, w, &label, Unit::MsgsPerSec, r.map(|(m, _)| m));
                 }
             }
             let label = tput_label(PERSISTENT, generator);
             eprintln!("  throughput: {label}");
             for &w in order {
                 let r = match generator {
-                    Generator::Lapin => persistent(env.url(w), 1024, 1000, a.seconds).await,
+                    Generator::Lapin => {
+                        persistent(env.url(w), 1024, 1000, a.seconds, Online::Nobody).await
+                    }
                     Generator::Frame => raw_persistent(env.url(w), 1024, 1000, a.seconds).await,
                 };
+                record_or_note(results, w, &label, Unit::MsgsPerSec, r);
+            }
+        }
+        // Topic routing with 10,000 other bindings on amq.topic (issue 16), with lapin.
+        let label = TOPIC_10K.to_string();
+        eprintln!("  throughput: {label}");
+        for &w in order {
+            let load = Load {
+                generator: Generator::Lapin,
+                publishers: a.publishers,
+                window: a.window,
+                seconds: a.seconds,
+                topic_bindings: 10_000,
+            };
+            match throughput(env.url(w), 16, 1, load).await {
+                Ok((msgs, bind_rate)) => {
+                    results.record(w, &label, Unit::MsgsPerSec, msgs);
+                    if let Some(rate) = bind_rate {
+                        results.record(w, TOPIC_10K_DECLARE, Unit::OpsPerSec, rate);
+                    }
+                }
+                Err(e) => results.note(w, &label, Unit::MsgsPerSec, format!("failed: {e}")),
+            }
+        }
+        // Persistent messages with a consumer online (issue 16), with lapin on both brokers.
+        for (size, online) in [
+            (16, Online::NoAck),
+            (1024, Online::NoAck),
+            (16, Online::ManualAck),
+            (1024, Online::ManualAck),
+        ] {
+            let label = persistent_online_label(size, online);
+            eprintln!("  throughput: {label}");
+            for &w in order {
+                let r = persistent(env.url(w), size, 1000, a.seconds, online).await;
                 record_or_note(results, w, &label, Unit::MsgsPerSec, r);
             }
         }

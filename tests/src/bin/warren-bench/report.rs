@@ -11,6 +11,8 @@ pub(crate) enum Unit {
     MsgsPerSec,
     /// Calls per second (higher is better).
     CallsPerSec,
+    /// Operations (declarations, bindings) per second (higher is better).
+    OpsPerSec,
     /// Microseconds (lower is better).
     Micros,
     /// KiB of memory (lower is better).
@@ -22,6 +24,7 @@ impl Unit {
         match self {
             Unit::MsgsPerSec => format!("{} msg/s", si(v)),
             Unit::CallsPerSec => format!("{} calls/s", si(v)),
+            Unit::OpsPerSec => format!("{}/s", si(v)),
             Unit::Micros => {
                 if v >= 10_000.0 {
                     format!("{:.1} ms", v / 1000.0)
@@ -136,7 +139,25 @@ impl Results {
 pub(crate) const TPUT_16: &str = "publish->consume 16 B, 1 pub / 1 no-ack consumer";
 pub(crate) const TPUT_1K: &str = "publish->consume 1 KiB, 1 pub / 1 no-ack consumer";
 pub(crate) const FANOUT: &str = "fan-out 16 B to 10 queues (msgs in/s; x10 delivered)";
+pub(crate) const TOPIC_10K: &str =
+    "publish->consume 16 B via amq.topic with 10,000 other bindings [lapin]";
+pub(crate) const TOPIC_10K_DECLARE: &str =
+    "declaring 10,000 topic bindings, one after the other [lapin]";
 pub(crate) const PERSISTENT: &str = "persistent 1 KiB, durable queue, confirms (1000 in flight)";
+
+pub(crate) fn persistent_online_label(size: usize, online: crate::throughput::Online) -> String {
+    let size = if size >= 1024 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    };
+    let who = match online {
+        crate::throughput::Online::Nobody => "no consumer",
+        crate::throughput::Online::NoAck => "no-ack consumer online",
+        crate::throughput::Online::ManualAck => "acking consumer online",
+    };
+    format!("persistent {size}, confirms (1000 in flight), {who} [lapin]")
+}
 
 pub(crate) fn tput_label(what: &str, generator: Generator) -> String {
     format!("{what} [{}]", generator.name())
@@ -205,6 +226,16 @@ pub(crate) fn print_targets(r: &Results) {
         ">=",
         1.5,
     );
+    check(TOPIC_10K, r.ratio(TOPIC_10K), ">=", 3.0);
+    for (size, online) in [
+        (16, crate::throughput::Online::NoAck),
+        (1024, crate::throughput::Online::NoAck),
+        (16, crate::throughput::Online::ManualAck),
+        (1024, crate::throughput::Online::ManualAck),
+    ] {
+        let label = persistent_online_label(size, online);
+        check(&label, r.ratio(&label), ">=", 2.0);
+    }
     match r.median(RSS_IDLE, Which::Warren) {
         Some(kib) => println!(
             "- warren-broker idle RSS: {:.1} MiB (target <= 15 MiB): {}",

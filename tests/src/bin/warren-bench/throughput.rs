@@ -106,21 +106,70 @@ pub(crate) struct Load {
     pub(crate) publishers: usize,
     pub(crate) window: usize,
     pub(crate) seconds: f64,
+    /// Route through `amq.topic` with this many other bindings (patterns with `*` and `#`
+    /// that the messages do not match) on it; 0 for the default exchange or a fanout.
+    pub(crate) topic_bindings: usize,
 }
 
-/// One or more publishers to a queue (or a fanout exchange bound to `queues` queues), one
-/// no-ack consumer per queue. Returns messages in per second, end to end: from the first
-/// publish to the last delivery.
+/// Declares `n` topic bindings with distinct keys (a quarter each of `*`-, `#`-prefixed,
+/// `#`-suffixed and literal patterns) from `queue` to `amq.topic`, one after the other as a
+/// client does; returns how long that took.
+async fn bind_topic_patterns(ch: &Channel, queue: &str, n: usize, id: &str) -> BoxResult<Duration> {
+    let start = Instant::now();
+    for i in 0..n {
+        let key = match i % 4 {
+            0 => format!("other.{id}.{i}.*"),
+            1 => format!("#.other{i}.{id}"),
+            2 => format!("stock.{i}.{id}.#"),
+            _ => format!("literal.{id}.{i}"),
+        };
+        ch.queue_bind(
+            queue.into(),
+            "amq.topic".into(),
+            key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("queue.bind: {e}"))?;
+    }
+    Ok(start.elapsed())
+}
+
+/// One or more publishers to a queue (or a fanout exchange bound to `queues` queues, or
+/// `amq.topic` carrying `load.topic_bindings` other bindings), one no-ack consumer per queue.
+/// Returns messages in per second, end to end (from the first publish to the last delivery),
+/// and for the topic case the rate at which the other bindings were declared.
 pub(crate) async fn throughput(
     url: &str,
     body_size: usize,
     queues: usize,
     load: Load,
-) -> BoxResult<f64> {
+) -> BoxResult<(f64, Option<f64>)> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let control = connect(url).await?;
     let control_ch = channel(&control).await?;
-    let exchange = if queues > 1 {
+    let mut bind_rate = None;
+    if load.topic_bindings > 0 {
+        // The other bindings go to an exclusive queue: it and they vanish with `control`.
+        let sink = format!("warren-bench.topic-others.{id}");
+        control_ch
+            .queue_declare(
+                sink.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("queue.declare: {e}"))?;
+        let took = bind_topic_patterns(&control_ch, &sink, load.topic_bindings, &id).await?;
+        bind_rate = Some(load.topic_bindings as f64 / took.as_secs_f64());
+    }
+    let exchange = if load.topic_bindings > 0 {
+        "amq.topic".to_string()
+    } else if queues > 1 {
         let name = format!("warren-bench.fanout.{id}");
         control_ch
             .exchange_declare(
@@ -150,12 +199,12 @@ pub(crate) async fn throughput(
             )
             .await
             .map_err(|e| format!("queue.declare: {e}"))?;
-        if queues > 1 {
+        if queues > 1 || load.topic_bindings > 0 {
             control_ch
                 .queue_bind(
                     name.as_str().into(),
                     exchange.as_str().into(),
-                    "".into(),
+                    format!("warren-bench.topic.{id}").as_str().into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
@@ -164,7 +213,9 @@ pub(crate) async fn throughput(
         }
         names.push(name);
     }
-    let routing_key = if queues > 1 {
+    let routing_key = if load.topic_bindings > 0 {
+        format!("warren-bench.topic.{id}")
+    } else if queues > 1 {
         String::new()
     } else {
         names[0].clone()
@@ -304,7 +355,7 @@ pub(crate) async fn throughput(
             .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    if queues > 1 {
+    if queues > 1 && load.topic_bindings == 0 {
         let _ = control_ch
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await;
@@ -322,7 +373,7 @@ pub(crate) async fn throughput(
     if elapsed <= 0.0 {
         return Err("no delivery arrived".into());
     }
-    Ok(received as f64 / queues as f64 / elapsed)
+    Ok((received as f64 / queues as f64 / elapsed, bind_rate))
 }
 
 /// Records one delivery: the first one fixes the consumer's view of the start.
@@ -405,13 +456,60 @@ async fn raw_consumer(
     Ok(ConsumerTask { conn: None, task })
 }
 
+/// Who consumes while a persistent scenario publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Online {
+    /// Nobody: the messages pile up on disk.
+    Nobody,
+    /// A no-ack consumer.
+    NoAck,
+    /// A consumer that acknowledges every delivery.
+    ManualAck,
+}
+
+/// A consumer of `queue` on its own connection that acknowledges each delivery (or not).
+async fn settling_consumer(url: &str, queue: &str, no_ack: bool) -> BoxResult<ConsumerTask> {
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    let conn = connect(url).await?;
+    let ch = channel(&conn).await?;
+    if !no_ack {
+        ch.basic_qos(1000, BasicQosOptions::default())
+            .await
+            .map_err(|e| format!("basic.qos: {e}"))?;
+    }
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("basic.consume: {e}"))?;
+    let task = tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            if !no_ack && d.ack(BasicAckOptions::default()).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(ConsumerTask {
+        conn: Some(conn),
+        task,
+    })
+}
+
 /// Persistent messages to a durable queue with publisher confirms, `window` unconfirmed at
-/// most. Returns confirmed messages per second.
+/// most, with `online` consuming meanwhile. Returns confirmed messages per second.
 pub(crate) async fn persistent(
     url: &str,
     body_size: usize,
     window: usize,
     seconds: f64,
+    online: Online,
 ) -> BoxResult<f64> {
     const QUEUE: &str = "warren-bench.persistent";
     let conn = connect(url).await?;
@@ -427,6 +525,11 @@ pub(crate) async fn persistent(
     )
     .await
     .map_err(|e| format!("queue.declare: {e}"))?;
+    let consumer = match online {
+        Online::Nobody => None,
+        Online::NoAck => Some(settling_consumer(url, QUEUE, true).await?),
+        Online::ManualAck => Some(settling_consumer(url, QUEUE, false).await?),
+    };
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| format!("confirm.select: {e}"))?;
@@ -469,6 +572,9 @@ pub(crate) async fn persistent(
         last_confirm = Instant::now();
     }
     drop(inflight);
+    if let Some(c) = consumer {
+        c.stop().await;
+    }
     let _ = ch
         .queue_delete(QUEUE.into(), QueueDeleteOptions::default())
         .await;
