@@ -203,8 +203,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = client.stats("calculator").await?;
     for (method, s) in stats.methods.iter().filter(|(_, s)| s.calls > 0) {
         println!(
-            "$stats    {method}: {} call(s), errors {:?}, p50 {:?}ms",
-            s.calls, s.errors, s.p50_ms
+            "$stats    {method}: {} call(s), errors {:?}, p50 {:.3}ms",
+            s.calls,
+            s.errors,
+            s.p50_ms.unwrap_or_default()
         );
     }
     replica.shutdown().await;
