@@ -10,7 +10,7 @@ use warren_examples::{Calc, CalcError, CalculatorClient, CalculatorServer};
 use warren_rpc::introspect;
 use warren_rpc::{BroadcastOptions, Codec, Error, Server};
 use warren_tests::rpc_support::{calculator, client, raw_call, serve_calculator, RawRequest};
-use warren_tests::{targets, unique, Target};
+use warren_tests::{compat_test, unique, Target};
 
 /// How long a broadcast collects replies when the test does not stop it at N replies.
 const COLLECT: Duration = Duration::from_millis(1500);
@@ -38,9 +38,9 @@ async fn stop(target: &Target, servers: Vec<Server>, queue: &str) {
     target.delete_queues(&[queue]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_replica_answers_ping_describe_and_stats() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_replica_answers_ping_describe_and_stats(target: Target) {
         let (server, queue) = serve_calculator(&target, Server::builder()).await;
         let client = client(&target).await;
 
@@ -138,9 +138,9 @@ async fn one_replica_answers_ping_describe_and_stats() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_replica_answers_a_broadcast() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_replica_answers_a_broadcast(target: Target) {
         let (servers, queue) = replicas(&target, 2).await;
         let client = client(&target).await;
 
@@ -237,9 +237,9 @@ async fn every_replica_answers_a_broadcast() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broadcast_to_nobody_is_unavailable_and_discovery_finds_servers() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_to_nobody_is_unavailable_and_discovery_finds_servers(target: Target) {
         let client = client(&target).await;
         let nobody = unique("nobody");
         let err = client
@@ -291,9 +291,9 @@ async fn a_broadcast_to_nobody_is_unavailable_and_discovery_finds_servers() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reserved_methods_over_the_bare_wire_protocol() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reserved_methods_over_the_bare_wire_protocol(target: Target) {
         let (server, queue) = serve_calculator(&target, Server::builder()).await;
         let reply = raw_call(&target, &queue, RawRequest::json("$ping", "{}")).await;
         assert_eq!(reply.content_type.as_deref(), Some("application/json"));

@@ -14,7 +14,7 @@ use warren_examples::{Calc, CalcError, CalculatorServer};
 use warren_rpc::middleware::{LoggingLayer, MetricsLayer};
 use warren_rpc::{Client, Error, FaultCode, Server};
 use warren_tests::rpc_support::{calculator, serve};
-use warren_tests::{targets, WAIT};
+use warren_tests::{compat_test, WAIT};
 
 fn snapshotter() -> &'static Snapshotter {
     static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
@@ -78,10 +78,10 @@ fn has_histogram(name: &str, labels: &[(&str, &str)]) -> bool {
     counter(name, labels) > 0
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_layer_and_metrics_on_both_sides() {
-    snapshotter();
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auth_layer_and_metrics_on_both_sides(target: Target) {
+        snapshotter();
         let builder = Server::builder()
             .layer(LoggingLayer)
             .layer(MetricsLayer)
@@ -216,10 +216,10 @@ async fn auth_layer_and_metrics_on_both_sides() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_metrics_count_framework_errors_by_kind() {
-    snapshotter();
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_metrics_count_framework_errors_by_kind(target: Target) {
+        snapshotter();
         let client = Client::builder()
             .timeout(WAIT)
             .layer(MetricsLayer)

@@ -17,7 +17,7 @@ use warren_tests::rpc_support::{
     client, probe, raw_call, serve_probe, serve_shared_probe, ProbeEffects, ProbeImpl, ProbeServer,
     RawRequest,
 };
-use warren_tests::{targets, Target, QUIET, WAIT};
+use warren_tests::{compat_test, Target, QUIET, WAIT};
 
 /// Slack allowed past a deadline for scheduling on a loaded CI machine.
 const SLACK: Duration = Duration::from_secs(2);
@@ -53,9 +53,9 @@ async fn settled(counter: &AtomicU64) -> u64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_handler_continues_the_callers_trace() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_handler_continues_the_callers_trace(target: Target) {
         let (inner, inner_queue) = serve_probe(&target, Server::builder()).await;
         let client = client(&target).await;
         let (outer, outer_queue) = serve(
@@ -104,9 +104,9 @@ async fn serve(target: &Target, service: ProbeServer<ProbeImpl>) -> (Server, Str
     warren_tests::rpc_support::serve(target, Server::builder(), service).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_a_call_stops_its_handler() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_a_call_stops_its_handler(target: Target) {
         let state = Arc::new(ProbeImpl::default());
         let effects = state.effects();
         let (server, queue) = serve_shared_probe(&target, Server::builder(), state).await;
@@ -165,9 +165,9 @@ async fn dropping_a_call_stops_its_handler() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_cancelled_before_a_server_took_it_never_runs() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_cancelled_before_a_server_took_it_never_runs(target: Target) {
         // One slot, kept busy, so the next call waits in the queue.
         let (server, queue) = serve_probe(&target, Server::builder().concurrency(1)).await;
         let client = client(&target).await;
@@ -207,9 +207,9 @@ async fn a_call_cancelled_before_a_server_took_it_never_runs() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_calls_are_told_from_calls_that_ran_out_of_time() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_calls_are_told_from_calls_that_ran_out_of_time(target: Target) {
         let (server, queue) = serve_probe(&target, Server::builder().concurrency(1)).await;
         let client = client(&target).await;
         let probe = probe(&client, &queue);
@@ -243,9 +243,9 @@ async fn expired_calls_are_told_from_calls_that_ran_out_of_time() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_deliver_every_item_in_order_then_end() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_deliver_every_item_in_order_then_end(target: Target) {
         let (server, queue) = serve_probe(&target, Server::builder()).await;
         let client = client(&target).await;
         for codec in [Codec::MsgPack, Codec::Json] {
@@ -308,10 +308,10 @@ async fn streams_deliver_every_item_in_order_then_end() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_caller_holds_back_the_producer() {
-    const WINDOW: u32 = 4;
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_caller_holds_back_the_producer(target: Target) {
+        const WINDOW: u32 = 4;
         let state = Arc::new(ProbeImpl::default());
         let effects = state.effects();
         let (server, queue) = serve_shared_probe(&target, Server::builder(), state).await;
@@ -342,9 +342,9 @@ async fn a_slow_caller_holds_back_the_producer() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_a_stream_or_its_deadline_stops_the_server_side() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_a_stream_or_its_deadline_stops_the_server_side(target: Target) {
         let state = Arc::new(ProbeImpl::default());
         let effects = state.effects();
         let (server, queue) = serve_shared_probe(&target, Server::builder(), state).await;
@@ -396,9 +396,9 @@ async fn dropping_a_stream_or_its_deadline_stops_the_server_side() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_connection_interrupts_a_stream_with_a_retryable_error() {
-    for target in targets().await {
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_connection_interrupts_a_stream_with_a_retryable_error(target: Target) {
         let (server, queue) = serve_probe(&target, Server::builder()).await;
         let proxy = Proxy::start(target.addr()).await;
         let client = Client::builder()
@@ -441,13 +441,13 @@ async fn a_lost_connection_interrupts_a_stream_with_a_retryable_error() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_does_not_stream_answers_a_stream_with_one_list() {
-    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-    use lapin::types::{AMQPValue, FieldTable};
-    use lapin::BasicProperties;
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_that_does_not_stream_answers_a_stream_with_one_list(target: Target) {
+        use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+        use lapin::types::{AMQPValue, FieldTable};
+        use lapin::BasicProperties;
 
-    for target in targets().await {
         // A v1 server written by hand: it replies to anything with one list.
         let queue = warren_tests::unique("v1-server");
         let (conn, ch) = target.open().await;
@@ -526,13 +526,13 @@ async fn a_server_that_does_not_stream_answers_a_stream_with_one_list() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn odd_additions_from_a_raw_peer_are_harmless() {
-    use lapin::options::BasicPublishOptions;
-    use lapin::types::{AMQPValue, FieldTable};
-    use lapin::BasicProperties;
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn odd_additions_from_a_raw_peer_are_harmless(target: Target) {
+        use lapin::options::BasicPublishOptions;
+        use lapin::types::{AMQPValue, FieldTable};
+        use lapin::BasicProperties;
 
-    for target in targets().await {
         let (server, queue) = serve_probe(&target, Server::builder()).await;
 
         // Malformed trace contexts are ignored: the handler starts a trace of its own.
