@@ -86,6 +86,8 @@ pub(crate) struct Store {
     shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
     definitions: PathBuf,
+    /// Held (locked) for the store's life.
+    _lock: File,
 }
 
 /// A message recovered from disk.
@@ -297,6 +299,18 @@ impl Store {
     ) -> std::io::Result<(Store, Option<serde_json::Value>, Vec<Recovered>)> {
         let msgs = dir.join("msgs");
         fs::create_dir_all(&msgs)?;
+        // One broker per data directory: a second one would interleave segments and acks.
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        if !fs4::fs_std::FileExt::try_lock_exclusive(&lock)? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "another broker is using this data directory",
+            ));
+        }
         let definitions = dir.join("definitions.json");
         let defs = match fs::read(&definitions) {
             Ok(b) => match serde_json::from_slice(&b) {
@@ -377,6 +391,7 @@ impl Store {
                 shared,
                 writer: Some(writer),
                 definitions,
+                _lock: lock,
             },
             defs,
             recovered,
@@ -529,6 +544,20 @@ mod tests {
         let (_store, _, rec) = Store::open(&dir).unwrap();
         let bodies: Vec<&[u8]> = rec.iter().map(|r| &r.message.body[..]).collect();
         assert_eq!(bodies, vec![&b"b"[..]]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_data_directory_serves_one_store_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("warren-store-lock-{}", std::process::id()));
+        let (first, _, _) = Store::open(&dir).expect("first open");
+        let err = Store::open(&dir).err().expect("a second open is refused");
+        assert_eq!(
+            err.to_string(),
+            "another broker is using this data directory"
+        );
+        drop(first);
+        Store::open(&dir).expect("free again once the first is gone");
         let _ = fs::remove_dir_all(&dir);
     }
 }
