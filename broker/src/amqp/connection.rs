@@ -371,48 +371,56 @@ impl Connection {
         }
     }
 
+    /// A frame for a channel that is not open: channel.open opens it (within channel_max);
+    /// anything else is a connection error, as in RabbitMQ.
+    fn on_unopened_channel(&mut self, key: ChannelKey, method: Option<AMQPClass>) {
+        let id = key.channel;
+        match method {
+            Some(AMQPClass::Channel(channel::AMQPMethod::Open(_))) => {
+                if self.channels.len() >= self.channel_max as usize {
+                    self.start_close(
+                        AmqpError::new(
+                            Code::NotAllowed,
+                            format!(
+                                "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                                self.channels.len(),
+                                self.channel_max
+                            ),
+                        )
+                    );
+                    return;
+                }
+                self.channels.insert(id, Channel::new(id));
+                self.shared.state.lock().open_channel(key, &self.vhost);
+                self.outbox.method(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                );
+            }
+            Some(m) => {
+                let (c, mid) = (m.get_amqp_class_id(), m.get_amqp_method_id());
+                self.start_close(
+                    AmqpError::new(Code::ChannelError, "expected 'channel.open'").on(c, mid),
+                );
+            }
+            None => self.start_close(AmqpError::new(
+                Code::UnexpectedFrame,
+                "expected method frame, got non method frame instead",
+            )),
+        }
+    }
+
     fn on_channel_frame(&mut self, f: RawFrame, method: Option<AMQPClass>) {
         let id = f.channel;
         let key = ChannelKey {
             conn: self.id,
             channel: id,
         };
-        let Some(ch) = self.channels.get_mut(&id) else {
-            match method {
-                Some(AMQPClass::Channel(channel::AMQPMethod::Open(_))) => {
-                    if self.channels.len() >= self.channel_max as usize {
-                        self.start_close(
-                            AmqpError::new(
-                                Code::NotAllowed,
-                                format!(
-                                    "number of channels opened ({}) has reached the negotiated channel_max ({})",
-                                    self.channels.len(),
-                                    self.channel_max
-                                ),
-                            )
-                        );
-                        return;
-                    }
-                    self.channels.insert(id, Channel::new(id));
-                    self.shared.state.lock().open_channel(key, &self.vhost);
-                    self.outbox.method(
-                        id,
-                        AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
-                    );
-                }
-                Some(m) => {
-                    let (c, mid) = (m.get_amqp_class_id(), m.get_amqp_method_id());
-                    self.start_close(
-                        AmqpError::new(Code::ChannelError, "expected 'channel.open'").on(c, mid),
-                    );
-                }
-                None => self.start_close(AmqpError::new(
-                    Code::UnexpectedFrame,
-                    "expected method frame, got non method frame instead",
-                )),
-            }
+        if !self.channels.contains_key(&id) {
+            self.on_unopened_channel(key, method);
             return;
-        };
+        }
+        let ch = self.channels.get_mut(&id).expect("checked above");
         if ch.closing {
             match method {
                 Some(AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {
