@@ -40,7 +40,7 @@ use crate::client::{
     call_span, call_trace, decode_reply, Call, CallOptions, Client, ClientSession, Sent, NO_HEADERS,
 };
 use crate::context::CallId;
-use crate::error::Error;
+use crate::error::{Error, FaultCode};
 use crate::in_flight::{PendingStream, ReplyKind, ReplyMessage};
 use crate::service::MethodSpec;
 use crate::trace::TraceContext;
@@ -390,7 +390,22 @@ impl<T: DeserializeOwned> StreamCall<T> {
             Ok(Err(_)) => Some(Err(Error::Decode {
                 reason: "a stream's end marker came as \"err\"".into(),
             })),
-            Err(err) => Some(Err(err)),
+            Err(err) => Some(Err(self.at_deadline(err))),
+        }
+    }
+
+    /// A server that stops a stream at its deadline ends it with a `deadline_exceeded` fault,
+    /// which can arrive just before the caller's own timer fires: the caller sees the same
+    /// error either way.
+    fn at_deadline(&self, err: Error) -> Error {
+        match err {
+            Error::Fault {
+                code: FaultCode::DeadlineExceeded,
+                ..
+            } => Error::DeadlineExceeded {
+                timeout: self.timeout,
+            },
+            other => other,
         }
     }
 
@@ -406,7 +421,7 @@ impl<T: DeserializeOwned> StreamCall<T> {
             Ok(Err(_)) => Some(Err(Error::Decode {
                 reason: "a streamed reply came as \"err\"".into(),
             })),
-            Err(err) => Some(Err(err)),
+            Err(err) => Some(Err(self.at_deadline(err))),
         }
     }
 }
