@@ -573,18 +573,7 @@ impl Declare {
     /// exchange and to the discovery exchange (both fanout, auto-deleted with their last
     /// binding).
     async fn instance_queue(&self, channel: &Channel) -> Result<ShortString, Error> {
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::connection)?;
+        let queue = private_queue(channel).await?;
         for exchange in [
             self.all_exchange.clone(),
             ShortString::from(introspect::DISCOVERY_EXCHANGE),
@@ -603,7 +592,7 @@ impl Declare {
                 .map_err(Error::connection)?;
             channel
                 .queue_bind(
-                    queue.name().clone(),
+                    queue.clone(),
                     exchange,
                     "".into(),
                     QueueBindOptions::default(),
@@ -612,26 +601,14 @@ impl Declare {
                 .await
                 .map_err(Error::connection)?;
         }
-        Ok(queue.name().clone())
+        Ok(queue)
     }
 
     /// Declares the server's control queue, binds it to the control exchange under the
     /// service's name and consumes it.
     async fn setup_control(&self, channel: &Channel) -> Result<(Consumer, ShortString), Error> {
         declare_control_exchange(channel).await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::connection)?;
-        let name = queue.name().clone();
+        let name = private_queue(channel).await?;
         channel
             .queue_bind(
                 name.clone(),
@@ -1486,6 +1463,24 @@ fn ack(channel: &Channel, delivery: &Delivery) {
     if let Some(Err(err)) = acked {
         tracing::warn!(%err, "could not ack the request");
     }
+}
+
+/// Declares a server-named queue private to this server's connection (exclusive,
+/// auto-delete): the instance and control queues.
+async fn private_queue(channel: &Channel) -> Result<ShortString, Error> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::connection)?;
+    Ok(queue.name().clone())
 }
 
 #[cfg(test)]
