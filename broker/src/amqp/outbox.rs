@@ -48,7 +48,7 @@ impl Out {
     fn weight(&self) -> usize {
         match self {
             Out::Core(e) => e.weight(),
-            Out::Return { msg, .. } => msg.body.len() + msg.header.len() + 64,
+            Out::Return { msg, .. } => msg.outbound_weight(),
             _ => 64,
         }
     }

@@ -93,6 +93,12 @@ impl Message {
         }
     }
 
+    /// Bytes a delivery of this message holds until its connection writes it (the body, the
+    /// encoded header and the method around them), for back-pressure accounting.
+    pub(crate) fn outbound_weight(&self) -> usize {
+        self.body.len() + self.header.len() + 64
+    }
+
     /// Bytes counted against queue length limits: the body size, as RabbitMQ counts it.
     pub(crate) fn body_len(&self) -> usize {
         self.body.len()

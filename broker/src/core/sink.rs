@@ -53,9 +53,7 @@ impl Event {
     /// Bytes this event holds until it is written, for back-pressure accounting.
     pub(crate) fn weight(&self) -> usize {
         match self {
-            Event::Deliver { msg, .. } | Event::GetOk { msg, .. } => {
-                msg.body.len() + msg.header.len() + 64
-            }
+            Event::Deliver { msg, .. } | Event::GetOk { msg, .. } => msg.outbound_weight(),
             Event::Cancelled { .. } => 64,
         }
     }
