@@ -216,7 +216,6 @@ async fn start_management(
             management: bound,
             prometheus: None,
             started: std::time::Instant::now(),
-            started_at: std::time::SystemTime::now(),
         }),
     };
     tokio::spawn(crate::http::serve(listener, state, stop.clone()));

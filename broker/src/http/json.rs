@@ -102,10 +102,3 @@ pub(crate) fn message_stats(c: &Counters) -> Value {
     }
     Value::Object(m)
 }
-
-/// A count with its `_details` object (rate of change per second; Warren samples depths only
-/// for message_stats, so a depth's rate is the change between the last two samples when known).
-pub(crate) fn with_details(m: &mut Map<String, Value>, key: &str, n: u64, rate: f64) {
-    m.insert(key.into(), json!(n));
-    m.insert(format!("{key}_details"), json!({"rate": rate}));
-}

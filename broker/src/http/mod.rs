@@ -4,7 +4,9 @@
 //! Layout: `error` (RabbitMQ's `{"error", "reason"}` answers), `auth` (basic auth and the
 //! management tags), `json` (AMQP field tables and `message_stats` as RabbitMQ's JSON), `query`
 //! (columns, sort, paging, name filters), then the handlers: `overview` (overview, nodes,
-//! whoami, health checks).
+//! whoami, health checks), `resources` (lists), `views` (their JSON objects), `ops` (declare,
+//! delete, purge, publish, get, bindings, closing connections), `admin` (vhosts, users,
+//! permissions), `definitions` (export and import).
 //!
 //! **Adding routes from another module** (the dashboard does this): write a
 //! `pub(crate) fn routes() -> Router<AppState>` in your module (handlers take
@@ -12,16 +14,22 @@
 //! module below and add one `.merge(yourmodule::routes())` line in [`router`]. Paths under
 //! `/api` are this module's; anything else (e.g. `/`, `/js/...`) is free.
 
+mod admin;
 pub(crate) mod auth;
+mod definitions;
 pub(crate) mod error;
 pub(crate) mod json;
+mod ops;
 mod overview;
+mod query;
+mod resources;
+mod views;
 
 use crate::shared::Shared;
 use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -38,8 +46,6 @@ pub(crate) struct NodeInfo {
     pub(crate) prometheus: Option<SocketAddr>,
     /// When the broker started (uptime).
     pub(crate) started: Instant,
-    /// The same as wall-clock time.
-    pub(crate) started_at: SystemTime,
 }
 
 /// The state every handler gets: the broker's shared state and the node's description.
@@ -59,6 +65,10 @@ pub(crate) const MAX_BODY: usize = 20 * 1024 * 1024;
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(overview::routes())
+        .merge(resources::routes())
+        .merge(ops::routes())
+        .merge(admin::routes())
+        .merge(definitions::routes())
         .fallback(|| async { error::ApiError::not_found() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
