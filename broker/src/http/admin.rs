@@ -53,7 +53,7 @@ fn vhost_json(state: &AppState, name: &str) -> Value {
         "messages_unacknowledged_details": {"rate": 0.0},
     });
     if let Some(c) = s.stats().of_vhost(name).filter(|c| !c.is_empty()) {
-        v["message_stats"] = message_stats(c);
+        v["message_stats"] = message_stats(c, true);
     }
     v
 }

@@ -21,6 +21,7 @@ pub(crate) mod error;
 pub(crate) mod json;
 mod ops;
 mod overview;
+pub(crate) mod prometheus;
 mod query;
 mod resources;
 mod views;
@@ -40,8 +41,8 @@ pub(crate) struct NodeInfo {
     pub(crate) name: String,
     /// The AMQP listener.
     pub(crate) amqp: SocketAddr,
-    /// The management listener.
-    pub(crate) management: SocketAddr,
+    /// The management listener, when on.
+    pub(crate) management: Option<SocketAddr>,
     /// The Prometheus listener, when on.
     pub(crate) prometheus: Option<SocketAddr>,
     /// When the broker started (uptime).
@@ -82,6 +83,24 @@ pub(crate) fn node_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
     format!("warren@{host}")
+}
+
+/// Serves the Prometheus endpoint on `listener` until `stop` turns true.
+pub(crate) async fn serve_prometheus(
+    listener: TcpListener,
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = prometheus::routes().with_state(state);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(error = %e, "prometheus listener failed");
+    }
 }
 
 /// Serves the API on `listener` until `stop` turns true; also takes the rate samples every 5

@@ -8,9 +8,9 @@ use crate::core::stats::{
 use serde_json::{json, Map, Value};
 use std::time::SystemTime;
 
-fn insert_stats(m: &mut Map<String, Value>, c: Option<&crate::core::stats::Counters>) {
+fn insert_stats(m: &mut Map<String, Value>, c: Option<&crate::core::stats::Counters>, full: bool) {
     if let Some(c) = c.filter(|c| !c.is_empty()) {
-        m.insert("message_stats".into(), message_stats(c));
+        m.insert("message_stats".into(), message_stats(c, full));
     }
 }
 
@@ -59,7 +59,7 @@ pub(crate) fn queue(q: &QueueInfo, stats: &Stats, node: &str) -> Value {
     depth(m, "messages", q.ready + q.unacked, rates[0]);
     depth(m, "messages_ready", q.ready, rates[1]);
     depth(m, "messages_unacknowledged", q.unacked, rates[2]);
-    insert_stats(m, stats.of_queue(&q.vhost, &q.name));
+    insert_stats(m, stats.of_queue(&q.vhost, &q.name), false);
     Value::Object(std::mem::take(m))
 }
 
@@ -76,7 +76,7 @@ pub(crate) fn exchange(x: &ExchangeInfo, stats: &Stats) -> Value {
         "user_who_performed_action": "rmq-internal",
     });
     let m = m.as_object_mut().expect("object");
-    insert_stats(m, stats.of_exchange(&x.vhost, &x.name));
+    insert_stats(m, stats.of_exchange(&x.vhost, &x.name), false);
     Value::Object(std::mem::take(m))
 }
 
@@ -188,7 +188,7 @@ pub(crate) fn channel(
         "transactional": false,
     });
     let m = m.as_object_mut().expect("object");
-    insert_stats(m, stats.of_channel(ch.key));
+    insert_stats(m, stats.of_channel(ch.key), true);
     Value::Object(std::mem::take(m))
 }
 
