@@ -1,6 +1,8 @@
 //! The embeddable broker: configuration, the accept loop, and graceful shutdown.
 
-use crate::config::{Config, Limits, User};
+use crate::config::{Config, Limits};
+use crate::core::access::seed::{self, Seed};
+use crate::core::access::{Access, Registry};
 use crate::core::state::{State, StateLock};
 use crate::shared::Shared;
 use std::net::SocketAddr;
@@ -49,8 +51,7 @@ impl Broker {
             listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
             data_dir: None,
             warn_durable_without_storage: false,
-            users: Vec::new(),
-            vhosts: Vec::new(),
+            seed: Seed::default(),
             limits: Limits::default(),
         }
     }
@@ -62,8 +63,7 @@ pub struct BrokerBuilder {
     listen: SocketAddr,
     data_dir: Option<PathBuf>,
     warn_durable_without_storage: bool,
-    users: Vec<User>,
-    vhosts: Vec<String>,
+    seed: Seed,
     limits: Limits,
 }
 
@@ -89,20 +89,31 @@ impl BrokerBuilder {
         self
     }
 
-    /// Adds a user that may log in from anywhere. Without any user, guest/guest may log in from
-    /// loopback only, as in RabbitMQ.
+    /// Adds a user that may log in from anywhere, tagged `administrator`, with full
+    /// permissions on "/" and on every [`BrokerBuilder::vhost`]. Without any user, guest/guest
+    /// may log in from loopback only, as in RabbitMQ. With a data directory, users are created
+    /// only if missing: a password or permission changed at run time survives a restart.
     pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
-        self.users.push(User {
-            name: name.into(),
-            password: password.into(),
-            loopback_only: false,
-        });
+        self.seed.users.push((name.into(), password.into()));
         self
     }
 
-    /// Adds a virtual host besides "/".
+    /// Adds a virtual host besides "/" (created if missing; the configured users get full
+    /// permissions on it when it is created).
     pub fn vhost(mut self, name: impl Into<String>) -> Self {
-        self.vhosts.push(name.into());
+        self.seed.vhosts.push(name.into());
+        self
+    }
+
+    /// The users who may log in only from a loopback address (RabbitMQ's `loopback_users`).
+    /// Default: `["guest"]` when no [`BrokerBuilder::user`] is given, else none. An empty list
+    /// lets guest log in from anywhere.
+    pub fn loopback_users<I, S>(mut self, users: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.seed.loopback_users = Some(users.into_iter().map(Into::into).collect());
         self
     }
 
@@ -131,23 +142,17 @@ impl BrokerBuilder {
             addr: self.listen,
             source,
         })?;
-        let mut users = self.users;
-        if users.is_empty() {
-            users.push(User {
-                name: "guest".into(),
-                password: "guest".into(),
-                loopback_only: true,
-            });
-        }
         let mut state = State::new();
         state.warn_on_durable_without_storage(self.warn_durable_without_storage);
-        for v in &self.vhosts {
-            state.add_vhost(v);
-        }
         state.set_paging(
             self.limits.queue_memory_budget,
             self.data_dir.as_ref().map(|d| d.join("pages")),
         );
+        let data_dir_error = |path: &PathBuf, e: String| BrokerError::DataDir {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        };
+        let mut registry = None;
         if let Some(dir) = &self.data_dir {
             let (store, defs, recovered) =
                 crate::core::store::Store::open(dir).map_err(|source| BrokerError::DataDir {
@@ -157,14 +162,16 @@ impl BrokerBuilder {
             let n = recovered.len();
             state.attach_store(Arc::new(store), defs, recovered);
             tracing::info!(dir = %dir.display(), messages = n, "recovered from data directory");
+            registry = Access::load(dir).map_err(|e| data_dir_error(dir, e))?;
         }
+        let access = boot_access(&mut state, registry, &self.seed, self.data_dir.as_deref());
         let watermark = self.limits.memory_high_watermark;
         let shared = Arc::new(Shared {
             state: StateLock::new(state),
             config: Config {
-                users,
                 limits: self.limits,
             },
+            access,
             alarm: watch::Sender::new(false),
             memory_high_watermark: AtomicU64::new(watermark),
             data_dir: self.data_dir.clone(),
@@ -180,6 +187,41 @@ impl BrokerBuilder {
             task: Arc::new(Mutex::new(Some(task))),
         })
     }
+}
+
+/// The access data at boot: what the data directory kept (None: first boot) plus what the
+/// builder configured; every vhost it names exists in the state and every vhost the state
+/// recovered (a data directory from before access data was kept) is known to it.
+fn boot_access(
+    state: &mut State,
+    kept: Option<Registry>,
+    seed: &Seed,
+    dir: Option<&std::path::Path>,
+) -> Access {
+    let fresh = kept.is_none();
+    let mut registry = kept.unwrap_or_default();
+    seed::apply(&mut registry, seed, fresh);
+    for name in state.vhost_names() {
+        if registry.has_vhost(&name) {
+            continue;
+        }
+        if fresh {
+            let info = crate::core::access::VhostInfo {
+                name: name.clone(),
+                ..Default::default()
+            };
+            registry.vhosts.insert(name, info);
+        } else {
+            // Deleted at run time ("/" is in every new state).
+            state.delete_vhost(&name);
+        }
+    }
+    for name in registry.vhosts.keys() {
+        state.add_vhost(name);
+    }
+    let access = Access::new(registry, dir.map(|d| d.join("access.json")));
+    access.save();
+    access
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
