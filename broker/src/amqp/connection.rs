@@ -482,6 +482,7 @@ impl Connection {
             outbox: &self.outbox,
             vhost: &self.vhost,
             user: &self.user,
+            access: &self.shared.access,
             max_message_size: self.shared.config.limits.max_message_size,
         };
         // A bug that panics while serving this channel must not take the other connections

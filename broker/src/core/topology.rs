@@ -576,6 +576,23 @@ impl State {
             .is_some_and(|v| v.queues.contains_key(name))
     }
 
+    /// Whether an exchange exists in a vhost ("" always does).
+    pub(crate) fn has_exchange(&self, vhost: &str, name: &str) -> bool {
+        name.is_empty()
+            || self
+                .vhosts
+                .get(vhost)
+                .is_some_and(|v| v.exchanges.contains_key(name))
+    }
+
+    /// Whether an exchange exists and is a topic exchange (topic permissions apply to it).
+    pub(crate) fn exchange_is_topic(&self, vhost: &str, name: &str) -> bool {
+        self.vhosts
+            .get(vhost)
+            .and_then(|v| v.exchanges.get(name))
+            .is_some_and(|x| x.kind == ExchangeKind::Topic)
+    }
+
     /// How many queues a vhost has.
     pub(crate) fn queue_count(&self, vhost: &str) -> usize {
         self.vhosts.get(vhost).map_or(0, |v| v.queues.len())

@@ -29,7 +29,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -69,6 +69,7 @@ pub(crate) struct UserSpec {
 
 /// The password of a [`UserSpec`].
 #[derive(Debug, Clone, Default)]
+#[allow(dead_code)] // the management API constructs each
 pub(crate) enum PasswordSpec {
     /// No password: the user logs in by certificate only.
     #[default]
@@ -84,6 +85,8 @@ pub(crate) enum PasswordSpec {
 /// Users, vhosts, permissions and limits, with their persistence and connection tracking.
 pub(crate) struct Access {
     registry: RwLock<Registry>,
+    /// Bumped by every change, so front-ends can cache granted checks.
+    generation: AtomicU64,
     tracked: Mutex<HashMap<ConnId, Tracked>>,
     /// Signalled whenever a tracked connection goes away (vhost deletion waits on it).
     gone: tokio::sync::Notify,
@@ -102,6 +105,7 @@ impl Access {
     pub(crate) fn new(registry: Registry, file: Option<PathBuf>) -> Self {
         Access {
             registry: RwLock::new(registry),
+            generation: AtomicU64::new(0),
             tracked: Mutex::new(HashMap::new()),
             gone: tokio::sync::Notify::new(),
             file,
@@ -160,8 +164,15 @@ impl Access {
     ) -> Result<T, AccessError> {
         let mut r = self.write();
         let out = f(&mut r)?;
+        self.generation.fetch_add(1, Ordering::Release);
         self.persist(&r);
         Ok(out)
+    }
+
+    /// Changes with every change to the access data: checks granted under one generation
+    /// hold until it changes.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     // ----- authentication -------------------------------------------------------------------
@@ -181,6 +192,7 @@ impl Access {
     /// Authenticates by name only, for a peer whose identity something else proved (a
     /// verified client certificate: the EXTERNAL mechanism). The user must exist; the
     /// loopback-users rule still applies.
+    #[allow(dead_code)] // until the TLS listener's EXTERNAL mechanism calls it
     pub(crate) fn authenticate_by_name(
         &self,
         user: &str,
@@ -301,14 +313,6 @@ impl Access {
         }
     }
 
-    /// Open connections: (user, vhost) of each, for the management layer's counts.
-    pub(crate) fn connections(&self) -> Vec<(ConnId, String, String)> {
-        self.conns()
-            .iter()
-            .map(|(id, c)| (*id, c.user.clone(), c.vhost.clone()))
-            .collect()
-    }
-
     /// Asks every connection matching `pred` to close (320 CONNECTION_FORCED, `why`); returns
     /// how many were asked.
     fn close_where(&self, why: &str, pred: impl Fn(&Tracked) -> bool) -> usize {
@@ -327,6 +331,14 @@ impl Access {
 // Until the management API is merged, some of these have no caller outside tests.
 #[allow(dead_code)]
 impl Access {
+    /// Open connections: (user, vhost) of each, for the management layer's counts.
+    pub(crate) fn connections(&self) -> Vec<(ConnId, String, String)> {
+        self.conns()
+            .iter()
+            .map(|(id, c)| (*id, c.user.clone(), c.vhost.clone()))
+            .collect()
+    }
+
     // ----- users ----------------------------------------------------------------------------
 
     /// Every user.
