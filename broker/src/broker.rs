@@ -25,6 +25,14 @@ pub enum BrokerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The definitions file could not be read or imported (nothing of it was applied).
+    #[error("cannot load definitions from {path}: {reason}")]
+    Definitions {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The data directory could not be used.
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
@@ -52,6 +60,7 @@ impl Broker {
             data_dir: None,
             warn_durable_without_storage: false,
             seed: Seed::default(),
+            definitions: None,
             limits: Limits::default(),
         }
     }
@@ -64,6 +73,7 @@ pub struct BrokerBuilder {
     data_dir: Option<PathBuf>,
     warn_durable_without_storage: bool,
     seed: Seed,
+    definitions: Option<PathBuf>,
     limits: Limits,
 }
 
@@ -114,6 +124,17 @@ impl BrokerBuilder {
         S: Into<String>,
     {
         self.seed.loopback_users = Some(users.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// A RabbitMQ definitions file (as `GET /api/definitions` or `rabbitmqctl
+    /// export_definitions` write it) imported at every start, after the data directory was
+    /// recovered, like RabbitMQ's `load_definitions`: users (with their password hashes),
+    /// vhosts, permissions, topic permissions, vhost limits, exchanges, queues and bindings.
+    /// Entities that exist already are left as they are. A file that cannot be read or
+    /// imported stops the start with [`BrokerError::Definitions`], having applied nothing.
+    pub fn definitions(mut self, file: impl Into<PathBuf>) -> Self {
+        self.definitions = Some(file.into());
         self
     }
 
@@ -177,6 +198,9 @@ impl BrokerBuilder {
             data_dir: self.data_dir.clone(),
         });
         shared.check_alarms();
+        if let Some(path) = &self.definitions {
+            load_definitions(&shared, path)?;
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
         tracing::info!(%local_addr, "warren-broker ready");
@@ -187,6 +211,20 @@ impl BrokerBuilder {
             task: Arc::new(Mutex::new(Some(task))),
         })
     }
+}
+
+/// Imports a definitions file at boot (`--definitions`).
+fn load_definitions(shared: &Shared, path: &std::path::Path) -> Result<(), BrokerError> {
+    let fail = |reason: String| BrokerError::Definitions {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let defs: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| fail(format!("invalid JSON: {e}")))?;
+    crate::core::definitions::import(&shared.state, &shared.access, &defs).map_err(fail)?;
+    tracing::info!(file = %path.display(), "imported definitions");
+    Ok(())
 }
 
 /// The access data at boot: what the data directory kept (None: first boot) plus what the
@@ -321,6 +359,34 @@ impl BrokerHandle {
     /// Whether publishers are currently blocked by a memory or disk alarm.
     pub fn is_blocked(&self) -> bool {
         *self.shared.alarm.borrow()
+    }
+
+    /// Everything the broker defines, as RabbitMQ's definitions JSON (`GET /api/definitions`):
+    /// users with their password hashes, vhosts, permissions, topic permissions, vhost limits,
+    /// exchanges, queues and bindings.
+    pub fn export_definitions(&self) -> String {
+        let access = &self.shared.access;
+        let defs = crate::core::definitions::export(&self.shared.state.lock(), access);
+        serde_json::to_string_pretty(&defs).unwrap_or_default()
+    }
+
+    /// Imports RabbitMQ definitions JSON (`POST /api/definitions`): all of it, or nothing
+    /// when any part is invalid (the error says which).
+    pub fn import_definitions(&self, json: &str) -> Result<(), String> {
+        let defs: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("invalid JSON: {e}"))?;
+        crate::core::definitions::import(&self.shared.state, &self.shared.access, &defs)
+    }
+
+    /// Deletes a vhost at run time, as `rabbitmqctl delete_vhost`: its connections are closed
+    /// with 320 CONNECTION_FORCED ("vhost 'v' is deleted"), then everything in it goes.
+    /// Returns false when there is no such vhost.
+    pub async fn delete_vhost(&self, name: &str) -> bool {
+        self.shared
+            .access
+            .delete_vhost(&self.shared.state, name)
+            .await
+            .is_ok()
     }
 
     /// Stops accepting, closes every connection with 320 CONNECTION_FORCED, waits for them,

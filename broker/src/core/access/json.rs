@@ -147,7 +147,8 @@ fn known(r: &Registry, user: &str, vhost: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn list<'a>(defs: &'a Value, key: &str) -> Result<&'a [Value], String> {
+/// The list under `key` of a definitions document (missing or null: empty).
+pub(crate) fn list<'a>(defs: &'a Value, key: &str) -> Result<&'a [Value], String> {
     match defs.get(key) {
         None | Some(Value::Null) => Ok(&[]),
         Some(Value::Array(a)) => Ok(a),
