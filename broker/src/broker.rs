@@ -379,7 +379,7 @@ impl BrokerHandle {
     }
 
     /// Deletes a vhost at run time, as `rabbitmqctl delete_vhost`: its connections are closed
-    /// with 320 CONNECTION_FORCED ("vhost 'v' is deleted"), then everything in it goes.
+    /// with 320 CONNECTION_FORCED ("vhost 'v' is down", as RabbitMQ 3.10 says), then everything in it goes.
     /// Returns false when there is no such vhost.
     pub async fn delete_vhost(&self, name: &str) -> bool {
         self.shared

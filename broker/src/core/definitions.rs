@@ -135,8 +135,10 @@ pub(crate) fn export(state: &State, access: &Access) -> Value {
         let mut qs: Vec<_> = vh.queues.values().filter(|q| q.owner().is_none()).collect();
         qs.sort_by(|a, b| a.name().cmp(b.name()));
         for q in qs {
-            queues.push(json!({"name": &**q.name(), "vhost": name, "durable": q.is_durable(),
-                "auto_delete": q.is_auto_delete(), "arguments": q.args()}));
+            queues.push(
+                json!({"name": &**q.name(), "vhost": name, "durable": q.is_durable(),
+                "auto_delete": q.is_auto_delete(), "arguments": q.args()}),
+            );
         }
     }
     out["rabbit_version"] = json!("3.10.8");
@@ -161,7 +163,12 @@ pub(crate) fn import(state: &StateLock, access: &Access, defs: &Value) -> Result
         return Err("definitions must be a JSON object".into());
     }
     let mut vhosts: Vec<String> = access.vhosts().into_iter().map(|v| v.name).collect();
-    for v in defs.get("vhosts").and_then(Value::as_array).into_iter().flatten() {
+    for v in defs
+        .get("vhosts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         vhosts.extend(v.get("name").and_then(Value::as_str).map(str::to_string));
     }
     let topology = {
@@ -202,12 +209,17 @@ fn parse_topology(state: &State, defs: &Value, vhosts: &[String]) -> Result<Topo
     for x in list(defs, "exchanges")? {
         let (vhost, name) = (vhost_of(x)?, text(x, "name"));
         if name.is_empty() || name.starts_with("amq.") {
-            tracing::warn!(exchange = name, "skipping import of a default or amq.* exchange");
+            tracing::warn!(
+                exchange = name,
+                "skipping import of a default or amq.* exchange"
+            );
             continue;
         }
         let kind = text(x, "type");
         if ExchangeKind::parse(&kind).is_none() {
-            return Err(format!("unknown exchange type '{kind}' for exchange '{name}'"));
+            return Err(format!(
+                "unknown exchange type '{kind}' for exchange '{name}'"
+            ));
         }
         t.exchanges.push((
             vhost,
@@ -251,7 +263,9 @@ fn parse_topology(state: &State, defs: &Value, vhosts: &[String]) -> Result<Topo
         };
         let destination = if text(b, "destination_type") == "exchange" {
             if !exchange_known(&dest) {
-                return Err(format!("no exchange '{dest}' in vhost '{vhost}' for a binding"));
+                return Err(format!(
+                    "no exchange '{dest}' in vhost '{vhost}' for a binding"
+                ));
             }
             Destination::Exchange(dest)
         } else {
@@ -262,14 +276,24 @@ fn parse_topology(state: &State, defs: &Value, vhosts: &[String]) -> Result<Topo
                 .is_some_and(|q| q.owner().is_none())
                 || t.queues.iter().any(|(v, q)| *v == vhost && q.name == dest);
             if !queue_known {
-                return Err(format!("no queue '{dest}' in vhost '{vhost}' for a binding"));
+                return Err(format!(
+                    "no queue '{dest}' in vhost '{vhost}' for a binding"
+                ));
             }
             Destination::Queue(dest)
         };
         if !exchange_known(&source) {
-            return Err(format!("no exchange '{source}' in vhost '{vhost}' for a binding"));
+            return Err(format!(
+                "no exchange '{source}' in vhost '{vhost}' for a binding"
+            ));
         }
-        t.bindings.push((vhost, source, destination, text(b, "routing_key"), table(&b["arguments"])));
+        t.bindings.push((
+            vhost,
+            source,
+            destination,
+            text(b, "routing_key"),
+            table(&b["arguments"]),
+        ));
     }
     Ok(t)
 }

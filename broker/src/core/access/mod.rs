@@ -452,7 +452,7 @@ impl Access {
     }
 
     /// Deletes a vhost: refuses new connections to it at once, closes its connections
-    /// (320 "vhost 'v' is deleted"), waits (bounded) until they are gone, then deletes
+    /// (320 "vhost 'v' is down", as RabbitMQ 3.10 says), waits (bounded) until they are gone, then deletes
     /// everything in it (queues with their messages, exchanges, bindings).
     pub(crate) async fn delete_vhost(
         &self,
@@ -464,7 +464,9 @@ impl Access {
                 .then_some(())
                 .ok_or_else(|| AccessError::NotFound(format!("no vhost '{name}'")))
         })?;
-        self.close_where(&format!("vhost '{name}' is deleted"), |c| c.vhost == name);
+        // RabbitMQ 3.10 stops the vhost before it deletes it, so its connections hear that
+        // it "is down" (rabbit_connection_tracking's vhost_down) rather than "is deleted".
+        self.close_where(&format!("vhost '{name}' is down"), |c| c.vhost == name);
         let wait = async {
             loop {
                 let gone = self.gone.notified();

@@ -8,7 +8,7 @@ use regex::Regex;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-/// A permission kind, as RabbitMQ names them in its refusals.
+/// A permission kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Perm {
     /// Create or delete a resource (declare, delete).
@@ -17,16 +17,6 @@ pub(crate) enum Perm {
     Write,
     /// Take messages from it (consume, get, purge, bind from a source exchange).
     Read,
-}
-
-impl Perm {
-    fn name(self) -> &'static str {
-        match self {
-            Perm::Configure => "configure",
-            Perm::Write => "write",
-            Perm::Read => "read",
-        }
-    }
 }
 
 /// The kind of a resource a permission protects.
@@ -274,7 +264,8 @@ impl Registry {
     }
 
     /// `check_resource_access`: whether `user` has `perm` on a queue or exchange, with
-    /// RabbitMQ's 403 text ("write access to exchange 'x' in vhost '/' refused for user 'u'").
+    /// RabbitMQ 3.10's 403 text ("access to exchange 'x' in vhost '/' refused for user 'u'";
+    /// 3.11 and later put the permission in front: "write access to ...").
     pub(crate) fn check_resource(
         &self,
         user: &str,
@@ -297,10 +288,7 @@ impl Registry {
         }
         Err(AmqpError::new(
             Code::AccessRefused,
-            format!(
-                "{} access to {kind_name} '{name}' in vhost '{vhost}' refused for user '{user}'",
-                perm.name()
-            ),
+            format!("access to {kind_name} '{name}' in vhost '{vhost}' refused for user '{user}'"),
         ))
     }
 
@@ -333,8 +321,7 @@ impl Registry {
         Err(AmqpError::new(
             Code::AccessRefused,
             format!(
-                "{} access to topic '{routing_key}' in exchange exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'",
-                perm.name()
+                "access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'"
             ),
         ))
     }
@@ -403,7 +390,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.text,
-            "ACCESS_REFUSED - configure access to queue 'q' in vhost '/' refused for user 'u'"
+            "ACCESS_REFUSED - access to queue 'q' in vhost '/' refused for user 'u'"
         );
         let e = r
             .check_resource("u", "/", Resource::Exchange, "", Perm::Write)
@@ -423,7 +410,7 @@ mod tests {
         let e = r
             .check_topic("u", "/", "amq.topic", "v.a", Perm::Write)
             .unwrap_err();
-        assert_eq!(e.text, "ACCESS_REFUSED - write access to topic 'v.a' in exchange exchange 'amq.topic' in vhost '/' refused for user 'u'");
+        assert_eq!(e.text, "ACCESS_REFUSED - access to topic 'v.a' in exchange 'amq.topic' in vhost '/' refused for user 'u'");
         assert!(r.check_topic("u", "/", "other", "v.a", Perm::Write).is_ok());
     }
 
