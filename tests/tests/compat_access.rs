@@ -648,3 +648,203 @@ async fn guest_only_from_loopback() {
     .await;
     broker.shutdown().await;
 }
+
+/// Keeps the entries of a RabbitMQ definitions export that belong to `user` and `vhost` (the
+/// reference node is shared with other tests, whose entities are none of this test's business).
+fn only_mine(defs: &Value, user: &str, vhost: &str) -> Value {
+    let keep = |key: &str, f: &dyn Fn(&Value) -> bool| -> Value {
+        Value::Array(
+            defs[key]
+                .as_array()
+                .map(|a| a.iter().filter(|e| f(e)).cloned().collect())
+                .unwrap_or_default(),
+        )
+    };
+    let in_vhost = |e: &Value| e["vhost"] == vhost;
+    json!({
+        "rabbit_version": defs["rabbit_version"],
+        "users": keep("users", &|e| e["name"] == user),
+        "vhosts": keep("vhosts", &|e| e["name"] == vhost),
+        "permissions": keep("permissions", &|e| e["user"] == user),
+        "topic_permissions": keep("topic_permissions", &|e| e["user"] == user),
+        "parameters": keep("parameters", &in_vhost),
+        "queues": keep("queues", &in_vhost),
+        "exchanges": keep("exchanges", &in_vhost),
+        "bindings": keep("bindings", &in_vhost),
+    })
+}
+
+fn find<'a>(defs: &'a Value, key: &str, field: &str, name: &str) -> &'a Value {
+    defs[key]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e[field] == name))
+        .unwrap_or_else(|| panic!("no {key} entry with {field} = {name} in {defs}"))
+}
+
+#[tokio::test]
+async fn definitions_exported_by_rabbitmq_log_in_on_warren() {
+    let rabbit = match Side::refnode() {
+        Ok(side) => side,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    // On RabbitMQ: a user with a known password, its vhost, permissions, limits, topology.
+    let (u, v, password) = (
+        unique("u"),
+        unique("vh"),
+        format!("pw-{}", uuid::Uuid::new_v4()),
+    );
+    rabbit.user(&u, &password);
+    rabbit.vhost(&v);
+    rabbit.permit(&u, &v, "^cfg", ".*", ".*");
+    rabbit.permit("guest", &v, ".*", ".*", ".*");
+    rabbit.topic_permit(&u, &v, "amq.topic", "^a\\.", ".*");
+    rabbit.vhost_limit(&v, "max-queues", 5);
+    rabbit.user_limit(&u, &password, "max-connections", 7);
+    let admin = rabbit.open("guest", "guest", &v).await;
+    let ch = admin.create_channel().await.expect("channel");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("dq".into(), durable, FieldTable::default())
+        .await
+        .expect("queue");
+    let durable_x = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        "dx".into(),
+        lapin::ExchangeKind::Direct,
+        durable_x,
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange");
+    ch.queue_bind(
+        "dq".into(),
+        "dx".into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    close(admin).await;
+    let exported: Value = ureq::get(&format!(
+        "{}/api/definitions",
+        rabbit.mgmt.as_deref().unwrap()
+    ))
+    .set("Authorization", BASIC_GUEST)
+    .call()
+    .expect("GET /api/definitions")
+    .into_json()
+    .expect("definitions JSON");
+    rabbit.cleanup();
+    let mine = only_mine(&exported, &u, &v);
+    let rabbit_user = find(&mine, "users", "name", &u).clone();
+    assert_eq!(
+        rabbit_user["hashing_algorithm"],
+        "rabbit_password_hashing_sha256"
+    );
+
+    // Warren loads the file at boot (--definitions) into a data directory.
+    let dir = std::env::temp_dir().join(unique("access-data"));
+    let file = dir.with_extension("json");
+    std::fs::write(&file, mine.to_string()).expect("write definitions");
+    let start = |defs: bool| {
+        let mut b = warren_broker::Broker::builder()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .data_dir(&dir);
+        if defs {
+            b = b.definitions(&file);
+        }
+        b.start()
+    };
+    let broker = start(true).await.expect("start with definitions");
+    let warren = format!("127.0.0.1:{}", broker.local_addr().port());
+    let url = |user: &str, pw: &str| format!("amqp://{user}:{pw}@{warren}/{}", enc(&v));
+    let conn = Connection::connect(&url(&u, &password), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ's user logs in on Warren with its password");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        "dq".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("imported queue");
+    let res = ch
+        .queue_declare("other".into(), declare_opts(), FieldTable::default())
+        .await;
+    assert_eq!(
+        res.as_ref().err().and_then(amqp_error),
+        Some((
+            403,
+            format!(
+                "ACCESS_REFUSED - access to queue 'other' in vhost '{v}' refused for user '{u}'"
+            )
+        )),
+        "imported permissions are enforced"
+    );
+    close(conn).await;
+    assert!(
+        Connection::connect(&url(&u, "wrong"), ConnectionProperties::default())
+            .await
+            .is_err(),
+        "a wrong password is refused"
+    );
+
+    // Warren's export carries the same entries (the hash unchanged).
+    let out: Value = serde_json::from_str(&broker.export_definitions()).expect("export JSON");
+    let user = find(&out, "users", "name", &u);
+    assert_eq!(user["password_hash"], rabbit_user["password_hash"]);
+    assert_eq!(user["limits"], json!({"max-connections": 7}));
+    let perm = find(&out, "permissions", "user", &u);
+    assert_eq!(
+        (&perm["configure"], &perm["write"], &perm["read"]),
+        (&json!("^cfg"), &json!(".*"), &json!(".*"))
+    );
+    assert_eq!(
+        find(&out, "topic_permissions", "user", &u)["write"],
+        "^a\\."
+    );
+    assert_eq!(
+        find(&out, "parameters", "vhost", &v)["value"],
+        json!({"max-queues": 5})
+    );
+    assert_eq!(find(&out, "exchanges", "name", "dx")["durable"], true);
+    assert_eq!(find(&out, "bindings", "source", "dx")["destination"], "dq");
+
+    // An import that fails half-way applies nothing.
+    let bad = json!({"users": [{"name": "warren-test.half", "password": "pw", "tags": []}],
+                     "permissions": [{"user": "warren-test.half", "vhost": "no-such-vhost",
+                                      "configure": ".*", "write": ".*", "read": ".*"}]});
+    assert!(broker.import_definitions(&bad.to_string()).is_err());
+    let out: Value = serde_json::from_str(&broker.export_definitions()).expect("export JSON");
+    assert!(!out["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["name"] == "warren-test.half"));
+
+    // Users survive a restart from the data directory alone.
+    broker.shutdown().await;
+    drop(broker);
+    let broker = start(false).await.expect("restart");
+    let warren = format!("127.0.0.1:{}", broker.local_addr().port());
+    let again = format!("amqp://{u}:{password}@{warren}/{}", enc(&v));
+    close(
+        Connection::connect(&again, ConnectionProperties::default())
+            .await
+            .expect("login after restart"),
+    )
+    .await;
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&file);
+}
