@@ -319,10 +319,18 @@ per_node! {
         // shared assertion is only that it is refused and nothing is declared.
         let q = unique("mgmt-huge");
         let body = format!("{{\"arguments\": {{\"x\": \"{}\"}}}}", "a".repeat(21 * 1024 * 1024));
-        let (s, _) = http(n, "PUT", &format!("queues/%2F/{q}"), Some(&body));
-        assert!(s == 413 || s == 500, "{}: {s}", n.kind);
-        if n.kind == "warren" {
-            assert_eq!(s, 413);
+        let resp = ureq::put(&format!("{}/api/queues/%2F/{q}", n.api))
+            .set("authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+            .send_string(&body);
+        // Either broker may answer before reading the whole body and close the connection
+        // while the client still sends (a broken pipe here); an answer is 413 from Warren.
+        match resp {
+            Ok(r) => panic!("{}: accepted with {}", n.kind, r.status()),
+            Err(ureq::Error::Status(s, _)) => {
+                let expected: &[u16] = if n.kind == "warren" { &[413] } else { &[413, 500] };
+                assert!(expected.contains(&s), "{}: {s}", n.kind);
+            }
+            Err(ureq::Error::Transport(t)) => println!("{}: connection cut: {t}", n.kind),
         }
         assert_eq!(http(n, "GET", &format!("queues/%2F/{q}"), None).0, 404, "{}", n.kind);
     }
@@ -358,10 +366,11 @@ per_node! {
             assert_eq!(page[k], v, "{}: {k} in {page}", n.kind);
         }
         assert_eq!(page["items"][0]["name"], q.as_str(), "{}", n.kind);
-        let (_, rev) = http(n, "GET", &format!("queues/%2F?name={prefix}&sort=name&sort_reverse=true&columns=name,messages"), None);
-        assert_eq!(rev, json!([{"name": q2, "messages": 0}, {"name": q, "messages": 2}]), "{}", n.kind);
-        let (_, re) = http(n, "GET", &format!("queues/%2F?name={prefix}-.$&use_regex=true&columns=name"), None);
-        assert_eq!(re.as_array().map(Vec::len), Some(2), "{}: {re}", n.kind);
+        // The name filter applies to paged requests (RabbitMQ ignores it otherwise).
+        let (_, rev) = http(n, "GET", &format!("queues/%2F?page=1&name={prefix}&sort=name&sort_reverse=true&columns=name,messages"), None);
+        assert_eq!(rev["items"], json!([{"name": q2, "messages": 0}, {"name": q, "messages": 2}]), "{}", n.kind);
+        let (_, re) = http(n, "GET", &format!("queues/%2F?page=1&name={prefix}-.$&use_regex=true&columns=name"), None);
+        assert_eq!(re["items"].as_array().map(Vec::len), Some(2), "{}: {re}", n.kind);
         for name in [&q, &q2] {
             http(n, "DELETE", &format!("queues/%2F/{name}"), None);
         }
@@ -530,9 +539,15 @@ fn json_shapes_match_the_reference() {
         ("overview", &|v: &Value| Some(v.clone())),
         ("whoami", &|v: &Value| Some(v.clone())),
         ("queues", &mine),
+        // message_stats appear on an exchange once it had traffic, on both brokers.
         ("exchanges", &|v: &Value| {
-            v.as_array()
-                .and_then(|a| a.iter().find(|x| x["name"] == "amq.direct").cloned())
+            let mut x = v
+                .as_array()?
+                .iter()
+                .find(|x| x["name"] == "amq.direct")?
+                .clone();
+            x.as_object_mut()?.remove("message_stats");
+            Some(x)
         }),
         ("bindings", &first),
         ("vhosts", &first),

@@ -129,6 +129,8 @@ pub(crate) async fn serve(listener: TcpListener, state: AppState, mut stop: watc
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
+    // The peer's address reaches the authentication (guest is refused from elsewhere).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -67,7 +67,7 @@ pub(crate) fn exchange_name(path: &str) -> String {
 }
 
 /// Parses a JSON body (an empty body is `{}`), with RabbitMQ's 400 for anything else.
-fn body(bytes: &Bytes) -> ApiResult<serde_json::Map<String, Value>> {
+pub(crate) fn body(bytes: &Bytes) -> ApiResult<serde_json::Map<String, Value>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
