@@ -24,6 +24,7 @@ mod broker;
 mod config;
 mod core;
 mod shared;
+mod ws;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::Limits;
