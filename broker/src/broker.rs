@@ -52,6 +52,8 @@ impl Broker {
             users: Vec::new(),
             vhosts: Vec::new(),
             limits: Limits::default(),
+            mqtt_listen: None,
+            web_mqtt_listen: None,
         }
     }
 }
@@ -65,6 +67,8 @@ pub struct BrokerBuilder {
     users: Vec<User>,
     vhosts: Vec<String>,
     limits: Limits,
+    mqtt_listen: Option<SocketAddr>,
+    web_mqtt_listen: Option<SocketAddr>,
 }
 
 impl BrokerBuilder {
@@ -106,6 +110,20 @@ impl BrokerBuilder {
         self
     }
 
+    /// Also serves MQTT 3.1.1 on this address (RabbitMQ's port is 1883; port 0 picks a free
+    /// one, see [`BrokerHandle::mqtt_local_addr`]). Off unless set.
+    pub fn mqtt_listen(mut self, addr: SocketAddr) -> Self {
+        self.mqtt_listen = Some(addr);
+        self
+    }
+
+    /// Also serves MQTT over WebSocket on this address, path `/ws`, subprotocol `mqtt`
+    /// (RabbitMQ's port is 15675; see [`BrokerHandle::web_mqtt_local_addr`]). Off unless set.
+    pub fn web_mqtt_listen(mut self, addr: SocketAddr) -> Self {
+        self.web_mqtt_listen = Some(addr);
+        self
+    }
+
     /// Replaces the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -120,13 +138,7 @@ impl BrokerBuilder {
                 source,
             })?;
         }
-        let listener =
-            TcpListener::bind(self.listen)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    addr: self.listen,
-                    source,
-                })?;
+        let listener = bind(self.listen).await?;
         let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
             addr: self.listen,
             source,
@@ -171,19 +183,49 @@ impl BrokerBuilder {
         });
         shared.check_alarms();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        let mqtt = Arc::new(crate::mqtt::MqttShared::default());
+        let mut others = Vec::new();
+        let mut mqtt_addrs = [None, None];
+        for (i, addr, kind) in [
+            (0, self.mqtt_listen, crate::mqtt::Listener::Tcp),
+            (1, self.web_mqtt_listen, crate::mqtt::Listener::WebSocket),
+        ] {
+            let Some(addr) = addr else { continue };
+            let l = bind(addr).await?;
+            mqtt_addrs[i] = Some(
+                l.local_addr()
+                    .map_err(|source| BrokerError::Bind { addr, source })?,
+            );
+            let listen =
+                crate::mqtt::listen(l, kind, shared.clone(), mqtt.clone(), stop_rx.clone());
+            others.push(tokio::spawn(listen));
+        }
+        let amqp = accept_loop(listener, shared.clone(), stop_rx);
+        let task = tokio::spawn(async move {
+            amqp.await;
+            for t in others {
+                let _ = t.await;
+            }
+        });
         tracing::info!(%local_addr, "warren-broker ready");
         Ok(BrokerHandle {
             shared: shared.clone(),
             local_addr,
+            mqtt_addr: mqtt_addrs[0],
+            web_mqtt_addr: mqtt_addrs[1],
             stop: stop_tx,
             task: Arc::new(Mutex::new(Some(task))),
         })
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// A connection id unique across every protocol's listeners (the core keys sessions by it).
+pub(crate) fn next_conn_id() -> crate::core::message::ConnId {
     static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(
         shared.config.limits.max_connections,
     ));
@@ -207,7 +249,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                 };
                 let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let id = next_conn_id();
                 let shared = shared.clone();
                 let stop = stop.clone();
                 conns.spawn(async move {
@@ -228,11 +270,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind { addr, source })
+}
+
 /// A running broker.
 #[derive(Clone)]
 pub struct BrokerHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    mqtt_addr: Option<SocketAddr>,
+    web_mqtt_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -249,6 +299,16 @@ impl BrokerHandle {
     /// The address the broker listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The MQTT listener's address, when [`BrokerBuilder::mqtt_listen`] was given.
+    pub fn mqtt_local_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    /// The Web-MQTT listener's address, when [`BrokerBuilder::web_mqtt_listen`] was given.
+    pub fn web_mqtt_local_addr(&self) -> Option<SocketAddr> {
+        self.web_mqtt_addr
     }
 
     /// An `amqp://` URL for the default user and vhost, e.g.

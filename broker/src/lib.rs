@@ -23,6 +23,7 @@ mod amqp;
 mod broker;
 mod config;
 mod core;
+mod mqtt;
 mod shared;
 mod ws;
 

@@ -15,9 +15,6 @@
 //! writer.send(Bytes::from_static(b"..."), MessageKind::Binary).await?;
 //! ```
 
-// Used by the Web-MQTT listener (mqtt/) and Web-STOMP (stomp/) as they land.
-#![allow(dead_code)]
-
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -48,6 +45,7 @@ pub(crate) enum MessageKind {
     /// A binary message (MQTT packets).
     Binary,
     /// A text message (STOMP frames, which are text unless they carry a binary body).
+    #[allow(dead_code)] // for Web-STOMP
     Text,
 }
 
@@ -55,6 +53,7 @@ pub(crate) enum MessageKind {
 #[derive(Debug)]
 pub(crate) struct WsConnection<S> {
     /// The negotiated subprotocol, if any.
+    #[allow(dead_code)] // for Web-STOMP (STOMP versions); MQTT has one
     pub(crate) protocol: Option<&'static str>,
     /// Data messages from the client.
     pub(crate) reader: WsReader<S>,
@@ -160,7 +159,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsReader<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
-    /// Sends one data message and flushes it. A text message must be valid UTF-8 (it is sent
+    /// Sends one data message and flushes it.
+    #[allow(dead_code)] // for Web-STOMP A text message must be valid UTF-8 (it is sent
     /// as binary otherwise, rather than failing).
     pub(crate) async fn send(&mut self, data: Bytes, kind: MessageKind) -> io::Result<()> {
         self.feed(data, kind).await?;

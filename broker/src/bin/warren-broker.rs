@@ -34,6 +34,14 @@ struct Args {
     /// "max_message_size": 134217728}.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Also serve MQTT 3.1.1 on this address (RabbitMQ's port: 0.0.0.0:1883). Off unless
+    /// given, so that a port already taken (by another MQTT broker) never stops the start.
+    #[arg(long, value_name = "ADDR:PORT")]
+    mqtt_listen: Option<SocketAddr>,
+    /// Also serve MQTT over WebSocket on this address, path /ws, subprotocol mqtt (RabbitMQ's
+    /// port: 0.0.0.0:15675). Off unless given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    web_mqtt_listen: Option<SocketAddr>,
     /// Threads serving connections. The broker's state sits behind one lock, so extra threads
     /// only parallelise framing and socket work; one thread measured fastest on 2 cores (see
     /// BENCHMARKS.md). Raise it on machines with many cores and many busy connections.
@@ -176,6 +184,12 @@ async fn serve(args: Args) -> ExitCode {
         limits.max_message_size = v;
     }
     let mut builder = Broker::builder().listen(args.listen).limits(limits);
+    if let Some(addr) = args.mqtt_listen {
+        builder = builder.mqtt_listen(addr);
+    }
+    if let Some(addr) = args.web_mqtt_listen {
+        builder = builder.web_mqtt_listen(addr);
+    }
     if args.memory_only {
         tracing::warn!(
             "memory-only (--memory-only): durable queues, exchanges and persistent messages \
@@ -209,6 +223,12 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(addr) = broker.mqtt_local_addr() {
+        tracing::info!(%addr, "MQTT listener ready");
+    }
+    if let Some(addr) = broker.web_mqtt_local_addr() {
+        tracing::info!(%addr, "Web-MQTT listener ready (path /ws)");
+    }
     println!("warren-broker ready on {}", broker.local_addr());
     let signal = signals.recv().await;
     tracing::info!(
