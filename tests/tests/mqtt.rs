@@ -40,7 +40,10 @@ fn clients_missing() -> Option<String> {
 /// Runs one scenario; panics with its output when it fails.
 async fn run(scenario: &'static str, target: &'static str, at: Endpoints) {
     if let Some(why) = clients_missing() {
-        assert!(std::env::var_os("CI").is_none(), "CI is set but {why} (pip install paho-mqtt pika)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but {why} (pip install paho-mqtt pika)"
+        );
         println!("skipped {scenario} on {target}: {why}");
         return;
     }
@@ -78,7 +81,10 @@ async fn bundled(scenario: &'static str) {
         .expect("the bundled broker starts");
     let at = Endpoints {
         mqtt: broker.mqtt_local_addr().expect("MQTT listener").to_string(),
-        ws: broker.web_mqtt_local_addr().expect("Web-MQTT listener").to_string(),
+        ws: broker
+            .web_mqtt_local_addr()
+            .expect("Web-MQTT listener")
+            .to_string(),
         amqp: broker.amqp_url(),
     };
     run(scenario, "bundled", at).await;

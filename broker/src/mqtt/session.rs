@@ -378,6 +378,9 @@ impl Session {
         };
         let tag = state.consume(self.key, &name, consume)?;
         self.tags[usize::from(level)] = Some(tag);
+        // Messages that waited in a kept queue go out now (after CONNACK or SUBACK, which
+        // leave first: deliveries reach the connection through its sink).
+        state.pump(&self.vhost, &name);
         Ok(name)
     }
 
