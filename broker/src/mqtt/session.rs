@@ -475,7 +475,7 @@ fn passive(name: &str) -> QueueDeclare {
 
 /// Packet ids run from 1 to 65534 and wrap back to 1, as RabbitMQ's.
 fn valid_id(id: u16) -> u16 {
-    if id == 0 || id >= 0xffff {
+    if id == 0 || id == u16::MAX {
         1
     } else {
         id
