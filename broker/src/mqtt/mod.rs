@@ -14,6 +14,9 @@ mod registry;
 mod session;
 mod topic;
 
+#[cfg(test)]
+mod tests;
+
 use crate::shared::Shared;
 use crate::ws::WsEndpoint;
 use connection::{Conn, Transport};
