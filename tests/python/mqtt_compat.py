@@ -128,20 +128,11 @@ def scenario_retained(a):
         c.close()
 
 
-def raw_connect(addr, client_id, will_topic=None, will_payload=b"", keepalive=60, clean=True):
+def raw_connect(addr, client_id, will_topic=None, will_payload=b"", keepalive=60):
     """A CONNECT written by hand on a plain socket, for closing it abruptly."""
-    def s(b):
-        b = b.encode() if isinstance(b, str) else b
-        return struct.pack("!H", len(b)) + b
-    flags = 0xC0 | (0x02 if clean else 0)
-    payload = s(client_id)
-    if will_topic:
-        flags |= 0x04 | (1 << 3)  # will, QoS 1
-        payload += s(will_topic) + s(will_payload)
-    payload += s("guest") + s("guest")
-    body = s("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
     sock = socket.create_connection(addr, timeout=WAIT)
-    sock.sendall(bytes([0x10]) + remaining_length(len(body)) + body)
+    sock.sendall(connect_packet(client_id=client_id, will=(will_topic, will_payload) if will_topic else None,
+                                keepalive=keepalive))
     expect(sock.recv(4) == b"\x20\x02\x00\x00", "CONNACK accepted")
     return sock
 
@@ -308,13 +299,31 @@ def bad_input(addr, data):
     return got
 
 
-def connect_packet(level=4, name="MQTT", client_id="bad", password="guest", clean=True):
+def connect_packet(level=4, name="MQTT", client_id="bad", password="guest", clean=True,
+                   will=None, keepalive=60):
+    """CONNECT with user guest; `will` is (topic, payload), sent at QoS 1."""
     def s(b):
         b = b.encode() if isinstance(b, str) else b
         return struct.pack("!H", len(b)) + b
     flags = 0xC0 | (0x02 if clean else 0)
-    body = s(name) + bytes([level, flags]) + struct.pack("!H", 60) + s(client_id) + s("guest") + s(password)
+    payload = s(client_id)
+    if will:
+        flags |= 0x04 | (1 << 3)
+        payload += s(will[0]) + s(will[1])
+    payload += s("guest") + s(password)
+    body = s(name) + bytes([level, flags]) + struct.pack("!H", keepalive) + payload
     return bytes([0x10]) + remaining_length(len(body)) + body
+
+
+def assert_still_serving(a):
+    """Everyone else keeps working: a fresh subscriber gets a fresh publish."""
+    t = uniq("after") + "/t"
+    s, p = Client(a.mqtt), Client(a.mqtt)
+    s.subscribe((t, 1))
+    p.publish(t, b"still-up", qos=1)
+    expect(s.next().payload == b"still-up", "the broker serves other clients")
+    s.close()
+    p.close()
 
 
 def scenario_bad_input(a):
@@ -333,14 +342,7 @@ def scenario_bad_input(a):
     for what, (data, want) in cases.items():
         got = bad_input(a.mqtt, data)
         expect(got == want, f"{what}: got {got.hex()} then close, want {want.hex()}")
-    # Everyone else keeps working.
-    t = uniq("after") + "/t"
-    s, p = Client(a.mqtt), Client(a.mqtt)
-    s.subscribe((t, 1))
-    p.publish(t, b"still-up", qos=1)
-    expect(s.next().payload == b"still-up", "the broker serves other clients")
-    s.close()
-    p.close()
+    assert_still_serving(a)
 
 
 def scenario_no_connect(a):
@@ -359,13 +361,7 @@ def scenario_oversized(a):
         got = b""  # closed while we were still sending
     expect(got == b"", f"no PUBACK for an oversized message, closed: {got.hex()}")
     sock.close()
-    s, p = Client(a.mqtt), Client(a.mqtt)
-    t = uniq("after") + "/t"
-    s.subscribe((t, 1))
-    p.publish(t, b"ok", qos=1)
-    expect(s.next().payload == b"ok", "the broker serves other clients")
-    s.close()
-    p.close()
+    assert_still_serving(a)
 
 
 def addr(text):
