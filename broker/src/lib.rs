@@ -15,7 +15,8 @@
 //!
 //! Layers (see docs/architecture.md): `core` is the protocol-neutral broker (vhosts,
 //! exchanges, queues, delivery, storage) behind one lock; `amqp` is the AMQP 0-9-1 front-end
-//! that calls it; `broker` starts listeners and owns the lifecycle. Only [`Broker`], its
+//! that calls it, `mqtt` the MQTT 3.1.1 one (over TCP, and over WebSocket through `ws`);
+//! `broker` starts listeners and owns the lifecycle. Only [`Broker`], its
 //! builder and handle, [`Limits`] and [`BrokerError`] are public.
 #![deny(missing_docs)]
 
