@@ -290,6 +290,25 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_listeners_are_off_unless_given() {
+        let none = Args::try_parse_from(["warren-broker"]).expect("parses");
+        assert!(none.mqtt_listen.is_none() && none.web_mqtt_listen.is_none());
+        let both = Args::try_parse_from([
+            "warren-broker",
+            "--mqtt-listen",
+            "0.0.0.0:1883",
+            "--web-mqtt-listen",
+            "127.0.0.1:15675",
+        ])
+        .expect("parses");
+        assert_eq!(both.mqtt_listen, Some("0.0.0.0:1883".parse().unwrap()));
+        assert_eq!(
+            both.web_mqtt_listen,
+            Some("127.0.0.1:15675".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn memory_only_and_data_dir_exclude_each_other() {
         let both = Args::try_parse_from(["warren-broker", "--memory-only", "--data-dir", "/d"]);
         assert!(both.is_err());
