@@ -64,6 +64,8 @@ impl Broker {
             limits: Limits::default(),
             management: None,
             prometheus: None,
+            mqtt_listen: None,
+            web_mqtt_listen: None,
         }
     }
 }
@@ -79,6 +81,8 @@ pub struct BrokerBuilder {
     limits: Limits,
     management: Option<SocketAddr>,
     prometheus: Option<SocketAddr>,
+    mqtt_listen: Option<SocketAddr>,
+    web_mqtt_listen: Option<SocketAddr>,
 }
 
 impl BrokerBuilder {
@@ -159,6 +163,20 @@ impl BrokerBuilder {
         self
     }
 
+    /// Also serves MQTT 3.1.1 on this address (RabbitMQ's port is 1883; port 0 picks a free
+    /// one, see [`BrokerHandle::mqtt_local_addr`]). Off unless set.
+    pub fn mqtt_listen(mut self, addr: SocketAddr) -> Self {
+        self.mqtt_listen = Some(addr);
+        self
+    }
+
+    /// Also serves MQTT over WebSocket on this address, path `/ws`, subprotocol `mqtt`
+    /// (RabbitMQ's port is 15675; see [`BrokerHandle::web_mqtt_local_addr`]). Off unless set.
+    pub fn web_mqtt_listen(mut self, addr: SocketAddr) -> Self {
+        self.web_mqtt_listen = Some(addr);
+        self
+    }
+
     /// Replaces the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -173,17 +191,7 @@ impl BrokerBuilder {
                 source,
             })?;
         }
-        let listener =
-            TcpListener::bind(self.listen)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    addr: self.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
-            addr: self.listen,
-            source,
-        })?;
+        let (listener, local_addr) = bind(self.listen).await?;
         let mut state = State::new();
         state.warn_on_durable_without_storage(self.warn_durable_without_storage);
         state.set_paging(
@@ -231,13 +239,35 @@ impl BrokerBuilder {
             &stop_rx,
         )
         .await?;
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        let mqtt = Arc::new(crate::mqtt::MqttShared::default());
+        let mut others = Vec::new();
+        let mut mqtt_addrs = [None, None];
+        for (i, addr, kind) in [
+            (0, self.mqtt_listen, crate::mqtt::Listener::Tcp),
+            (1, self.web_mqtt_listen, crate::mqtt::Listener::WebSocket),
+        ] {
+            let Some(addr) = addr else { continue };
+            let (l, bound) = bind(addr).await?;
+            mqtt_addrs[i] = Some(bound);
+            let listen =
+                crate::mqtt::listen(l, kind, shared.clone(), mqtt.clone(), stop_rx.clone());
+            others.push(tokio::spawn(listen));
+        }
+        let amqp = accept_loop(listener, shared.clone(), stop_rx);
+        let task = tokio::spawn(async move {
+            amqp.await;
+            for t in others {
+                let _ = t.await;
+            }
+        });
         tracing::info!(%local_addr, "warren-broker ready");
         Ok(BrokerHandle {
             shared: shared.clone(),
             local_addr,
             management_addr,
             prometheus_addr,
+            mqtt_addr: mqtt_addrs[0],
+            web_mqtt_addr: mqtt_addrs[1],
             stop: stop_tx,
             task: Arc::new(Mutex::new(Some(task))),
         })
@@ -340,8 +370,13 @@ fn boot_access(
     access
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// A connection id unique across every protocol's listeners (the core keys sessions by it).
+pub(crate) fn next_conn_id() -> crate::core::message::ConnId {
     static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(
         shared.config.limits.max_connections,
     ));
@@ -365,7 +400,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                 };
                 let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let id = next_conn_id();
                 let shared = shared.clone();
                 let stop = stop.clone();
                 conns.spawn(async move {
@@ -393,6 +428,8 @@ pub struct BrokerHandle {
     local_addr: SocketAddr,
     management_addr: Option<SocketAddr>,
     prometheus_addr: Option<SocketAddr>,
+    mqtt_addr: Option<SocketAddr>,
+    web_mqtt_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -421,6 +458,16 @@ impl BrokerHandle {
     /// ([`BrokerBuilder::prometheus`]).
     pub fn prometheus_addr(&self) -> Option<SocketAddr> {
         self.prometheus_addr
+    }
+
+    /// The MQTT listener's address, when [`BrokerBuilder::mqtt_listen`] was given.
+    pub fn mqtt_local_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    /// The Web-MQTT listener's address, when [`BrokerBuilder::web_mqtt_listen`] was given.
+    pub fn web_mqtt_local_addr(&self) -> Option<SocketAddr> {
+        self.web_mqtt_addr
     }
 
     /// An `amqp://` URL for the default user and vhost, e.g.
