@@ -166,11 +166,13 @@ impl State {
         pump_queue(
             vhost,
             q,
-            &mut self.channels,
-            &mut self.dead,
-            self.store.as_deref(),
-            &mut self.pager,
-            &mut self.stats,
+            Pump {
+                channels: &mut self.channels,
+                dead: &mut self.dead,
+                store: self.store.as_deref(),
+                pager: &mut self.pager,
+                stats: &mut self.stats,
+            },
             Instant::now(),
         );
         self.flush_dead_letters();
@@ -186,11 +188,13 @@ impl State {
                 pump_queue(
                     vhost,
                     q,
-                    &mut self.channels,
-                    &mut self.dead,
-                    self.store.as_deref(),
-                    &mut self.pager,
-                    &mut self.stats,
+                    Pump {
+                        channels: &mut self.channels,
+                        dead: &mut self.dead,
+                        store: self.store.as_deref(),
+                        pager: &mut self.pager,
+                        stats: &mut self.stats,
+                    },
                     now,
                 );
             }
@@ -464,11 +468,13 @@ impl State {
                     pump_queue(
                         vhost,
                         q,
-                        &mut self.channels,
-                        &mut self.dead,
-                        self.store.as_deref(),
-                        &mut self.pager,
-                        &mut self.stats,
+                        Pump {
+                            channels: &mut self.channels,
+                            dead: &mut self.dead,
+                            store: self.store.as_deref(),
+                            pager: &mut self.pager,
+                            stats: &mut self.stats,
+                        },
                         now,
                     );
                 }
@@ -582,16 +588,25 @@ fn materialize(pager: &mut Pager, m: &mut QueuedMessage) -> Option<Arc<Message>>
 }
 
 /// Delivers from `q` while it has messages and some consumer has credit.
-fn pump_queue(
-    vhost: &str,
-    q: &mut Queue,
-    channels: &mut HashMap<ChannelKey, ChannelSlot>,
-    dead: &mut Vec<Dead>,
-    store: Option<&Store>,
-    pager: &mut Pager,
-    stats: &mut Stats,
-    now: Instant,
-) {
+/// What pumping a queue touches besides the queue: the sessions, the dead letters, the
+/// storage, the page files and the counters (borrowed from [`State`] field by field, since the
+/// queue itself is borrowed from it too).
+struct Pump<'a> {
+    channels: &'a mut HashMap<ChannelKey, ChannelSlot>,
+    dead: &'a mut Vec<Dead>,
+    store: Option<&'a Store>,
+    pager: &'a mut Pager,
+    stats: &'a mut Stats,
+}
+
+fn pump_queue(vhost: &str, q: &mut Queue, ctx: Pump<'_>, now: Instant) {
+    let Pump {
+        channels,
+        dead,
+        store,
+        pager,
+        stats,
+    } = ctx;
     loop {
         if !q.has_consumers() {
             return;
