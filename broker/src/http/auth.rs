@@ -115,7 +115,12 @@ impl FromRequestParts<AppState> for Caller {
                 Ok(c)
             }
             Some(_) => Err(ApiError::not_authorized("Not management user").into_response()),
-            None => Err(ApiError::not_authorized("Login failed").into_response()),
+            // RabbitMQ spells this one error the American way.
+            None => Err(ApiError {
+                error: "not_authorized",
+                ..ApiError::not_authorized("Login failed")
+            }
+            .into_response()),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The API's errors: RabbitMQ's JSON body `{"error": ..., "reason": ...}` with its status
-//! codes (400 bad_request, 401 not_authorized, 404 Object Not Found, 405, 413, 500).
+//! codes (400 bad_request, 401 not_authorised (not_authorized for a failed login), 404 Object Not Found, 405, 413, 500).
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -60,11 +60,11 @@ impl ApiError {
         }
     }
 
-    /// 401 for a user without the rights (RabbitMQ answers 401 not_authorized, not 403).
+    /// 401 for a user without the rights (RabbitMQ answers 401 "not_authorised", not 403).
     pub(crate) fn not_authorized(reason: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::UNAUTHORIZED,
-            error: "not_authorized",
+            error: "not_authorised",
             reason: reason.into(),
             reason_json: None,
         }

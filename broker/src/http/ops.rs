@@ -123,9 +123,12 @@ fn check_name(kind: &str, name: &str) -> ApiResult<()> {
 
 /// A declaration into a missing vhost: RabbitMQ's 404 `vhost_not_found`.
 fn check_vhost_for_put(st: &AppState, c: &Caller, vhost: &str) -> ApiResult<()> {
-    check_vhost(st, c, vhost).map_err(|_| ApiError {
-        error: "not_found",
-        ..ApiError::not_found_reason("vhost_not_found")
+    check_vhost(st, c, vhost).map_err(|e| match e.status {
+        StatusCode::NOT_FOUND => ApiError {
+            error: "not_found",
+            ..ApiError::not_found_reason("vhost_not_found")
+        },
+        _ => e,
     })
 }
 
