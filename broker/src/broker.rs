@@ -52,6 +52,8 @@ impl Broker {
             users: Vec::new(),
             vhosts: Vec::new(),
             limits: Limits::default(),
+            stomp_listen: None,
+            web_stomp_listen: None,
         }
     }
 }
@@ -65,6 +67,8 @@ pub struct BrokerBuilder {
     users: Vec<User>,
     vhosts: Vec<String>,
     limits: Limits,
+    stomp_listen: Option<SocketAddr>,
+    web_stomp_listen: Option<SocketAddr>,
 }
 
 impl BrokerBuilder {
@@ -106,6 +110,20 @@ impl BrokerBuilder {
         self
     }
 
+    /// Also accepts STOMP 1.0-1.2 connections on this address (RabbitMQ's port is 61613; off
+    /// unless set). See docs/operations.md for the mapping onto exchanges and queues.
+    pub fn stomp_listen(mut self, addr: SocketAddr) -> Self {
+        self.stomp_listen = Some(addr);
+        self
+    }
+
+    /// Also accepts STOMP over WebSockets on this address, path `/ws` (RabbitMQ's Web-STOMP
+    /// port is 15674; off unless set).
+    pub fn web_stomp_listen(mut self, addr: SocketAddr) -> Self {
+        self.web_stomp_listen = Some(addr);
+        self
+    }
+
     /// Replaces the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -131,6 +149,8 @@ impl BrokerBuilder {
             addr: self.listen,
             source,
         })?;
+        let stomp = bind_extra(self.stomp_listen).await?;
+        let web_stomp = bind_extra(self.web_stomp_listen).await?;
         let mut users = self.users;
         if users.is_empty() {
             users.push(User {
@@ -171,19 +191,43 @@ impl BrokerBuilder {
         });
         shared.check_alarms();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        let mut listeners = JoinSet::new();
+        listeners.spawn(accept_loop(listener, shared.clone(), stop_rx.clone()));
+        let stomp_addr = stomp.as_ref().map(|(_, a)| *a);
+        if let Some((l, addr)) = stomp {
+            tracing::info!(%addr, "STOMP listener ready");
+            listeners.spawn(crate::stomp::listener::accept_tcp(l, shared.clone(), stop_rx.clone()));
+        }
+        let web_stomp_addr = web_stomp.as_ref().map(|(_, a)| *a);
+        if let Some((l, addr)) = web_stomp {
+            tracing::info!(%addr, "Web-STOMP listener ready");
+            listeners.spawn(crate::stomp::listener::accept_web(l, shared.clone(), stop_rx));
+        }
+        let task = tokio::spawn(async move { while listeners.join_next().await.is_some() {} });
         tracing::info!(%local_addr, "warren-broker ready");
         Ok(BrokerHandle {
             shared: shared.clone(),
             local_addr,
+            stomp_addr,
+            web_stomp_addr,
             stop: stop_tx,
             task: Arc::new(Mutex::new(Some(task))),
         })
     }
 }
 
+/// Binds an optional extra listener (STOMP, Web-STOMP), with its real address.
+async fn bind_extra(
+    addr: Option<SocketAddr>,
+) -> Result<Option<(TcpListener, SocketAddr)>, BrokerError> {
+    let Some(addr) = addr else { return Ok(None) };
+    let bind_err = |source| BrokerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    Ok(Some((listener, local)))
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
     let limit = Arc::new(tokio::sync::Semaphore::new(
         shared.config.limits.max_connections,
     ));
@@ -207,7 +251,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                 };
                 let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let id = shared.next_conn_id();
                 let shared = shared.clone();
                 let stop = stop.clone();
                 conns.spawn(async move {
@@ -233,6 +277,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 pub struct BrokerHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    stomp_addr: Option<SocketAddr>,
+    web_stomp_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -249,6 +295,17 @@ impl BrokerHandle {
     /// The address the broker listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The STOMP listener's address, when [`BrokerBuilder::stomp_listen`] was given.
+    pub fn stomp_addr(&self) -> Option<SocketAddr> {
+        self.stomp_addr
+    }
+
+    /// The Web-STOMP listener's address (path `/ws`), when
+    /// [`BrokerBuilder::web_stomp_listen`] was given.
+    pub fn web_stomp_addr(&self) -> Option<SocketAddr> {
+        self.web_stomp_addr
     }
 
     /// An `amqp://` URL for the default user and vhost, e.g.

@@ -24,6 +24,8 @@ mod broker;
 mod config;
 mod core;
 mod shared;
+mod stomp;
+mod ws;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::Limits;

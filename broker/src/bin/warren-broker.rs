@@ -39,6 +39,14 @@ struct Args {
     /// BENCHMARKS.md). Raise it on machines with many cores and many busy connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: u16,
+    /// Address to accept STOMP 1.0-1.2 connections on (RabbitMQ's STOMP port is 61613).
+    /// Off unless given.
+    #[arg(long)]
+    stomp_listen: Option<SocketAddr>,
+    /// Address to accept STOMP over WebSockets on, path /ws (RabbitMQ's Web-STOMP port is
+    /// 15674). Off unless given.
+    #[arg(long)]
+    web_stomp_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -176,6 +184,12 @@ async fn serve(args: Args) -> ExitCode {
         limits.max_message_size = v;
     }
     let mut builder = Broker::builder().listen(args.listen).limits(limits);
+    if let Some(addr) = args.stomp_listen {
+        builder = builder.stomp_listen(addr);
+    }
+    if let Some(addr) = args.web_stomp_listen {
+        builder = builder.web_stomp_listen(addr);
+    }
     if args.memory_only {
         tracing::warn!(
             "memory-only (--memory-only): durable queues, exchanges and persistent messages \
@@ -210,6 +224,12 @@ async fn serve(args: Args) -> ExitCode {
         }
     };
     println!("warren-broker ready on {}", broker.local_addr());
+    if let Some(addr) = broker.stomp_addr() {
+        println!("warren-broker STOMP ready on {addr}");
+    }
+    if let Some(addr) = broker.web_stomp_addr() {
+        println!("warren-broker Web-STOMP ready on {addr}");
+    }
     let signal = signals.recv().await;
     tracing::info!(
         signal,
