@@ -631,11 +631,13 @@ def oversized_frame(env):
 # ----- cross protocol: a STOMP client calls a Warren RPC service -------------------------
 
 
-def rpc_call(env, service_queue):
+def rpc_call(env, destination):
+    """SEND to the service queue (`/amq/queue/NAME` for a transient service queue; `/queue/NAME`
+    declares the queue durable, so only for a server declaring it durable too)."""
     conn, l = env.connect()
     call_id = str(uuid.uuid4())
     conn.send(
-        "/queue/" + service_queue,
+        destination,
         json.dumps({"a": 2, "b": 3}),
         content_type="application/json",
         headers={

@@ -177,16 +177,24 @@ mod rpc_call {
     use warren_examples::{Calc, CalculatorServer};
 
     /// A STOMP client calls the calculator, served by warren-rpc on the same broker: SEND to
-    /// `/queue/<service queue>` with the wire protocol's headers, a JSON body and a
-    /// `/temp-queue/` reply-to; the reply comes back on the temp queue.
-    async fn case(target: StompTarget) {
+    /// the service queue with the wire protocol's headers, a JSON body and a `/temp-queue/`
+    /// reply-to; the reply comes back on the temp queue. `/queue/NAME` declares NAME durable
+    /// (RabbitMQ's STOMP rule), so it is used with a server declaring a durable service
+    /// queue; `/amq/queue/NAME` with the default (transient) one.
+    async fn case(target: StompTarget, durable: bool) {
         let queue = format!("stomp-calc-{}", uuid::Uuid::new_v4().simple());
         let server = warren_rpc::Server::builder()
             .queue_name(queue.clone())
+            .durable(durable)
             .serve(&target.amqp_url, CalculatorServer::new(Calc::new()))
             .await
             .unwrap_or_else(|e| panic!("{}: calculator server starts: {e}", target.name));
-        run_group(&target, "rpc", &[queue.clone()]).await;
+        let destination = if durable {
+            format!("/queue/{queue}")
+        } else {
+            format!("/amq/queue/{queue}")
+        };
+        run_group(&target, "rpc", &[destination]).await;
         server.shutdown().await;
         let conn = lapin::Connection::connect(&target.amqp_url, Default::default())
             .await
@@ -200,13 +208,17 @@ mod rpc_call {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bundled() {
-        case(super::bundled()).await;
+        case(super::bundled(), false).await;
+        case(super::bundled(), true).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rabbitmq() {
         match reference() {
-            Ok(t) => case(t).await,
+            Ok(t) => {
+                case(t.clone(), false).await;
+                case(t, true).await;
+            }
             Err(why) => skip(&why),
         }
     }
