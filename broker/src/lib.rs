@@ -25,7 +25,6 @@ mod config;
 mod core;
 mod shared;
 mod stomp;
-mod ws;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::Limits;
