@@ -25,6 +25,7 @@ mod config;
 mod core;
 mod shared;
 mod stomp;
+mod ws;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::Limits;
