@@ -86,6 +86,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut chosen: Option<&'static str> = None;
+    // The type is tungstenite's Callback signature; its error is a whole HTTP response.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != endpoint.path {
             return Err(refuse(StatusCode::NOT_FOUND));
