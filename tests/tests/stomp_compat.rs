@@ -223,3 +223,119 @@ mod rpc_call {
         }
     }
 }
+
+mod browser_web_stomp {
+    use super::*;
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    use std::time::Duration;
+
+    /// The body of the next message on `queue`, consumed without acks.
+    async fn next_body(ch: &lapin::Channel, queue: &str, what: &str) -> String {
+        let mut consumer = ch
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} from the page"))
+            .expect("a delivery")
+            .expect("delivery ok");
+        String::from_utf8_lossy(&delivery.data).into_owned()
+    }
+
+    /// A page in headless Chromium (tests/browser/web_stomp.html: a tiny STOMP client written
+    /// in the page) subscribes over Web-STOMP and receives what an AMQP client publishes.
+    async fn case(target: StompTarget) {
+        let chromium = std::env::var("WARREN_TEST_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+        if Command::new(&chromium).arg("--version").output().is_err() {
+            return skip(&format!("{chromium} is not installed (apt-get install chromium)"));
+        }
+        let conn = Connection::connect(&target.amqp_url, ConnectionProperties::default())
+            .await
+            .expect("AMQP connection");
+        let ch = conn.create_channel().await.expect("channel");
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let (ready, result, topic) = (
+            format!("web-ready-{suffix}"),
+            format!("web-result-{suffix}"),
+            format!("web.{suffix}"),
+        );
+        for q in [&ready, &result] {
+            ch.queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare");
+        }
+        let page: PathBuf = [env!("CARGO_MANIFEST_DIR"), "browser", "web_stomp.html"]
+            .iter()
+            .collect();
+        let url = format!(
+            "file://{}?ws=ws://{}/ws&topic={topic}&ready={ready}&result={result}",
+            page.display(),
+            target.web_stomp
+        );
+        let profile = std::env::temp_dir().join(format!("warren-chromium-{suffix}"));
+        let mut browser = tokio::process::Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(&url)
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromium starts");
+        assert_eq!(next_body(&ch, &ready, "ready").await, "ready", "{}", target.name);
+        ch.basic_publish(
+            "amq.topic".into(),
+            topic.as_str().into(),
+            BasicPublishOptions::default(),
+            b"hello browser",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+        let got = next_body(&ch, &result, "result").await;
+        let _ = browser.kill().await;
+        let _ = std::fs::remove_dir_all(&profile);
+        let (protocol, body) = got.split_once(' ').unwrap_or(("", &got));
+        assert_eq!(body, "hello browser", "{}: {got}", target.name);
+        assert!(
+            ["v10.stomp", "v11.stomp", "v12.stomp"].contains(&protocol),
+            "{}: a STOMP subprotocol was chosen: {got}",
+            target.name
+        );
+        for q in [&ready, &result] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), Default::default())
+                .await;
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bundled() {
+        case(super::bundled()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rabbitmq() {
+        match reference() {
+            Ok(t) => case(t).await,
+            Err(why) => skip(&why),
+        }
+    }
+}

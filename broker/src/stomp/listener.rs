@@ -4,6 +4,7 @@
 //! into the decoder's buffer and written batched; over a WebSocket, each message's payload is
 //! fed to the decoder (a frame may span messages, a message may hold several frames) and each
 //! frame goes out as one message (text when it is UTF-8, else binary), as RabbitMQ sends them.
+//! The WebSocket upgrade itself is `ws.rs`, shared with Web-MQTT.
 
 use super::connection::{serve, Source};
 use super::outbox::Wire;
@@ -18,9 +19,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use futures::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use crate::ws::{MessageKind, WsEndpoint, WsReader, WsWriter};
 use tokio::net::TcpStream;
 
 /// A TCP connection's reading half.
@@ -107,61 +106,51 @@ pub(crate) async fn drain(mut conns: JoinSet<()>) {
     }
 }
 
-/// The highest STOMP subprotocol offered (`v12.stomp` first), as RabbitMQ chooses.
-fn choose_subprotocol(offered: &[&str]) -> Option<&'static str> {
-    ["v12.stomp", "v11.stomp", "v10.stomp"]
-        .into_iter()
-        .find(|p| offered.contains(p))
-}
+/// Web-STOMP's endpoint: path `/ws`, the three STOMP subprotocols; a client offering none is
+/// accepted too, as RabbitMQ's Web-STOMP accepts it.
+const WEB_STOMP: WsEndpoint = WsEndpoint {
+    path: "/ws",
+    protocols: &["v12.stomp", "v11.stomp", "v10.stomp"],
+    require_protocol: false,
+};
 
-type Ws = WebSocketStream<TcpStream>;
-
-/// A WebSocket's incoming messages.
-struct WsSource(futures::stream::SplitStream<Ws>);
+/// A WebSocket's incoming data messages.
+struct WsSource(WsReader<TcpStream>);
 
 impl Source for WsSource {
-    fn read<'a>(&'a mut self, buf: &'a mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+    fn read<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
         async move {
             loop {
-                match self.0.next().await {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(0),
-                    Some(Ok(Message::Text(t))) if !t.is_empty() => {
-                        buf.extend_from_slice(t.as_bytes());
-                        return Ok(t.len());
+                match self.0.recv().await? {
+                    None => return Ok(0),
+                    Some(data) if data.is_empty() => continue,
+                    Some(data) => {
+                        buf.extend_from_slice(&data);
+                        return Ok(data.len());
                     }
-                    Some(Ok(Message::Binary(b))) if !b.is_empty() => {
-                        buf.extend_from_slice(&b);
-                        return Ok(b.len());
-                    }
-                    Some(Ok(_)) => continue,
                 }
             }
         }
     }
 }
 
-/// A WebSocket's outgoing side: one message per frame.
-struct WsWire(futures::stream::SplitSink<Ws, Message>);
+/// A WebSocket's outgoing side: one message per frame, text unless the body is binary.
+struct WsWire(WsWriter<TcpStream>);
 
 impl Wire for WsWire {
     fn send(&mut self, frame: Vec<u8>) -> impl Future<Output = io::Result<()>> + Send {
-        async move {
-            let msg = match String::from_utf8(frame) {
-                Ok(text) => Message::text(text),
-                Err(e) => Message::binary(e.into_bytes()),
-            };
-            self.0.feed(msg).await.map_err(io::Error::other)
-        }
+        self.0.feed(frame.into(), MessageKind::Text)
     }
 
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        async move { self.0.flush().await.map_err(io::Error::other) }
+        self.0.flush()
     }
 
     fn close(&mut self) -> impl Future<Output = ()> + Send {
-        async move {
-            let _ = self.0.close().await;
-        }
+        self.0.close()
     }
 }
 
@@ -187,14 +176,13 @@ pub(crate) async fn accept_web(
                 conns.spawn(async move {
                     // The upgrade gets the login timeout's budget; a client that never
                     // completes it is dropped.
-                    let upgrade = crate::ws::accept(stream, "/ws", choose_subprotocol);
+                    let upgrade = crate::ws::accept(stream, &WEB_STOMP);
                     let ws = match tokio::time::timeout(Duration::from_secs(10), upgrade).await {
                         Ok(Ok(ws)) => ws,
                         _ => return,
                     };
-                    let (sink, source) = ws.split();
                     let id = shared.next_conn_id();
-                    serve(shared, WsSource(source), WsWire(sink), peer, id, stop).await;
+                    serve(shared, WsSource(ws.reader), WsWire(ws.writer), peer, id, stop).await;
                 });
             }
         }
