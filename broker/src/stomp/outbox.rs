@@ -108,6 +108,14 @@ pub(crate) struct Receiver {
     queued: Arc<AtomicUsize>,
 }
 
+#[cfg(test)]
+impl Receiver {
+    /// Everything queued so far (tests drive sessions without a writer).
+    pub(crate) fn drain(&mut self) -> Vec<Out> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+}
+
 /// Where encoded frames go: a TCP stream (frames batched) or a WebSocket (one message each).
 pub(crate) trait Wire: Send {
     /// Writes (or buffers) one encoded frame.
