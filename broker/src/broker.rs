@@ -196,12 +196,20 @@ impl BrokerBuilder {
         let stomp_addr = stomp.as_ref().map(|(_, a)| *a);
         if let Some((l, addr)) = stomp {
             tracing::info!(%addr, "STOMP listener ready");
-            listeners.spawn(crate::stomp::listener::accept_tcp(l, shared.clone(), stop_rx.clone()));
+            listeners.spawn(crate::stomp::listener::accept_tcp(
+                l,
+                shared.clone(),
+                stop_rx.clone(),
+            ));
         }
         let web_stomp_addr = web_stomp.as_ref().map(|(_, a)| *a);
         if let Some((l, addr)) = web_stomp {
             tracing::info!(%addr, "Web-STOMP listener ready");
-            listeners.spawn(crate::stomp::listener::accept_web(l, shared.clone(), stop_rx));
+            listeners.spawn(crate::stomp::listener::accept_web(
+                l,
+                shared.clone(),
+                stop_rx,
+            ));
         }
         let task = tokio::spawn(async move { while listeners.join_next().await.is_some() {} });
         tracing::info!(%local_addr, "warren-broker ready");

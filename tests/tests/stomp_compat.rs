@@ -64,9 +64,11 @@ fn bundled() -> StompTarget {
 fn reference() -> Result<StompTarget, String> {
     let stomp: SocketAddr = "127.0.0.1:61614".parse().expect("address");
     if std::net::TcpStream::connect(stomp).is_err() {
-        return Err("the reference node's STOMP (127.0.0.1:61614) is unreachable; \
+        return Err(
+            "the reference node's STOMP (127.0.0.1:61614) is unreachable; \
                     run ../shared/refnode.sh start"
-            .to_string());
+                .to_string(),
+        );
     }
     Ok(StompTarget {
         name: "rabbitmq",
@@ -259,7 +261,9 @@ mod browser_web_stomp {
     async fn case(target: StompTarget) {
         let chromium = std::env::var("WARREN_TEST_CHROMIUM").unwrap_or_else(|_| "chromium".into());
         if Command::new(&chromium).arg("--version").output().is_err() {
-            return skip(&format!("{chromium} is not installed (apt-get install chromium)"));
+            return skip(&format!(
+                "{chromium} is not installed (apt-get install chromium)"
+            ));
         }
         let conn = Connection::connect(&target.amqp_url, ConnectionProperties::default())
             .await
@@ -298,7 +302,12 @@ mod browser_web_stomp {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("chromium starts");
-        assert_eq!(next_body(&ch, &ready, "ready").await, "ready", "{}", target.name);
+        assert_eq!(
+            next_body(&ch, &ready, "ready").await,
+            "ready",
+            "{}",
+            target.name
+        );
         ch.basic_publish(
             "amq.topic".into(),
             topic.as_str().into(),
@@ -319,9 +328,7 @@ mod browser_web_stomp {
             target.name
         );
         for q in [&ready, &result] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), Default::default())
-                .await;
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
         }
         let _ = conn.close(200, "bye".into()).await;
     }

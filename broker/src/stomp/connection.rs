@@ -32,7 +32,10 @@ pub(crate) const MAX_FRAME_UNAUTHENTICATED: usize = 64 * 1024;
 /// Where a connection's bytes come from: a TCP stream, or a WebSocket's messages.
 pub(crate) trait Source: Send {
     /// Appends what arrived to `buf`; Ok(0) when the peer closed.
-    fn read<'a>(&'a mut self, buf: &'a mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+    fn read<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
 }
 
 /// Serves one STOMP connection until it closes.
@@ -134,10 +137,12 @@ async fn read_loop<S: Source>(
 /// Handles a frame; a panic (a bug) closes this connection only, as a crashed STOMP process
 /// does in RabbitMQ, and the others go on (the state lock recovers, see `StateLock`).
 fn handle(session: &mut Session, frame: super::frame::Frame) -> Step {
-    let outcome =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle(frame)));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle(frame)));
     outcome.unwrap_or_else(|_| {
-        tracing::error!(conn = session.conn, "STOMP frame handler panicked; closing connection");
+        tracing::error!(
+            conn = session.conn,
+            "STOMP frame handler panicked; closing connection"
+        );
         session
             .outbox
             .frame(error_frame("Processing error", "Processing error"));

@@ -29,7 +29,13 @@ const ALL_PREFIXES: &str = "/temp-queue, /exchange, /topic, /queue, /amq/queue, 
 
 /// A reply-to starting with one of these is passed to STOMP clients as is; any other value
 /// gets `/reply-queue/` in front (rabbit_routing_util:dest_prefixes/0).
-const DEST_PREFIXES: [&str; 5] = ["/exchange", "/topic", "/queue", "/amq/queue", "/reply-queue/"];
+const DEST_PREFIXES: [&str; 5] = [
+    "/exchange",
+    "/topic",
+    "/queue",
+    "/amq/queue",
+    "/reply-queue/",
+];
 
 /// Why a destination header does not parse: the ERROR frame's message and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,9 +187,15 @@ mod tests {
             Destination::parse("/exchange/x/k"),
             Ok(Exchange("x".into(), Some("k".into())))
         );
-        assert_eq!(Destination::parse("/exchange/x"), Ok(Exchange("x".into(), None)));
+        assert_eq!(
+            Destination::parse("/exchange/x"),
+            Ok(Exchange("x".into(), None))
+        );
         assert_eq!(Destination::parse("/amq/queue/q"), Ok(AmqQueue("q".into())));
-        assert_eq!(Destination::parse("/temp-queue/t"), Ok(TempQueue("t".into())));
+        assert_eq!(
+            Destination::parse("/temp-queue/t"),
+            Ok(TempQueue("t".into()))
+        );
         assert_eq!(
             Destination::parse("/reply-queue/a/b"),
             Ok(ReplyQueue("a/b".into()))

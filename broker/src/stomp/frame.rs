@@ -390,7 +390,10 @@ mod tests {
     fn encoding_escapes_and_round_trips() {
         let mut f = Frame::new(
             "MESSAGE",
-            vec![("a:b".into(), "c\nd\\e\r".into()), ("content-length".into(), "9".into())],
+            vec![
+                ("a:b".into(), "c\nd\\e\r".into()),
+                ("content-length".into(), "9".into()),
+            ],
         );
         f.body = Bytes::from_static(b"x\0y");
         let mut out = Vec::new();

@@ -9,6 +9,7 @@
 use super::connection::{serve, Source};
 use super::outbox::Wire;
 use crate::shared::Shared;
+use crate::ws::{MessageKind, WsEndpoint, WsReader, WsWriter};
 use bytes::BytesMut;
 use std::future::Future;
 use std::io;
@@ -17,16 +18,18 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use crate::ws::{MessageKind, WsEndpoint, WsReader, WsWriter};
-use tokio::net::TcpStream;
 
 /// A TCP connection's reading half.
 struct TcpSource(OwnedReadHalf);
 
 impl Source for TcpSource {
-    fn read<'a>(&'a mut self, buf: &'a mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+    fn read<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
         self.0.read_buf(buf)
     }
 }
@@ -38,31 +41,24 @@ struct TcpWire {
 }
 
 impl Wire for TcpWire {
-    fn send(&mut self, frame: Vec<u8>) -> impl Future<Output = io::Result<()>> + Send {
-        async move {
-            self.buf.extend_from_slice(&frame);
-            if self.buf.len() >= 64 * 1024 {
-                self.w.write_all(&self.buf).await?;
-                self.buf.clear();
-            }
-            Ok(())
+    async fn send(&mut self, frame: Vec<u8>) -> io::Result<()> {
+        self.buf.extend_from_slice(&frame);
+        if self.buf.len() >= 64 * 1024 {
+            self.flush().await?;
         }
+        Ok(())
     }
 
-    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        async move {
-            if !self.buf.is_empty() {
-                self.w.write_all(&self.buf).await?;
-                self.buf.clear();
-            }
-            Ok(())
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.w.write_all(&self.buf).await?;
+            self.buf.clear();
         }
+        Ok(())
     }
 
-    fn close(&mut self) -> impl Future<Output = ()> + Send {
-        async move {
-            let _ = self.w.shutdown().await;
-        }
+    async fn close(&mut self) {
+        let _ = self.w.shutdown().await;
     }
 }
 
@@ -101,7 +97,10 @@ pub(crate) async fn accept_tcp(
 /// Gives the connections of a stopping listener 5 s to close, then drops them.
 pub(crate) async fn drain(mut conns: JoinSet<()>) {
     let all = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .is_err()
+    {
         conns.abort_all();
     }
 }
@@ -118,19 +117,14 @@ const WEB_STOMP: WsEndpoint = WsEndpoint {
 struct WsSource(WsReader<TcpStream>);
 
 impl Source for WsSource {
-    fn read<'a>(
-        &'a mut self,
-        buf: &'a mut BytesMut,
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
-        async move {
-            loop {
-                match self.0.recv().await? {
-                    None => return Ok(0),
-                    Some(data) if data.is_empty() => continue,
-                    Some(data) => {
-                        buf.extend_from_slice(&data);
-                        return Ok(data.len());
-                    }
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            match self.0.recv().await? {
+                None => return Ok(0),
+                Some(data) if data.is_empty() => continue,
+                Some(data) => {
+                    buf.extend_from_slice(&data);
+                    return Ok(data.len());
                 }
             }
         }

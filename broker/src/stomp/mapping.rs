@@ -66,7 +66,8 @@ pub(crate) fn properties(frame: &Frame) -> Result<AMQPProperties, BadProperty> {
     if let Some(n) = frame.int_header("timestamp").map_err(|_| BadProperty)? {
         p = p.with_timestamp(u64::try_from(n).map_err(|_| BadProperty)?);
     }
-    let set: [(&str, fn(AMQPProperties, ShortString) -> AMQPProperties); 9] = [
+    type With = fn(AMQPProperties, ShortString) -> AMQPProperties;
+    let set: [(&str, With); 9] = [
         ("content-type", AMQPProperties::with_content_type),
         ("content-encoding", AMQPProperties::with_content_encoding),
         ("correlation-id", AMQPProperties::with_correlation_id),

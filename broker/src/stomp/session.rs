@@ -191,7 +191,9 @@ impl Session {
             Err(Failure::Silent) => return Step::Close,
         };
         // SEND receipts wait until the message is safe (see send.rs); CONNECT has none.
-        if let Some(id) = receipt.filter(|_| !matches!(command.as_str(), "SEND" | "CONNECT" | "STOMP")) {
+        if let Some(id) =
+            receipt.filter(|_| !matches!(command.as_str(), "SEND" | "CONNECT" | "STOMP"))
+        {
             self.outbox.frame(receipt_frame(&id));
         }
         step
@@ -306,7 +308,8 @@ fn trim_values(mut frame: Frame) -> Frame {
 
 /// SUBSCRIBE and UNSUBSCRIBE of a durable subscription need an `id`.
 fn validate(frame: &Frame) -> Result<(), Failure> {
-    let durable = frame.header("durable") == Some("true") || frame.header("persistent") == Some("true");
+    let durable =
+        frame.header("durable") == Some("true") || frame.header("persistent") == Some("true");
     if matches!(frame.command.as_str(), "SUBSCRIBE" | "UNSUBSCRIBE")
         && durable
         && frame.header("id").is_none()

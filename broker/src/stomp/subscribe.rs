@@ -36,7 +36,10 @@ pub(super) fn destination(frame: &Frame) -> Result<(String, Destination), Failur
     let Some(hdr) = frame.header("destination") else {
         return Err(Failure::error(
             "Missing destination",
-            format!("\"{}\" must include a 'destination' header\n", frame.command),
+            format!(
+                "\"{}\" must include a 'destination' header\n",
+                frame.command
+            ),
         ));
     };
     let dest =

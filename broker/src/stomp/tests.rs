@@ -39,7 +39,13 @@ fn session(shared: &Arc<Shared>) -> (Session, Receiver) {
     let conn = shared.next_conn_id();
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     (
-        Session::new(shared.clone(), conn, loopback, outbox, "session-test".into()),
+        Session::new(
+            shared.clone(),
+            conn,
+            loopback,
+            outbox,
+            "session-test".into(),
+        ),
         rx,
     )
 }
@@ -62,31 +68,57 @@ fn commands(rx: &mut Receiver) -> Vec<String> {
         .into_iter()
         .filter_map(|o| match o {
             Out::Frame(f) => Some(f.command),
-            Out::Core(Event::Deliver { delivery_tag, .. }) => Some(format!("DELIVER {delivery_tag}")),
+            Out::Core(Event::Deliver { delivery_tag, .. }) => {
+                Some(format!("DELIVER {delivery_tag}"))
+            }
             _ => None,
         })
         .collect()
 }
 
-const CONNECT: &[(&str, &str)] = &[("accept-version", "1.2"), ("login", "guest"), ("passcode", "guest")];
+const CONNECT: &[(&str, &str)] = &[
+    ("accept-version", "1.2"),
+    ("login", "guest"),
+    ("passcode", "guest"),
+];
 
 #[test]
 fn connect_subscribe_send_ack_and_transactions() {
     let shared = shared();
     let (mut s, mut rx) = session(&shared);
-    assert_eq!(s.handle(frame("SEND", &[("destination", "/queue/q")], "x")), Step::Continue);
+    assert_eq!(
+        s.handle(frame("SEND", &[("destination", "/queue/q")], "x")),
+        Step::Continue
+    );
     assert_eq!(commands(&mut rx), ["ERROR"], "nothing before CONNECT");
     s.handle(frame("CONNECT", CONNECT, ""));
     assert_eq!(commands(&mut rx), ["CONNECTED"]);
-    let sub = [("destination", "/queue/q"), ("id", "s"), ("ack", "client-individual"), ("receipt", "r")];
+    let sub = [
+        ("destination", "/queue/q"),
+        ("id", "s"),
+        ("ack", "client-individual"),
+        ("receipt", "r"),
+    ];
     s.handle(frame("SUBSCRIBE", &sub, ""));
     assert_eq!(commands(&mut rx), ["RECEIPT"]);
-    s.handle(frame("SEND", &[("destination", "/queue/q"), ("receipt", "sent")], "one"));
+    s.handle(frame(
+        "SEND",
+        &[("destination", "/queue/q"), ("receipt", "sent")],
+        "one",
+    ));
     assert_eq!(commands(&mut rx), ["DELIVER 1", "RECEIPT"]);
     s.handle(frame("BEGIN", &[("transaction", "t")], ""));
-    s.handle(frame("SEND", &[("destination", "/queue/q"), ("transaction", "t")], "two"));
+    s.handle(frame(
+        "SEND",
+        &[("destination", "/queue/q"), ("transaction", "t")],
+        "two",
+    ));
     assert_eq!(commands(&mut rx), Vec::<String>::new(), "held until COMMIT");
-    s.handle(frame("ACK", &[("id", "T_s@@session-test@@1"), ("transaction", "t")], ""));
+    s.handle(frame(
+        "ACK",
+        &[("id", "T_s@@session-test@@1"), ("transaction", "t")],
+        "",
+    ));
     s.handle(frame("COMMIT", &[("transaction", "t")], ""));
     assert_eq!(commands(&mut rx), ["DELIVER 2"]);
     // An unknown delivery tag is a channel error in RabbitMQ: ERROR, then close.
@@ -97,7 +129,11 @@ fn connect_subscribe_send_ack_and_transactions() {
     // The unacknowledged second message went back to its queue with the session.
     let (mut s2, mut rx2) = session(&shared);
     s2.handle(frame("CONNECT", CONNECT, ""));
-    s2.handle(frame("SUBSCRIBE", &[("destination", "/queue/q"), ("id", "s")], ""));
+    s2.handle(frame(
+        "SUBSCRIBE",
+        &[("destination", "/queue/q"), ("id", "s")],
+        "",
+    ));
     assert_eq!(commands(&mut rx2), ["CONNECTED", "DELIVER 1"]);
 }
 
@@ -134,17 +170,52 @@ fn random_bytes_never_panic_the_decoder() {
 #[test]
 fn random_frames_never_panic_a_session() {
     const COMMANDS: [&str; 12] = [
-        "SEND", "SUBSCRIBE", "UNSUBSCRIBE", "ACK", "NACK", "BEGIN", "COMMIT", "ABORT",
-        "DISCONNECT", "CONNECT", "FOO", "STOMP",
+        "SEND",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "ACK",
+        "NACK",
+        "BEGIN",
+        "COMMIT",
+        "ABORT",
+        "DISCONNECT",
+        "CONNECT",
+        "FOO",
+        "STOMP",
     ];
     const NAMES: [&str; 16] = [
-        "destination", "id", "ack", "receipt", "transaction", "reply-to", "persistent",
-        "durable", "priority", "expiration", "prefetch-count", "x-queue-name", "user-id",
-        "auto-delete", "x-max-length", "heart-beat",
+        "destination",
+        "id",
+        "ack",
+        "receipt",
+        "transaction",
+        "reply-to",
+        "persistent",
+        "durable",
+        "priority",
+        "expiration",
+        "prefetch-count",
+        "x-queue-name",
+        "user-id",
+        "auto-delete",
+        "x-max-length",
+        "heart-beat",
     ];
     const VALUES: [&str; 14] = [
-        "/queue/q", "/topic/t", "/exchange/amq.direct/k", "/amq/queue/nope", "/temp-queue/x",
-        "/reply-queue/y", "true", "client", "1", "-5", "T_1@@s@@1", "", "x@@y", "/bad/dest",
+        "/queue/q",
+        "/topic/t",
+        "/exchange/amq.direct/k",
+        "/amq/queue/nope",
+        "/temp-queue/x",
+        "/reply-queue/y",
+        "true",
+        "client",
+        "1",
+        "-5",
+        "T_1@@s@@1",
+        "",
+        "x@@y",
+        "/bad/dest",
     ];
     let shared = shared();
     let mut rng = rand::rngs::StdRng::seed_from_u64(15);
