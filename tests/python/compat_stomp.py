@@ -528,12 +528,18 @@ def still_serving(env):
     conn.disconnect()
 
 
+def answered_with_error(s, data, message, detail):
+    """Sends `data` and expects an ERROR frame with this message and detail first."""
+    s.sendall(data)
+    frames, _ = read_frames(s, lambda fs: fs)
+    e = expect_error(frames, message)
+    assert e[2] == detail, e
+
+
 def bad_before_connect(env):
     s = socket.create_connection((env.host, env.port), timeout=WAIT)
-    s.sendall(b"SEND\ndestination:/queue/x\n\nhi\x00")
-    frames, closed = read_frames(s, lambda fs: fs)
-    e = expect_error(frames, "Illegal command")
-    assert e[2] == b"You must log in using CONNECT first", e
+    answered_with_error(s, b"SEND\ndestination:/queue/x\n\nhi\x00", "Illegal command",
+                        b"You must log in using CONNECT first")
     s.close()
 
 
@@ -563,14 +569,10 @@ def bad_commands(env):
 
 def bad_login(env):
     s = socket.create_connection((env.host, env.port), timeout=WAIT)
-    s.sendall(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:wrong\n\n\x00")
-    frames, _ = read_frames(s, lambda fs: fs)
-    e = expect_error(frames, "Bad CONNECT")
-    assert e[2] == b"Access refused for user 'guest'\n", e
-    s.sendall(b"CONNECT\naccept-version:2.0\n\n\x00")
-    frames, _ = read_frames(s, lambda fs: fs)
-    e = expect_error(frames, "Version mismatch")
-    assert e[2] == b"Supported versions are 1.0,1.1,1.2\n", e
+    answered_with_error(s, b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:wrong\n\n\x00",
+                        "Bad CONNECT", b"Access refused for user 'guest'\n")
+    answered_with_error(s, b"CONNECT\naccept-version:2.0\n\n\x00", "Version mismatch",
+                        b"Supported versions are 1.0,1.1,1.2\n")
     s.close()
 
 

@@ -13,6 +13,7 @@ use crate::ws::{MessageKind, WsEndpoint, WsReader, WsWriter};
 use bytes::BytesMut;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,35 +68,46 @@ impl Wire for TcpWire {
 pub(crate) async fn accept_tcp(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    accept_loop(listener, stop.clone(), move |stream, peer| {
+        let (r, w) = stream.into_split();
+        let wire = TcpWire { w, buf: Vec::new() };
+        let id = shared.next_conn_id();
+        serve(shared.clone(), TcpSource(r), wire, peer, id, stop.clone())
+    })
+    .await;
+}
+
+/// Accepts connections until the broker stops, running `serve` for each in a task of its
+/// own; then gives them 5 s to close.
+async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, mut serve: F)
+where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "STOMP accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
-                let wire = TcpWire { w, buf: Vec::new() };
-                let id = shared.next_conn_id();
-                conns.spawn(serve(shared.clone(), TcpSource(r), wire, peer, id, stop.clone()));
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(serve(stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "STOMP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
         }
     }
     drain(conns).await;
 }
 
 /// Gives the connections of a stopping listener 5 s to close, then drops them.
-pub(crate) async fn drain(mut conns: JoinSet<()>) {
+async fn drain(mut conns: JoinSet<()>) {
     let all = async { while conns.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), all)
         .await
@@ -152,34 +164,29 @@ impl Wire for WsWire {
 pub(crate) async fn accept_web(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let stop = stop.clone();
-                conns.spawn(async move {
-                    // The upgrade gets the login timeout's budget; a client that never
-                    // completes it is dropped.
-                    let upgrade = crate::ws::accept(stream, &WEB_STOMP);
-                    let ws = match tokio::time::timeout(Duration::from_secs(10), upgrade).await {
-                        Ok(Ok(ws)) => ws,
-                        _ => return,
-                    };
-                    let id = shared.next_conn_id();
-                    serve(shared, WsSource(ws.reader), WsWire(ws.writer), peer, id, stop).await;
-                });
-            }
+    accept_loop(listener, stop.clone(), move |stream, peer| {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        async move {
+            // The upgrade gets the login timeout's budget; a client that never completes it
+            // is dropped.
+            let upgrade = crate::ws::accept(stream, &WEB_STOMP);
+            let Ok(Ok(ws)) = tokio::time::timeout(Duration::from_secs(10), upgrade).await else {
+                return;
+            };
+            let id = shared.next_conn_id();
+            serve(
+                shared,
+                WsSource(ws.reader),
+                WsWire(ws.writer),
+                peer,
+                id,
+                stop,
+            )
+            .await;
         }
-    }
-    drain(conns).await;
+    })
+    .await;
 }
