@@ -228,18 +228,23 @@ impl Session {
     /// UNSUBSCRIBE: cancels the consumer; with `durable:true` on a topic, deletes its queue.
     pub(super) fn unsubscribe(&mut self, frame: &Frame) -> Result<(), Failure> {
         let (tag, description) = consumer_tag(frame)?;
-        let Some(sub) = self.subs.remove(&tag) else {
-            return Err(Failure::error(
+        let not_found = || {
+            Failure::error(
                 "No subscription found",
                 format!(
                     "UNSUBSCRIBE must refer to an existing subscription.\nSubscription to \"{description}\" not found.\n"
                 ),
-            ));
+            )
         };
+        let sub = self.subs.remove(&tag).ok_or_else(not_found)?;
         let key = self.key();
         let vhost = self.login().vhost.clone();
         let mut state = self.shared.state.lock();
-        state.cancel(key, &tag);
+        // A consumer the broker cancelled (its queue was deleted) is gone already: RabbitMQ
+        // forgot the subscription when it sent the client its ERROR frame.
+        if !state.cancel(key, &tag) {
+            return Err(not_found());
+        }
         let durable = frame.bool_header("durable") == Some(true)
             || frame.bool_header("persistent") == Some(true);
         if let (true, Ok(Destination::Topic(name)), Some(id)) =

@@ -244,3 +244,32 @@ fn random_frames_never_panic_a_session() {
         rx.drain();
     }
 }
+
+#[test]
+fn a_subscription_whose_queue_is_deleted_is_gone() {
+    let shared = shared();
+    let (mut s, mut rx) = session(&shared);
+    s.handle(frame("CONNECT", CONNECT, ""));
+    s.handle(frame(
+        "SUBSCRIBE",
+        &[("destination", "/queue/gone"), ("id", "g")],
+        "",
+    ));
+    let conn = 1_000_000; // any other connection
+    shared
+        .state
+        .lock()
+        .queue_delete("/", conn, "gone", false, false)
+        .expect("delete");
+    let cancelled = rx
+        .drain()
+        .into_iter()
+        .any(|o| matches!(o, Out::Core(Event::Cancelled { .. })));
+    assert!(cancelled, "the session is told its consumer was cancelled");
+    s.handle(frame("UNSUBSCRIBE", &[("id", "g")], ""));
+    assert_eq!(
+        commands(&mut rx),
+        ["ERROR"],
+        "No subscription found, as RabbitMQ"
+    );
+}
