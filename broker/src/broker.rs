@@ -66,6 +66,8 @@ impl Broker {
             prometheus: None,
             mqtt_listen: None,
             web_mqtt_listen: None,
+            stomp_listen: None,
+            web_stomp_listen: None,
         }
     }
 }
@@ -83,6 +85,8 @@ pub struct BrokerBuilder {
     prometheus: Option<SocketAddr>,
     mqtt_listen: Option<SocketAddr>,
     web_mqtt_listen: Option<SocketAddr>,
+    stomp_listen: Option<SocketAddr>,
+    web_stomp_listen: Option<SocketAddr>,
 }
 
 impl BrokerBuilder {
@@ -177,6 +181,20 @@ impl BrokerBuilder {
         self
     }
 
+    /// Also accepts STOMP 1.0-1.2 connections on this address (RabbitMQ's port is 61613; off
+    /// unless set). See docs/operations.md for the mapping onto exchanges and queues.
+    pub fn stomp_listen(mut self, addr: SocketAddr) -> Self {
+        self.stomp_listen = Some(addr);
+        self
+    }
+
+    /// Also accepts STOMP over WebSockets on this address, path `/ws` (RabbitMQ's Web-STOMP
+    /// port is 15674; off unless set).
+    pub fn web_stomp_listen(mut self, addr: SocketAddr) -> Self {
+        self.web_stomp_listen = Some(addr);
+        self
+    }
+
     /// Replaces the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -192,6 +210,14 @@ impl BrokerBuilder {
             })?;
         }
         let (listener, local_addr) = bind(self.listen).await?;
+        let stomp = match self.stomp_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let web_stomp = match self.web_stomp_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let mut state = State::new();
         state.warn_on_durable_without_storage(self.warn_durable_without_storage);
         state.set_paging(
@@ -240,7 +266,7 @@ impl BrokerBuilder {
         )
         .await?;
         let mqtt = Arc::new(crate::mqtt::MqttShared::default());
-        let mut others = Vec::new();
+        let mut listeners = JoinSet::new();
         let mut mqtt_addrs = [None, None];
         for (i, addr, kind) in [
             (0, self.mqtt_listen, crate::mqtt::Listener::Tcp),
@@ -251,15 +277,28 @@ impl BrokerBuilder {
             mqtt_addrs[i] = Some(bound);
             let listen =
                 crate::mqtt::listen(l, kind, shared.clone(), mqtt.clone(), stop_rx.clone());
-            others.push(tokio::spawn(listen));
+            listeners.spawn(listen);
         }
-        let amqp = accept_loop(listener, shared.clone(), stop_rx);
-        let task = tokio::spawn(async move {
-            amqp.await;
-            for t in others {
-                let _ = t.await;
-            }
-        });
+        listeners.spawn(accept_loop(listener, shared.clone(), stop_rx.clone()));
+        let stomp_addr = stomp.as_ref().map(|(_, a)| *a);
+        if let Some((l, addr)) = stomp {
+            tracing::info!(%addr, "STOMP listener ready");
+            listeners.spawn(crate::stomp::listener::accept_tcp(
+                l,
+                shared.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        let web_stomp_addr = web_stomp.as_ref().map(|(_, a)| *a);
+        if let Some((l, addr)) = web_stomp {
+            tracing::info!(%addr, "Web-STOMP listener ready");
+            listeners.spawn(crate::stomp::listener::accept_web(
+                l,
+                shared.clone(),
+                stop_rx,
+            ));
+        }
+        let task = tokio::spawn(async move { while listeners.join_next().await.is_some() {} });
         tracing::info!(%local_addr, "warren-broker ready");
         Ok(BrokerHandle {
             shared: shared.clone(),
@@ -268,6 +307,8 @@ impl BrokerBuilder {
             prometheus_addr,
             mqtt_addr: mqtt_addrs[0],
             web_mqtt_addr: mqtt_addrs[1],
+            stomp_addr,
+            web_stomp_addr,
             stop: stop_tx,
             task: Arc::new(Mutex::new(Some(task))),
         })
@@ -370,12 +411,6 @@ fn boot_access(
     access
 }
 
-/// A connection id unique across every protocol's listeners (the core keys sessions by it).
-pub(crate) fn next_conn_id() -> crate::core::message::ConnId {
-    static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
-}
-
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(
         shared.config.limits.max_connections,
@@ -400,7 +435,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                 };
                 let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                let id = next_conn_id();
+                let id = shared.next_conn_id();
                 let shared = shared.clone();
                 let stop = stop.clone();
                 conns.spawn(async move {
@@ -430,6 +465,8 @@ pub struct BrokerHandle {
     prometheus_addr: Option<SocketAddr>,
     mqtt_addr: Option<SocketAddr>,
     web_mqtt_addr: Option<SocketAddr>,
+    stomp_addr: Option<SocketAddr>,
+    web_stomp_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -468,6 +505,17 @@ impl BrokerHandle {
     /// The Web-MQTT listener's address, when [`BrokerBuilder::web_mqtt_listen`] was given.
     pub fn web_mqtt_local_addr(&self) -> Option<SocketAddr> {
         self.web_mqtt_addr
+    }
+
+    /// The STOMP listener's address, when [`BrokerBuilder::stomp_listen`] was given.
+    pub fn stomp_addr(&self) -> Option<SocketAddr> {
+        self.stomp_addr
+    }
+
+    /// The Web-STOMP listener's address (path `/ws`), when
+    /// [`BrokerBuilder::web_stomp_listen`] was given.
+    pub fn web_stomp_addr(&self) -> Option<SocketAddr> {
+        self.web_stomp_addr
     }
 
     /// An `amqp://` URL for the default user and vhost, e.g.

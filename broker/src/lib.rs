@@ -28,6 +28,7 @@ mod core;
 mod http;
 mod mqtt;
 mod shared;
+mod stomp;
 mod ws;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};

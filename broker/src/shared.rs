@@ -21,7 +21,15 @@ pub(crate) struct Shared {
     pub(crate) data_dir: Option<PathBuf>,
 }
 
+/// Connection ids, unique across every front-end for the process's lifetime.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
 impl Shared {
+    /// A new connection id (AMQP, STOMP, ... share one sequence: the core keys sessions by it).
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Re-evaluates the memory and disk alarms.
     pub(crate) fn check_alarms(&self) {
         let mem = resident_memory();

@@ -1,6 +1,7 @@
 //! The WebSocket transport that the Web-MQTT and Web-STOMP front-ends share: accepts the HTTP
 //! upgrade on one path, negotiates the subprotocol, and then presents the connection as a
-//! stream of data messages in ([`WsReader::recv`]) and out ([`WsWriter::send`]).
+//! stream of data messages in ([`WsReader::recv`]) and out ([`WsWriter::feed`], then
+//! [`WsWriter::flush`]).
 //!
 //! Front-ends parse what arrives as a byte stream: a message may hold part of a packet or
 //! several (RabbitMQ's Web-MQTT and Web-STOMP parse it the same way), so the reader hands out
@@ -12,7 +13,8 @@
 //! let ws = ws::accept(tcp_stream, &ENDPOINT).await?;
 //! let (mut reader, mut writer) = (ws.reader, ws.writer);
 //! while let Some(data) = reader.recv().await? { buf.extend_from_slice(&data); /* parse */ }
-//! writer.send(Bytes::from_static(b"..."), MessageKind::Binary).await?;
+//! writer.feed(Bytes::from_static(b"..."), MessageKind::Binary).await?;
+//! writer.flush().await?;
 //! ```
 
 use bytes::Bytes;
@@ -31,8 +33,8 @@ use tokio_tungstenite::WebSocketStream;
 pub(crate) struct WsEndpoint {
     /// The request path (RabbitMQ's plugins use `/ws`); any other path gets 404.
     pub(crate) path: &'static str,
-    /// Subprotocols in order of preference (`mqtt`; `v12.stomp`, ...). The first one the client
-    /// offers is chosen and sent back in `Sec-WebSocket-Protocol`.
+    /// Subprotocols in order of preference (`mqtt`; `v12.stomp`, ...). The first of them the
+    /// client offers is chosen and sent back in `Sec-WebSocket-Protocol`.
     pub(crate) protocols: &'static [&'static str],
     /// Refuse (400) a client that offers none of `protocols`. When false such a client is
     /// accepted without a subprotocol, as RabbitMQ's Web-MQTT accepts it.
@@ -45,16 +47,12 @@ pub(crate) enum MessageKind {
     /// A binary message (MQTT packets).
     Binary,
     /// A text message (STOMP frames, which are text unless they carry a binary body).
-    #[allow(dead_code)] // for Web-STOMP
     Text,
 }
 
 /// An accepted WebSocket connection, split into its two directions.
 #[derive(Debug)]
 pub(crate) struct WsConnection<S> {
-    /// The negotiated subprotocol, if any.
-    #[allow(dead_code)] // for Web-STOMP (STOMP versions); MQTT has one
-    pub(crate) protocol: Option<&'static str>,
     /// Data messages from the client.
     pub(crate) reader: WsReader<S>,
     /// Data messages to the client.
@@ -84,15 +82,13 @@ pub(crate) async fn accept<S>(stream: S, endpoint: &WsEndpoint) -> io::Result<Ws
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut chosen: Option<&'static str> = None;
     // The type is tungstenite's Callback signature; its error is a whole HTTP response.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != endpoint.path {
             return Err(refuse(StatusCode::NOT_FOUND));
         }
-        chosen = choose_protocol(req, endpoint.protocols);
-        match chosen {
+        match choose_protocol(req, endpoint.protocols) {
             Some(p) => {
                 resp.headers_mut()
                     .insert("sec-websocket-protocol", HeaderValue::from_static(p));
@@ -110,7 +106,6 @@ where
         .map_err(to_io)?;
     let (writer, reader) = ws.split();
     Ok(WsConnection {
-        protocol: chosen,
         reader: WsReader { inner: reader },
         writer: WsWriter { inner: writer },
     })
@@ -122,15 +117,18 @@ fn refuse(status: StatusCode) -> ErrorResponse {
     resp
 }
 
-/// The first subprotocol the client offers that the endpoint speaks.
+/// The endpoint's most preferred subprotocol among those the client offers (RabbitMQ's
+/// Web-STOMP answers `v12.stomp` to a browser offering `v10.stomp, v11.stomp, v12.stomp`).
 fn choose_protocol(req: &Request, ours: &[&'static str]) -> Option<&'static str> {
-    req.headers()
+    let offered: Vec<&str> = req
+        .headers()
         .get_all("sec-websocket-protocol")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .find_map(|offered| ours.iter().copied().find(|p| *p == offered))
+        .collect();
+    ours.iter().copied().find(|p| offered.contains(p))
 }
 
 fn to_io(e: WsError) -> io::Error {
@@ -159,16 +157,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsReader<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
-    /// Sends one data message and flushes it.
-    #[allow(dead_code)] // for Web-STOMP A text message must be valid UTF-8 (it is sent
-    /// as binary otherwise, rather than failing).
-    pub(crate) async fn send(&mut self, data: Bytes, kind: MessageKind) -> io::Result<()> {
-        self.feed(data, kind).await?;
-        self.inner.flush().await.map_err(to_io)
-    }
-
     /// Queues one data message without flushing: several fed messages leave in one write at
-    /// the next [`send`](Self::send) or [`flush`](Self::flush).
+    /// the next [`flush`](Self::flush). A text message must be valid UTF-8 (it is sent as
+    /// binary otherwise, rather than failing).
     pub(crate) async fn feed(&mut self, data: Bytes, kind: MessageKind) -> io::Result<()> {
         let msg = match kind {
             MessageKind::Text => match String::from_utf8(data.to_vec()) {
@@ -229,13 +220,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn picks_the_first_offered_protocol_it_speaks() {
+    async fn picks_its_most_preferred_protocol_the_client_offers() {
         let (ws, resp) = handshake(upgrade("/ws", Some("mqttv3.1, mqtt, v12.stomp"))).await;
-        assert_eq!(ws.unwrap().protocol, Some("mqtt"));
+        assert!(ws.is_ok());
         assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
         assert!(
             resp.to_lowercase()
-                .contains("sec-websocket-protocol: mqtt\r\n"),
+                .contains("sec-websocket-protocol: v12.stomp\r\n"),
             "{resp}"
         );
     }

@@ -9,7 +9,7 @@ use crate::core::access::{Perm, Resource};
 use crate::core::delivery::REPLY_TO;
 use crate::core::error::{AmqpError, AmqpResult, Code};
 use crate::core::fieldtable::value_string;
-use crate::core::message::{parse_expiration, Message};
+use crate::core::message::{expiration_error, Message};
 use crate::core::props::{encode_header_payload, with_reply_to, PropsView};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Bytes, BytesMut};
@@ -288,40 +288,4 @@ fn checked_header(
         header = encode_header_payload(body_size, &props);
     }
     Ok((header, cc))
-}
-
-/// RabbitMQ's reason for refusing an `expiration` property, formatted as it prints it.
-fn expiration_error(s: &str) -> Result<(), String> {
-    if parse_expiration(s).is_ok() {
-        return Ok(());
-    }
-    let digits_end = s
-        .char_indices()
-        .find(|(i, c)| !(c.is_ascii_digit() || (*i == 0 && (*c == '-' || *c == '+'))))
-        .map_or(s.len(), |(i, _)| i);
-    let number = &s[..digits_end];
-    match number.parse::<i64>() {
-        Err(_) => Err("no_integer".to_string()),
-        Ok(_) if digits_end < s.len() => {
-            Err(format!("{{leftover_string,\"{}\"}}", &s[digits_end..]))
-        }
-        Ok(n) if n < 0 => Err(format!("{{value_negative,{n}}}")),
-        Ok(_) => Err("no_integer".to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expiration_errors_read_like_rabbitmq() {
-        assert!(expiration_error("100").is_ok());
-        assert_eq!(expiration_error("abc").unwrap_err(), "no_integer");
-        assert_eq!(expiration_error("-5").unwrap_err(), "{value_negative,-5}");
-        assert_eq!(
-            expiration_error("10x").unwrap_err(),
-            "{leftover_string,\"x\"}"
-        );
-    }
 }

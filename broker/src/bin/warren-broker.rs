@@ -64,6 +64,14 @@ struct Args {
     /// Serve no Prometheus endpoint.
     #[arg(long)]
     no_prometheus: bool,
+    /// Address to accept STOMP 1.0-1.2 connections on (RabbitMQ's STOMP port is 61613).
+    /// Off unless given.
+    #[arg(long)]
+    stomp_listen: Option<SocketAddr>,
+    /// Address to accept STOMP over WebSockets on, path /ws (RabbitMQ's Web-STOMP port is
+    /// 15674). Off unless given.
+    #[arg(long)]
+    web_stomp_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -213,6 +221,12 @@ async fn serve(args: Args) -> ExitCode {
     if let Some(addr) = args.web_mqtt_listen {
         builder = builder.web_mqtt_listen(addr);
     }
+    if let Some(addr) = args.stomp_listen {
+        builder = builder.stomp_listen(addr);
+    }
+    if let Some(addr) = args.web_stomp_listen {
+        builder = builder.web_stomp_listen(addr);
+    }
     if args.memory_only {
         tracing::warn!(
             "memory-only (--memory-only): durable queues, exchanges and persistent messages \
@@ -259,6 +273,12 @@ async fn serve(args: Args) -> ExitCode {
         tracing::info!(%addr, "Web-MQTT listener ready (path /ws)");
     }
     println!("warren-broker ready on {}", broker.local_addr());
+    if let Some(addr) = broker.stomp_addr() {
+        println!("warren-broker STOMP ready on {addr}");
+    }
+    if let Some(addr) = broker.web_stomp_addr() {
+        println!("warren-broker Web-STOMP ready on {addr}");
+    }
     let signal = signals.recv().await;
     tracing::info!(
         signal,

@@ -130,6 +130,26 @@ pub(crate) fn parse_expiration(s: &str) -> Result<u64, &'static str> {
     s.parse::<u64>().map_err(|_| "invalid")
 }
 
+/// RabbitMQ's reason for refusing an `expiration` property, formatted as it prints it.
+pub(crate) fn expiration_error(s: &str) -> Result<(), String> {
+    if parse_expiration(s).is_ok() {
+        return Ok(());
+    }
+    let digits_end = s
+        .char_indices()
+        .find(|(i, c)| !(c.is_ascii_digit() || (*i == 0 && (*c == '-' || *c == '+'))))
+        .map_or(s.len(), |(i, _)| i);
+    let number = &s[..digits_end];
+    match number.parse::<i64>() {
+        Err(_) => Err("no_integer".to_string()),
+        Ok(_) if digits_end < s.len() => {
+            Err(format!("{{leftover_string,\"{}\"}}", &s[digits_end..]))
+        }
+        Ok(n) if n < 0 => Err(format!("{{value_negative,{n}}}")),
+        Ok(_) => Err("no_integer".to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +160,16 @@ mod tests {
         assert!(parse_expiration("-1").is_err());
         assert!(parse_expiration("").is_err());
         assert!(parse_expiration("1.5").is_err());
+    }
+
+    #[test]
+    fn expiration_errors_read_like_rabbitmq() {
+        assert!(expiration_error("100").is_ok());
+        assert_eq!(expiration_error("abc").unwrap_err(), "no_integer");
+        assert_eq!(expiration_error("-5").unwrap_err(), "{value_negative,-5}");
+        assert_eq!(
+            expiration_error("10x").unwrap_err(),
+            "{leftover_string,\"x\"}"
+        );
     }
 }

@@ -75,7 +75,7 @@ pub(crate) async fn listen(
                 let c = Conn {
                     shared: shared.clone(),
                     mqtt: mqtt.clone(),
-                    id: crate::broker::next_conn_id(),
+                    id: shared.next_conn_id(),
                     peer,
                     shutdown: stop.clone(),
                 };
