@@ -1,5 +1,6 @@
 //! What the accept loop and every connection share: the core's state behind its lock, the
-//! configuration, the access data (users, permissions), and the resource alarm (memory and disk) that blocks publishers.
+//! configuration, the access data (users, permissions), and the resource alarm (memory and
+//! disk) that blocks publishers.
 
 use crate::config::{resident_memory, Config};
 use crate::core::access::Access;
@@ -52,5 +53,27 @@ impl Shared {
             }
             self.alarm.send_replace(alarm);
         }
+    }
+}
+
+#[cfg(test)]
+impl Shared {
+    /// RabbitMQ's defaults (guest/guest from loopback, full permissions on "/"), default
+    /// limits, no storage: for the front-ends' in-memory tests.
+    pub(crate) fn for_tests() -> std::sync::Arc<Shared> {
+        use crate::core::access::seed::{self, Seed};
+        use crate::core::access::Registry;
+        let mut registry = Registry::default();
+        seed::apply(&mut registry, &Seed::default(), true);
+        std::sync::Arc::new(Shared {
+            state: StateLock::new(crate::core::state::State::new()),
+            config: Config {
+                limits: crate::config::Limits::default(),
+            },
+            access: Access::new(registry, None),
+            alarm: watch::Sender::new(false),
+            memory_high_watermark: AtomicU64::new(u64::MAX),
+            data_dir: None,
+        })
     }
 }

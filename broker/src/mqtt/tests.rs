@@ -3,17 +3,13 @@
 
 use super::session::{Opening, Session};
 use super::MqttShared;
-use crate::config::{Config, Limits, User};
 use crate::core::sink::{Event, Sink};
-use crate::core::state::{State, StateLock};
 use crate::shared::Shared;
 use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
 use mqttbytes::v4::{Packet, PubAck, Publish, Subscribe};
 use mqttbytes::QoS;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
 
 /// Keeps the core's events for the test to hand to the session.
 #[derive(Debug, Default)]
@@ -29,20 +25,7 @@ impl Sink for Events {
 }
 
 fn shared() -> Arc<Shared> {
-    Arc::new(Shared {
-        state: StateLock::new(State::new()),
-        config: Config {
-            users: vec![User {
-                name: "guest".into(),
-                password: "guest".into(),
-                loopback_only: true,
-            }],
-            limits: Limits::default(),
-        },
-        alarm: watch::Sender::new(false),
-        memory_high_watermark: AtomicU64::new(u64::MAX),
-        data_dir: None,
-    })
+    Shared::for_tests()
 }
 
 fn open(

@@ -6,32 +6,15 @@
 use super::frame::{encode, Decoder, Frame};
 use super::outbox::{Out, Outbox, Receiver};
 use super::session::{Session, Step};
-use crate::config::{Config, Limits, User};
 use crate::core::sink::Event;
-use crate::core::state::{State, StateLock};
 use crate::shared::Shared;
 use bytes::BytesMut;
 use rand::{Rng, SeedableRng};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use tokio::sync::watch;
 
 fn shared() -> Arc<Shared> {
-    Arc::new(Shared {
-        state: StateLock::new(State::new()),
-        config: Config {
-            users: vec![User {
-                name: "guest".into(),
-                password: "guest".into(),
-                loopback_only: true,
-            }],
-            limits: Limits::default(),
-        },
-        alarm: watch::Sender::new(false),
-        memory_high_watermark: AtomicU64::new(u64::MAX),
-        data_dir: None,
-    })
+    Shared::for_tests()
 }
 
 fn session(shared: &Arc<Shared>) -> (Session, Receiver) {
