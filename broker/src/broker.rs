@@ -62,6 +62,10 @@ impl Broker {
             seed: Seed::default(),
             definitions: None,
             limits: Limits::default(),
+            management: None,
+            prometheus: None,
+            mqtt_listen: None,
+            web_mqtt_listen: None,
         }
     }
 }
@@ -75,9 +79,30 @@ pub struct BrokerBuilder {
     seed: Seed,
     definitions: Option<PathBuf>,
     limits: Limits,
+    management: Option<SocketAddr>,
+    prometheus: Option<SocketAddr>,
+    mqtt_listen: Option<SocketAddr>,
+    web_mqtt_listen: Option<SocketAddr>,
 }
 
 impl BrokerBuilder {
+    /// Serves Prometheus metrics (`/metrics`, `/metrics/per-object`, rabbitmq_prometheus's
+    /// names) on this address (port 0 picks one; [`BrokerHandle::prometheus_addr`]). Off unless
+    /// set; the binary turns it on at 0.0.0.0:15692 as RabbitMQ.
+    pub fn prometheus(mut self, addr: SocketAddr) -> Self {
+        self.prometheus = Some(addr);
+        self
+    }
+
+    /// Serves the RabbitMQ-compatible management HTTP API (`/api/...`) on this address (port 0
+    /// picks a free one; [`BrokerHandle::management_addr`] tells which). Off unless set: an
+    /// embedded broker opens no HTTP port by itself. The `warren-broker` binary turns it on at
+    /// 0.0.0.0:15672, as RabbitMQ's management plugin.
+    pub fn management(mut self, addr: SocketAddr) -> Self {
+        self.management = Some(addr);
+        self
+    }
+
     /// The address to listen on; port 0 picks a free port.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
@@ -138,6 +163,20 @@ impl BrokerBuilder {
         self
     }
 
+    /// Also serves MQTT 3.1.1 on this address (RabbitMQ's port is 1883; port 0 picks a free
+    /// one, see [`BrokerHandle::mqtt_local_addr`]). Off unless set.
+    pub fn mqtt_listen(mut self, addr: SocketAddr) -> Self {
+        self.mqtt_listen = Some(addr);
+        self
+    }
+
+    /// Also serves MQTT over WebSocket on this address, path `/ws`, subprotocol `mqtt`
+    /// (RabbitMQ's port is 15675; see [`BrokerHandle::web_mqtt_local_addr`]). Off unless set.
+    pub fn web_mqtt_listen(mut self, addr: SocketAddr) -> Self {
+        self.web_mqtt_listen = Some(addr);
+        self
+    }
+
     /// Replaces the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -152,17 +191,7 @@ impl BrokerBuilder {
                 source,
             })?;
         }
-        let listener =
-            TcpListener::bind(self.listen)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    addr: self.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
-            addr: self.listen,
-            source,
-        })?;
+        let (listener, local_addr) = bind(self.listen).await?;
         let mut state = State::new();
         state.warn_on_durable_without_storage(self.warn_durable_without_storage);
         state.set_paging(
@@ -202,15 +231,94 @@ impl BrokerBuilder {
             load_definitions(&shared, path)?;
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        let (management_addr, prometheus_addr) = start_http(
+            self.management,
+            self.prometheus,
+            local_addr,
+            &shared,
+            &stop_rx,
+        )
+        .await?;
+        let mqtt = Arc::new(crate::mqtt::MqttShared::default());
+        let mut others = Vec::new();
+        let mut mqtt_addrs = [None, None];
+        for (i, addr, kind) in [
+            (0, self.mqtt_listen, crate::mqtt::Listener::Tcp),
+            (1, self.web_mqtt_listen, crate::mqtt::Listener::WebSocket),
+        ] {
+            let Some(addr) = addr else { continue };
+            let (l, bound) = bind(addr).await?;
+            mqtt_addrs[i] = Some(bound);
+            let listen =
+                crate::mqtt::listen(l, kind, shared.clone(), mqtt.clone(), stop_rx.clone());
+            others.push(tokio::spawn(listen));
+        }
+        let amqp = accept_loop(listener, shared.clone(), stop_rx);
+        let task = tokio::spawn(async move {
+            amqp.await;
+            for t in others {
+                let _ = t.await;
+            }
+        });
         tracing::info!(%local_addr, "warren-broker ready");
         Ok(BrokerHandle {
             shared: shared.clone(),
             local_addr,
+            management_addr,
+            prometheus_addr,
+            mqtt_addr: mqtt_addrs[0],
+            web_mqtt_addr: mqtt_addrs[1],
             stop: stop_tx,
             task: Arc::new(Mutex::new(Some(task))),
         })
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let bind_err = |source| BrokerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, bound))
+}
+
+/// Binds the management and Prometheus listeners that were asked for and serves them until
+/// the broker stops; returns their bound addresses.
+async fn start_http(
+    management: Option<SocketAddr>,
+    prometheus: Option<SocketAddr>,
+    amqp: SocketAddr,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), BrokerError> {
+    let mgmt = match management {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let prom = match prometheus {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let mgmt_addr = mgmt.as_ref().map(|m| m.1);
+    let prom_addr = prom.as_ref().map(|p| p.1);
+    let state = crate::http::AppState {
+        shared: shared.clone(),
+        node: Arc::new(crate::http::NodeInfo {
+            name: crate::http::node_name(),
+            amqp,
+            management: mgmt_addr,
+            prometheus: prom_addr,
+            started: std::time::Instant::now(),
+        }),
+    };
+    if let Some((listener, bound)) = mgmt {
+        tokio::spawn(crate::http::serve(listener, state.clone(), stop.clone()));
+        tracing::info!(%bound, "management API ready");
+    }
+    if let Some((listener, bound)) = prom {
+        tokio::spawn(crate::http::serve_prometheus(listener, state, stop.clone()));
+        tracing::info!(%bound, "prometheus endpoint ready");
+    }
+    Ok((mgmt_addr, prom_addr))
 }
 
 /// Imports a definitions file at boot (`--definitions`).
@@ -262,8 +370,13 @@ fn boot_access(
     access
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// A connection id unique across every protocol's listeners (the core keys sessions by it).
+pub(crate) fn next_conn_id() -> crate::core::message::ConnId {
     static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(
         shared.config.limits.max_connections,
     ));
@@ -287,7 +400,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                 };
                 let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let id = next_conn_id();
                 let shared = shared.clone();
                 let stop = stop.clone();
                 conns.spawn(async move {
@@ -313,6 +426,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 pub struct BrokerHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
+    prometheus_addr: Option<SocketAddr>,
+    mqtt_addr: Option<SocketAddr>,
+    web_mqtt_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -329,6 +446,28 @@ impl BrokerHandle {
     /// The address the broker listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the management HTTP API, when it was turned on
+    /// ([`BrokerBuilder::management`]).
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
+    }
+
+    /// The address of the Prometheus endpoint, when it was turned on
+    /// ([`BrokerBuilder::prometheus`]).
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus_addr
+    }
+
+    /// The MQTT listener's address, when [`BrokerBuilder::mqtt_listen`] was given.
+    pub fn mqtt_local_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    /// The Web-MQTT listener's address, when [`BrokerBuilder::web_mqtt_listen`] was given.
+    pub fn web_mqtt_local_addr(&self) -> Option<SocketAddr> {
+        self.web_mqtt_addr
     }
 
     /// An `amqp://` URL for the default user and vhost, e.g.

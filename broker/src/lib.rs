@@ -15,7 +15,9 @@
 //!
 //! Layers (see docs/architecture.md): `core` is the protocol-neutral broker (vhosts,
 //! exchanges, queues, delivery, storage) behind one lock; `amqp` is the AMQP 0-9-1 front-end
-//! that calls it; `broker` starts listeners and owns the lifecycle. Only [`Broker`], its
+//! that calls it, `mqtt` the MQTT 3.1.1 one (over TCP, and over WebSocket through `ws`);
+//! `http` is the management HTTP API (RabbitMQ's `/api`) and Prometheus endpoint; `broker`
+//! starts listeners and owns the lifecycle. Only [`Broker`], its
 //! builder and handle, [`Limits`] and [`BrokerError`] are public.
 #![deny(missing_docs)]
 
@@ -23,7 +25,10 @@ mod amqp;
 mod broker;
 mod config;
 mod core;
+mod http;
+mod mqtt;
 mod shared;
+mod ws;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::Limits;

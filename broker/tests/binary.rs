@@ -28,6 +28,8 @@ impl BrokerProcess {
     fn start(home: &Path, args: &[&str]) -> BrokerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren-broker"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--management-listen", "127.0.0.1:0"])
+            .args(["--prometheus-listen", "127.0.0.1:0"])
             .args(args)
             .env("HOME", home)
             .env_remove("WARREN_DATA_DIR")

@@ -12,6 +12,7 @@ use super::outbox::{Out, Outbox};
 use super::writer::{write_loop, Backlog};
 use crate::core::error::{AmqpError, Code};
 use crate::core::message::{ChannelKey, ConnId};
+use crate::core::stats::ConnInfo;
 use crate::shared::Shared;
 use amq_protocol::protocol::{channel, connection, parse_class, AMQPClass};
 use bytes::BytesMut;
@@ -48,8 +49,11 @@ pub(crate) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    // A vhost or user deletion asks the connection to close through this.
+    // A vhost or user deletion, or the management API, asks the connection to close through
+    // this.
     let (forced_tx, forced) = watch::channel(None::<String>);
+    let forced_tx = Arc::new(forced_tx);
+    let api_close = forced_tx.clone();
     let track = Track {
         id: conn_id,
         close: Box::new(move |why: &str| {
@@ -71,10 +75,26 @@ pub(crate) async fn serve(
     };
     tracing::debug!(%peer, user = %hs.user, vhost = %hs.vhost, "connection open");
     let (outbox, rx, queued) = Outbox::new(hs.cancel_notify);
-    shared
-        .state
-        .lock()
-        .add_connection(conn_id, Arc::new(outbox.clone()));
+    {
+        let mut state = shared.state.lock();
+        state.add_connection(conn_id, Arc::new(outbox.clone()));
+        state.describe_connection(
+            conn_id,
+            ConnInfo {
+                protocol: "AMQP 0-9-1".into(),
+                peer,
+                local: stream.local_addr().unwrap_or(peer),
+                user: hs.user.clone(),
+                vhost: hs.vhost.clone(),
+                client_properties: hs.client_properties.clone(),
+                tune: (hs.frame_max, hs.channel_max, hs.heartbeat),
+                connected_at: std::time::SystemTime::now(),
+                close: Arc::new(move |reason: &str| {
+                    api_close.send_replace(Some(reason.to_string()));
+                }),
+            },
+        );
+    }
     let (read_half, write_half) = stream.into_split();
     let writer = tokio::spawn(write_loop(
         write_half,
@@ -224,6 +244,8 @@ impl Connection {
                     }
                 },
                 Ok(()) = forced.changed(), if self.closing.is_none() => {
+                    // 320 with the reason given: a deleted vhost or user, or the management
+                    // API (its X-Reason header, else "Closed via management plugin").
                     let why = forced.borrow_and_update().clone().unwrap_or_default();
                     self.start_close(AmqpError::new(Code::ConnectionForced, why));
                 }

@@ -149,6 +149,13 @@ impl Channel {
             return Ok(());
         }
         let routed = state.publish(ctx.vhost, msg.clone());
+        state.count_published(
+            self.key(ctx),
+            ctx.vhost,
+            &routed,
+            p.publish.mandatory,
+            self.confirm,
+        );
         let store = state.store().cloned();
         drop(state);
         if routed.is_unroutable() && p.publish.mandatory {

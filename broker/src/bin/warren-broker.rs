@@ -39,11 +39,31 @@ struct Args {
     /// vhosts, permissions, topic permissions, vhost limits, exchanges, queues and bindings.
     #[arg(long)]
     definitions: Option<PathBuf>,
+    /// Also serve MQTT 3.1.1 on this address (RabbitMQ's port: 0.0.0.0:1883). Off unless
+    /// given, so that a port already taken (by another MQTT broker) never stops the start.
+    #[arg(long, value_name = "ADDR:PORT")]
+    mqtt_listen: Option<SocketAddr>,
+    /// Also serve MQTT over WebSocket on this address, path /ws, subprotocol mqtt (RabbitMQ's
+    /// port: 0.0.0.0:15675). Off unless given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    web_mqtt_listen: Option<SocketAddr>,
     /// Threads serving connections. The broker's state sits behind one lock, so extra threads
     /// only parallelise framing and socket work; one thread measured fastest on 2 cores (see
     /// BENCHMARKS.md). Raise it on machines with many cores and many busy connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: u16,
+    /// Address of the management HTTP API (RabbitMQ's /api, rabbitmqadmin, warrenctl).
+    #[arg(long, default_value = "0.0.0.0:15672")]
+    management_listen: SocketAddr,
+    /// Serve no management HTTP API.
+    #[arg(long)]
+    no_management: bool,
+    /// Address of the Prometheus endpoint (/metrics, /metrics/per-object).
+    #[arg(long, default_value = "0.0.0.0:15692")]
+    prometheus_listen: SocketAddr,
+    /// Serve no Prometheus endpoint.
+    #[arg(long)]
+    no_prometheus: bool,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -181,6 +201,18 @@ async fn serve(args: Args) -> ExitCode {
         limits.max_message_size = v;
     }
     let mut builder = Broker::builder().listen(args.listen).limits(limits);
+    if !args.no_management {
+        builder = builder.management(args.management_listen);
+    }
+    if !args.no_prometheus {
+        builder = builder.prometheus(args.prometheus_listen);
+    }
+    if let Some(addr) = args.mqtt_listen {
+        builder = builder.mqtt_listen(addr);
+    }
+    if let Some(addr) = args.web_mqtt_listen {
+        builder = builder.web_mqtt_listen(addr);
+    }
     if args.memory_only {
         tracing::warn!(
             "memory-only (--memory-only): durable queues, exchanges and persistent messages \
@@ -217,6 +249,15 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(addr) = broker.management_addr() {
+        tracing::info!(%addr, "management API listening");
+    }
+    if let Some(addr) = broker.mqtt_local_addr() {
+        tracing::info!(%addr, "MQTT listener ready");
+    }
+    if let Some(addr) = broker.web_mqtt_local_addr() {
+        tracing::info!(%addr, "Web-MQTT listener ready (path /ws)");
+    }
     println!("warren-broker ready on {}", broker.local_addr());
     let signal = signals.recv().await;
     tracing::info!(
@@ -274,6 +315,25 @@ mod tests {
         assert_eq!(
             default_data_dir(env(&vars)),
             PathBuf::from("/home/u/.local/share/warren-broker")
+        );
+    }
+
+    #[test]
+    fn mqtt_listeners_are_off_unless_given() {
+        let none = Args::try_parse_from(["warren-broker"]).expect("parses");
+        assert!(none.mqtt_listen.is_none() && none.web_mqtt_listen.is_none());
+        let both = Args::try_parse_from([
+            "warren-broker",
+            "--mqtt-listen",
+            "0.0.0.0:1883",
+            "--web-mqtt-listen",
+            "127.0.0.1:15675",
+        ])
+        .expect("parses");
+        assert_eq!(both.mqtt_listen, Some("0.0.0.0:1883".parse().unwrap()));
+        assert_eq!(
+            both.web_mqtt_listen,
+            Some("127.0.0.1:15675".parse().unwrap())
         );
     }
 

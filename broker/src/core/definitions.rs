@@ -9,6 +9,7 @@
 use crate::core::access::json::list;
 use crate::core::access::Access;
 use crate::core::exchange::{Destination, ExchangeKind};
+use crate::core::fieldtable::to_json;
 use crate::core::state::{State, StateLock};
 use crate::core::topology::{ExchangeDeclare, QueueDeclare};
 use crate::core::vhost::Vhost;
@@ -79,8 +80,22 @@ pub(crate) fn snapshot(vhosts: &HashMap<String, Vhost>) -> Value {
     json!({ "version": 1, "vhosts": out })
 }
 
+/// Arguments from JSON: the typed form `definitions.json` keeps (`{"k": {"LongString": ..}}`,
+/// serde's form of a field table), else RabbitMQ's plain JSON (`{"k": 10}`) as definitions
+/// exported by RabbitMQ carry them.
 pub(super) fn table(v: &Value) -> FieldTable {
-    serde_json::from_value(v.clone()).unwrap_or_default()
+    let typed = v.as_object().is_some_and(|m| {
+        m.values().all(|x| {
+            x.as_object().is_some_and(|o| o.len() == 1)
+                && serde_json::from_value::<amq_protocol::types::AMQPValue>(x.clone()).is_ok()
+        })
+    });
+    if typed {
+        if let Ok(t) = serde_json::from_value(v.clone()) {
+            return t;
+        }
+    }
+    crate::core::fieldtable::from_json(v).unwrap_or_default()
 }
 
 pub(super) fn text(v: &Value, key: &str) -> String {
@@ -121,7 +136,7 @@ pub(crate) fn export(state: &State, access: &Access) -> Value {
             if !x.name.starts_with("amq.") && !x.internal {
                 exchanges.push(json!({"name": x.name, "vhost": name, "type": x.kind.name(),
                     "durable": x.durable, "auto_delete": x.auto_delete, "internal": x.internal,
-                    "arguments": x.args}));
+                    "arguments": to_json(&x.args)}));
             }
             for b in &x.bindings {
                 let (kind, dest) = match &b.destination {
@@ -129,7 +144,7 @@ pub(crate) fn export(state: &State, access: &Access) -> Value {
                     Destination::Exchange(e) => ("exchange", e),
                 };
                 bindings.push(json!({"source": x.name, "vhost": name, "destination": dest,
-                    "destination_type": kind, "routing_key": b.key, "arguments": b.args}));
+                    "destination_type": kind, "routing_key": b.key, "arguments": to_json(&b.args)}));
             }
         }
         let mut qs: Vec<_> = vh.queues.values().filter(|q| q.owner().is_none()).collect();
@@ -137,7 +152,7 @@ pub(crate) fn export(state: &State, access: &Access) -> Value {
         for q in qs {
             queues.push(
                 json!({"name": &**q.name(), "vhost": name, "durable": q.is_durable(),
-                "auto_delete": q.is_auto_delete(), "arguments": q.args()}),
+                "auto_delete": q.is_auto_delete(), "arguments": to_json(q.args())}),
             );
         }
     }

@@ -11,6 +11,7 @@ use super::queue::{Consumer, Payload, Queue, QueuedMessage};
 use super::session::{ChannelSlot, Unacked};
 use super::sink::Event;
 use super::state::{gen_name, Dead, State};
+use super::stats::{Stat, Stats};
 use super::store::Store;
 use super::vhost::Vhost;
 use amq_protocol::types::FieldTable;
@@ -162,15 +163,7 @@ impl State {
         else {
             return;
         };
-        pump_queue(
-            vhost,
-            q,
-            &mut self.channels,
-            &mut self.dead,
-            self.store.as_deref(),
-            &mut self.pager,
-            Instant::now(),
-        );
+        pump_queue(vhost, q, pump_ctx!(self), Instant::now());
         self.flush_dead_letters();
     }
 
@@ -181,15 +174,7 @@ impl State {
         let now = Instant::now();
         for q in vh.queues.values_mut() {
             if q.has_ready() && q.has_consumers() {
-                pump_queue(
-                    vhost,
-                    q,
-                    &mut self.channels,
-                    &mut self.dead,
-                    self.store.as_deref(),
-                    &mut self.pager,
-                    now,
-                );
+                pump_queue(vhost, q, pump_ctx!(self), now);
             }
         }
         self.flush_dead_letters();
@@ -295,6 +280,7 @@ impl State {
             return Ok(false);
         };
         let Some(mut m) = popped else {
+            self.count_get_empty(key, &vhost, queue);
             return Ok(false);
         };
         // An expired message that reached the head goes now, so the count is right.
@@ -313,6 +299,9 @@ impl State {
             self.unstore(&m);
             return Ok(false);
         };
+        let kind = if no_ack { Stat::GetNoAck } else { Stat::Get };
+        self.stats
+            .delivered(&vhost, &queue_name, key, kind, m.redelivered);
         let slot = self.channels.get_mut(&key).expect("open channel");
         let tag = slot.next_tag;
         slot.next_tag += 1;
@@ -451,17 +440,10 @@ impl State {
                     None
                 };
                 q.push(msg.clone(), now, stored, paged);
+                self.stats.queue(vhost, &name, Stat::Publish, 1);
                 routed.queues += 1;
                 if q.has_consumers() {
-                    pump_queue(
-                        vhost,
-                        q,
-                        &mut self.channels,
-                        &mut self.dead,
-                        self.store.as_deref(),
-                        &mut self.pager,
-                        now,
-                    );
+                    pump_queue(vhost, q, pump_ctx!(self), now);
                 }
                 for m in q.enforce_limits() {
                     self.dead.push(Dead {
@@ -476,6 +458,12 @@ impl State {
         self.route_buf = queues;
         if let Some(r) = page {
             self.pager.release(r);
+        }
+        self.stats
+            .exchange(vhost, &msg.exchange, Stat::PublishIn, 1);
+        if routed.queues > 0 {
+            self.stats
+                .exchange(vhost, &msg.exchange, Stat::PublishOut, 1);
         }
         routed
     }
@@ -567,15 +555,40 @@ fn materialize(pager: &mut Pager, m: &mut QueuedMessage) -> Option<Arc<Message>>
 }
 
 /// Delivers from `q` while it has messages and some consumer has credit.
-fn pump_queue(
-    vhost: &str,
-    q: &mut Queue,
-    channels: &mut HashMap<ChannelKey, ChannelSlot>,
-    dead: &mut Vec<Dead>,
-    store: Option<&Store>,
-    pager: &mut Pager,
-    now: Instant,
-) {
+/// A [`Pump`] of `$s`'s fields (a macro: the queue being pumped borrows `$s.vhosts` at the
+/// same time, so a method borrowing all of `$s` cannot build it).
+macro_rules! pump_ctx {
+    ($s:ident) => {
+        Pump {
+            channels: &mut $s.channels,
+            dead: &mut $s.dead,
+            store: $s.store.as_deref(),
+            pager: &mut $s.pager,
+            stats: &mut $s.stats,
+        }
+    };
+}
+use pump_ctx;
+
+/// What pumping a queue touches besides the queue: the sessions, the dead letters, the
+/// storage, the page files and the counters (borrowed from [`State`] field by field, since the
+/// queue itself is borrowed from it too).
+struct Pump<'a> {
+    channels: &'a mut HashMap<ChannelKey, ChannelSlot>,
+    dead: &'a mut Vec<Dead>,
+    store: Option<&'a Store>,
+    pager: &'a mut Pager,
+    stats: &'a mut Stats,
+}
+
+fn pump_queue(vhost: &str, q: &mut Queue, ctx: Pump<'_>, now: Instant) {
+    let Pump {
+        channels,
+        dead,
+        store,
+        pager,
+        stats,
+    } = ctx;
     loop {
         if !q.has_consumers() {
             return;
@@ -620,6 +633,12 @@ fn pump_queue(
             .expect("checked by next_consumer");
         let delivery_tag = slot.next_tag;
         slot.next_tag += 1;
+        let kind = if c.no_ack {
+            Stat::DeliverNoAck
+        } else {
+            Stat::Deliver
+        };
+        stats.delivered(vhost, q.name(), c.channel, kind, m.redelivered);
         slot.sink.send(Event::Deliver {
             channel: c.channel.channel,
             consumer_tag: c.tag.clone(),

@@ -18,7 +18,8 @@
 //! - `access` (users, vhosts, permissions, limits and their checks; uses only `error`,
 //!   `message`, `store` and, for vhost creation and deletion, `state`).
 //! - `vhost`, `session` (a session's delivery state), `definitions`, then `state` (the lock
-//!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`.
+//!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`, and
+//!   `stats` (message_stats counters and rates, read-only snapshots for the management API).
 
 pub(crate) mod access;
 pub(crate) mod args;
@@ -38,6 +39,7 @@ pub(crate) mod session;
 pub(crate) mod settle;
 pub(crate) mod sink;
 pub(crate) mod state;
+pub(crate) mod stats;
 pub(crate) mod store;
 pub(crate) mod topic;
 pub(crate) mod topology;

@@ -80,6 +80,8 @@ pub(crate) struct State {
     pub(super) route_buf: Vec<Arc<str>>,
     /// Log a warning when a durable queue is created without a store (`--memory-only`).
     pub(super) warn_durable_without_storage: bool,
+    /// message_stats counters and rates (see `stats.rs`).
+    pub(super) stats: super::stats::Stats,
 }
 
 pub(super) fn gen_name(prefix: &str) -> String {
@@ -120,6 +122,7 @@ impl State {
             next_queue_id: 1,
             route_buf: Vec::new(),
             warn_durable_without_storage: false,
+            stats: Default::default(),
         }
     }
 
