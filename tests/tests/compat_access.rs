@@ -260,29 +260,31 @@ async fn check_op<F, Fut, T>(
     expect(t, what, op(ch).await, refused);
 }
 
+/// A consumer on a fresh exclusive server-named queue of `ch`: it hears the channel.close,
+/// whatever races it.
+async fn close_watch(ch: &Channel) -> lapin::Result<lapin::Consumer> {
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare("".into(), exclusive, FieldTable::default())
+        .await?;
+    ch.basic_consume(
+        q.name().as_str().into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 /// Publishes on a fresh confirm-mode channel: Ok once confirmed, or the channel's close reason.
 async fn publish(conn: &Connection, exchange: &str, key: &str) -> lapin::Result<()> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     // A consumer on a queue the user may read hears the channel.close, whatever races it.
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut watch = ch
-        .basic_consume(
-            q.name().as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut watch = close_watch(&ch).await?;
     let confirm = ch
         .basic_publish(
             exchange.into(),
@@ -861,23 +863,7 @@ async fn revoked_permissions_apply_to_open_channels() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
-    let exclusive = QueueDeclareOptions {
-        exclusive: true,
-        ..Default::default()
-    };
-    let q = ch
-        .queue_declare("".into(), exclusive, FieldTable::default())
-        .await
-        .expect("queue");
-    let mut watch = ch
-        .basic_consume(
-            q.name().as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut watch = close_watch(&ch).await.expect("close watch");
     let publish_on_ch = || async {
         ch.basic_publish(
             "amq.direct".into(),
