@@ -260,29 +260,31 @@ async fn check_op<F, Fut, T>(
     expect(t, what, op(ch).await, refused);
 }
 
+/// A consumer on a fresh exclusive server-named queue of `ch`: it hears the channel.close,
+/// whatever races it.
+async fn close_watch(ch: &Channel) -> lapin::Result<lapin::Consumer> {
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare("".into(), exclusive, FieldTable::default())
+        .await?;
+    ch.basic_consume(
+        q.name().as_str().into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 /// Publishes on a fresh confirm-mode channel: Ok once confirmed, or the channel's close reason.
 async fn publish(conn: &Connection, exchange: &str, key: &str) -> lapin::Result<()> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     // A consumer on a queue the user may read hears the channel.close, whatever races it.
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut watch = ch
-        .basic_consume(
-            q.name().as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut watch = close_watch(&ch).await?;
     let confirm = ch
         .basic_publish(
             exchange.into(),
@@ -847,4 +849,46 @@ async fn definitions_exported_by_rabbitmq_log_in_on_warren() {
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&file);
+}
+
+/// A permission revoked at run time applies to open channels at their next operation (the
+/// channel's cache of granted checks is dropped by any change; RabbitMQ's internal backend
+/// keeps a busy channel's cache, so it is not compared).
+#[tokio::test]
+async fn revoked_permissions_apply_to_open_channels() {
+    let side = Side::bundled().await;
+    let (u, v) = setup_user_and_vhost(&side);
+    let conn = side.open(&u, "pw", &v).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mut watch = close_watch(&ch).await.expect("close watch");
+    let publish_on_ch = || async {
+        ch.basic_publish(
+            "amq.direct".into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default(),
+        )
+        .await
+    };
+    let ok = publish_on_ch()
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(matches!(ok, Confirmation::Ack(_)), "{ok:?}");
+    side.permit(&u, &v, ".*", "^$", ".*");
+    let _ = publish_on_ch().await;
+    match tokio::time::timeout(WAIT, watch.next()).await {
+        Ok(Some(Err(e))) => assert_eq!(
+            amqp_error(&e),
+            Some((403, format!("ACCESS_REFUSED - access to exchange 'amq.direct' in vhost '{v}' refused for user '{u}'"))),
+            "publish after the revocation, same channel"
+        ),
+        other => panic!("expected the channel closed, got {other:?}"),
+    }
+    close(conn).await;
 }

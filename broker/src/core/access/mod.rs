@@ -263,16 +263,13 @@ impl Access {
     /// channel.open: the user's channel limit across all their connections (530, as
     /// RabbitMQ's `create_channel`).
     pub(crate) fn check_channel(&self, id: ConnId) -> Result<(), AmqpError> {
+        // Lock order everywhere: the registry, then the connections.
+        let r = self.read();
         let conns = self.conns();
         let Some(me) = conns.get(&id) else {
             return Ok(());
         };
-        let limit = self
-            .read()
-            .users
-            .get(&me.user)
-            .and_then(|u| u.limits.max_channels);
-        let Some(limit) = limit else {
+        let Some(limit) = r.users.get(&me.user).and_then(|u| u.limits.max_channels) else {
             return Ok(());
         };
         let open: u64 = conns
