@@ -142,6 +142,9 @@ impl Channel {
             return Ok(());
         }
         let routed = state.publish(ctx.vhost, msg.clone());
+        if routed.is_unroutable() && p.publish.mandatory {
+            state.note_returned(ctx.vhost, &msg);
+        }
         let store = state.store().cloned();
         drop(state);
         if routed.is_unroutable() && p.publish.mandatory {

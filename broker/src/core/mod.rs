@@ -15,6 +15,7 @@
 //!   (routing within one exchange), `store`
 //!   (durable definitions and persistent messages), `pager` (messages beyond the memory
 //!   budget), `deadletter` (x-death), `queue` (one queue's messages and consumers).
+//! - `rpcwatch`: what the broker sees of Warren RPC traffic (requests, replies, latency).
 //! - `vhost`, `session` (a session's delivery state), `definitions`, then `state` (the lock
 //!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`.
 
@@ -31,6 +32,7 @@ pub(crate) mod message;
 pub(crate) mod pager;
 pub(crate) mod props;
 pub(crate) mod queue;
+pub(crate) mod rpcwatch;
 pub(crate) mod session;
 pub(crate) mod settle;
 pub(crate) mod sink;
