@@ -52,6 +52,7 @@ impl Broker {
             users: Vec::new(),
             vhosts: Vec::new(),
             limits: Limits::default(),
+            management: None,
         }
     }
 }
@@ -65,9 +66,19 @@ pub struct BrokerBuilder {
     users: Vec<User>,
     vhosts: Vec<String>,
     limits: Limits,
+    management: Option<SocketAddr>,
 }
 
 impl BrokerBuilder {
+    /// Serves the RabbitMQ-compatible management HTTP API (`/api/...`) on this address (port 0
+    /// picks a free one; [`BrokerHandle::management_addr`] tells which). Off unless set: an
+    /// embedded broker opens no HTTP port by itself. The `warren-broker` binary turns it on at
+    /// 0.0.0.0:15672, as RabbitMQ's management plugin.
+    pub fn management(mut self, addr: SocketAddr) -> Self {
+        self.management = Some(addr);
+        self
+    }
+
     /// The address to listen on; port 0 picks a free port.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
@@ -171,15 +182,46 @@ impl BrokerBuilder {
         });
         shared.check_alarms();
         let (stop_tx, stop_rx) = watch::channel(false);
+        let management_addr = match self.management {
+            Some(addr) => Some(start_management(addr, local_addr, &shared, &stop_rx).await?),
+            None => None,
+        };
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
         tracing::info!(%local_addr, "warren-broker ready");
         Ok(BrokerHandle {
             shared: shared.clone(),
             local_addr,
+            management_addr,
             stop: stop_tx,
             task: Arc::new(Mutex::new(Some(task))),
         })
     }
+}
+
+/// Binds the management listener and serves the HTTP API on it until the broker stops.
+async fn start_management(
+    addr: SocketAddr,
+    amqp: SocketAddr,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) -> Result<SocketAddr, BrokerError> {
+    let bind_err = |source| BrokerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    let state = crate::http::AppState {
+        shared: shared.clone(),
+        node: Arc::new(crate::http::NodeInfo {
+            name: crate::http::node_name(),
+            amqp,
+            management: bound,
+            prometheus: None,
+            started: std::time::Instant::now(),
+            started_at: std::time::SystemTime::now(),
+        }),
+    };
+    tokio::spawn(crate::http::serve(listener, state, stop.clone()));
+    tracing::info!(%bound, "management API ready");
+    Ok(bound)
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -233,6 +275,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 pub struct BrokerHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -249,6 +292,12 @@ impl BrokerHandle {
     /// The address the broker listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the management HTTP API, when it was turned on
+    /// ([`BrokerBuilder::management`]).
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
     }
 
     /// An `amqp://` URL for the default user and vhost, e.g.

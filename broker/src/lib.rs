@@ -15,7 +15,8 @@
 //!
 //! Layers (see docs/architecture.md): `core` is the protocol-neutral broker (vhosts,
 //! exchanges, queues, delivery, storage) behind one lock; `amqp` is the AMQP 0-9-1 front-end
-//! that calls it; `broker` starts listeners and owns the lifecycle. Only [`Broker`], its
+//! that calls it; `http` is the management HTTP API (RabbitMQ's `/api`) and Prometheus
+//! endpoint; `broker` starts listeners and owns the lifecycle. Only [`Broker`], its
 //! builder and handle, [`Limits`] and [`BrokerError`] are public.
 #![deny(missing_docs)]
 
@@ -23,6 +24,7 @@ mod amqp;
 mod broker;
 mod config;
 mod core;
+mod http;
 mod shared;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};

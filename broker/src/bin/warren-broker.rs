@@ -39,6 +39,12 @@ struct Args {
     /// BENCHMARKS.md). Raise it on machines with many cores and many busy connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: u16,
+    /// Address of the management HTTP API (RabbitMQ's /api, rabbitmqadmin, warrenctl).
+    #[arg(long, default_value = "0.0.0.0:15672")]
+    management_listen: SocketAddr,
+    /// Serve no management HTTP API.
+    #[arg(long)]
+    no_management: bool,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -176,6 +182,9 @@ async fn serve(args: Args) -> ExitCode {
         limits.max_message_size = v;
     }
     let mut builder = Broker::builder().listen(args.listen).limits(limits);
+    if !args.no_management {
+        builder = builder.management(args.management_listen);
+    }
     if args.memory_only {
         tracing::warn!(
             "memory-only (--memory-only): durable queues, exchanges and persistent messages \
@@ -209,6 +218,9 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(addr) = broker.management_addr() {
+        tracing::info!(%addr, "management API listening");
+    }
     println!("warren-broker ready on {}", broker.local_addr());
     let signal = signals.recv().await;
     tracing::info!(

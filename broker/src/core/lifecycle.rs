@@ -17,6 +17,7 @@ impl State {
             ConnSlot {
                 sink,
                 channels: HashSet::new(),
+                info: None,
             },
         );
     }
@@ -27,6 +28,9 @@ impl State {
         let Some(slot) = self.conns.remove(&conn) else {
             return;
         };
+        if slot.info.is_some() {
+            self.stats.churn(super::stats::Churn::ConnectionClosed);
+        }
         for ch in slot.channels {
             self.close_channel_inner(ChannelKey { conn, channel: ch });
         }
@@ -50,6 +54,7 @@ impl State {
         };
         conn.channels.insert(key.channel);
         let sink = conn.sink.clone();
+        self.stats.churn(super::stats::Churn::ChannelCreated);
         self.channels.insert(
             key,
             ChannelSlot {
@@ -78,6 +83,8 @@ impl State {
         let Some(mut slot) = self.channels.remove(&key) else {
             return;
         };
+        self.stats.churn(super::stats::Churn::ChannelClosed);
+        self.stats.forget_channel(key);
         if let Some((_, name)) = slot.reply.take() {
             self.reply_names.remove(&name);
         }

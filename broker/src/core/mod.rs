@@ -17,7 +17,8 @@
 //!   budget), `deadletter` (x-death), `queue` (one queue's messages and consumers).
 //! - `rpcwatch`: what the broker sees of Warren RPC traffic (requests, replies, latency).
 //! - `vhost`, `session` (a session's delivery state), `definitions`, then `state` (the lock
-//!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`.
+//!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`, and
+//!   `stats` (message_stats counters and rates, read-only snapshots for the management API).
 
 pub(crate) mod args;
 pub(crate) mod deadletter;
@@ -37,6 +38,7 @@ pub(crate) mod session;
 pub(crate) mod settle;
 pub(crate) mod sink;
 pub(crate) mod state;
+pub(crate) mod stats;
 pub(crate) mod store;
 pub(crate) mod topic;
 pub(crate) mod topology;

@@ -245,6 +245,11 @@ impl Queue {
         }
     }
 
+    /// Body bytes of the ready messages.
+    pub(crate) fn ready_bytes(&self) -> usize {
+        self.ready_bytes
+    }
+
     /// Unique id, so acks for a deleted and re-created queue don't touch the new one.
     pub(crate) fn id(&self) -> u64 {
         self.id

@@ -51,4 +51,6 @@ impl ChannelSlot {
 pub(crate) struct ConnSlot {
     pub(super) sink: Arc<dyn Sink>,
     pub(super) channels: HashSet<u16>,
+    /// What the front-end said the connection is (for the management API).
+    pub(super) info: Option<Arc<super::stats::ConnInfo>>,
 }

@@ -83,6 +83,8 @@ pub(crate) struct State {
     pub(super) rpc: RpcWatch,
     /// Log a warning when a durable queue is created without a store (`--memory-only`).
     pub(super) warn_durable_without_storage: bool,
+    /// message_stats counters and rates (see `stats.rs`).
+    pub(super) stats: super::stats::Stats,
 }
 
 pub(super) fn gen_name(prefix: &str) -> String {
@@ -124,6 +126,7 @@ impl State {
             route_buf: Vec::new(),
             rpc: RpcWatch::default(),
             warn_durable_without_storage: false,
+            stats: Default::default(),
         }
     }
 

@@ -1,0 +1,99 @@
+//! The management HTTP API, RabbitMQ-compatible (`/api/...` as RabbitMQ 3.x's management
+//! plugin), served on its own listener by axum.
+//!
+//! Layout: `error` (RabbitMQ's `{"error", "reason"}` answers), `auth` (basic auth and the
+//! management tags), `json` (AMQP field tables and `message_stats` as RabbitMQ's JSON), `query`
+//! (columns, sort, paging, name filters), then the handlers: `overview` (overview, nodes,
+//! whoami, health checks).
+//!
+//! **Adding routes from another module** (the dashboard does this): write a
+//! `pub(crate) fn routes() -> Router<AppState>` in your module (handlers take
+//! `State<AppState>` and, when they need a login, the [`auth::Caller`] extractor), declare the
+//! module below and add one `.merge(yourmodule::routes())` line in [`router`]. Paths under
+//! `/api` are this module's; anything else (e.g. `/`, `/js/...`) is free.
+
+pub(crate) mod auth;
+pub(crate) mod error;
+pub(crate) mod json;
+mod overview;
+
+use crate::shared::Shared;
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What the node reports about itself (listeners, start time).
+#[derive(Debug)]
+pub(crate) struct NodeInfo {
+    /// The node name, e.g. "warren@hostname" (RabbitMQ's "rabbit@hostname").
+    pub(crate) name: String,
+    /// The AMQP listener.
+    pub(crate) amqp: SocketAddr,
+    /// The management listener.
+    pub(crate) management: SocketAddr,
+    /// The Prometheus listener, when on.
+    pub(crate) prometheus: Option<SocketAddr>,
+    /// When the broker started (uptime).
+    pub(crate) started: Instant,
+    /// The same as wall-clock time.
+    pub(crate) started_at: SystemTime,
+}
+
+/// The state every handler gets: the broker's shared state and the node's description.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// The broker.
+    pub(crate) shared: Arc<Shared>,
+    /// The node.
+    pub(crate) node: Arc<NodeInfo>,
+}
+
+/// Largest request body accepted (RabbitMQ's management.max_http_body_size default, 20 MB);
+/// bigger ones get 413.
+pub(crate) const MAX_BODY: usize = 20 * 1024 * 1024;
+
+/// Every route: the API and the modules merged into it.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(overview::routes())
+        .fallback(|| async { error::ApiError::not_found() })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// The node name RabbitMQ would show: `warren@<hostname>`.
+pub(crate) fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("warren@{host}")
+}
+
+/// Serves the API on `listener` until `stop` turns true; also takes the rate samples every 5
+/// seconds (RabbitMQ's default collect_statistics_interval).
+pub(crate) async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Receiver<bool>) {
+    let shared = state.shared.clone();
+    let sampler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            shared.state.lock().sample_rates();
+        }
+    });
+    let app = router(state);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(error = %e, "management listener failed");
+    }
+    sampler.abort();
+}
