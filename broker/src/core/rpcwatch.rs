@@ -82,8 +82,6 @@ pub(crate) struct RpcWatch {
     index: HashMap<String, HashMap<String, usize>>,
     /// Requests by correlation id.
     pending: HashMap<String, Pending>,
-    /// Requests seen while `pending` was full (counted, not timed).
-    untracked: u64,
     last_sample: Option<Instant>,
 }
 
@@ -301,11 +299,6 @@ impl RpcWatch {
         out
     }
 
-    /// Requests counted but not timed because too many were in flight.
-    pub(crate) fn untracked(&self) -> u64 {
-        self.untracked
-    }
-
     /// The service a request is addressed to (`queue` when known, e.g. the queue it expired
     /// in), if `msg` is one.
     fn request_service(
@@ -363,8 +356,7 @@ impl RpcWatch {
             *old = pending;
             self.services[old_service].in_flight -= 1;
         } else if self.pending.len() >= MAX_PENDING {
-            self.untracked += 1;
-            return;
+            return; // counted as a request, not timed
         } else {
             self.pending.insert(cid.to_string(), pending);
         }

@@ -4,7 +4,7 @@
 //! Layout: `error` (RabbitMQ's `{"error", "reason"}` answers), `auth` (basic auth and the
 //! management tags), `json` (AMQP field tables and `message_stats` as RabbitMQ's JSON), `query`
 //! (columns, sort, paging, name filters), then the handlers: `overview` (overview, nodes,
-//! whoami, health checks).
+//! whoami, health checks), `dashboard` (the web dashboard at `/` and Warren's `/api/warren`).
 //!
 //! **Adding routes from another module** (the dashboard does this): write a
 //! `pub(crate) fn routes() -> Router<AppState>` in your module (handlers take
@@ -13,6 +13,7 @@
 //! `/api` are this module's; anything else (e.g. `/`, `/js/...`) is free.
 
 pub(crate) mod auth;
+pub(crate) mod dashboard;
 pub(crate) mod error;
 pub(crate) mod json;
 mod overview;
@@ -59,6 +60,7 @@ pub(crate) const MAX_BODY: usize = 20 * 1024 * 1024;
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(overview::routes())
+        .merge(dashboard::routes())
         .fallback(|| async { error::ApiError::not_found() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
