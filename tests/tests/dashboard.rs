@@ -131,13 +131,31 @@ async fn dashboard_pages_in_headless_chromium() {
     page.type_into("#login input[name=username]", "guest").await.unwrap();
     page.type_into("#login input[name=password]", "guest").await.unwrap();
     page.click("#login button[type=submit]").await.unwrap();
-    wait_text(&mut page, "#who", "guest\nLog out").await;
+    wait_text(&mut page, "#who-name", "guest").await;
 
     // Overview: totals and the charts.
     let queues = text(&mut page, "#total-queues b").await;
     assert!(queues.parse::<u32>().unwrap() >= 2, "queues on the overview: {queues}");
     page.wait_for("!!document.querySelector('#chart-rates')").await.unwrap();
     shot(&mut page, "overview").await;
+
+    // RPC: the service with its server and traffic, then a call from the method form.
+    open(&mut page, "rpc").await;
+    let row = format!("#services tr[data-name='{service}']");
+    wait_text(&mut page, &format!("{row} td.servers"), "1").await;
+    let requests = text(&mut page, &format!("{row} td.requests")).await;
+    assert!(requests.parse::<u64>().unwrap() >= 1, "requests: {requests}");
+    shot(&mut page, "rpc").await;
+    page.click(&row).await.unwrap();
+    let add = "details.method[data-method=add]";
+    page.click(&format!("{add} summary")).await.unwrap();
+    page.type_into(&format!("{add} input[data-param=a]"), "2").await.unwrap();
+    page.type_into(&format!("{add} input[data-param=b]"), "40").await.unwrap();
+    page.click(&format!("{add} button[type=submit]")).await.unwrap();
+    let reply = text(&mut page, &format!("{add} pre.reply-json")).await;
+    let reply: Value = serde_json::from_str(&reply).expect("the reply is shown as JSON");
+    assert_eq!(reply, serde_json::json!({"ok": 42}));
+    shot(&mut page, "rpc-service").await;
 
     // Queues: the queue with its depth; its page; purge.
     open(&mut page, "queues").await;
@@ -174,24 +192,6 @@ async fn dashboard_pages_in_headless_chromium() {
     open(&mut page, "vhosts").await;
     text(&mut page, "#vhosts tr[data-name='/']").await;
     shot(&mut page, "vhosts").await;
-
-    // RPC: the service with its server and traffic, then a call from the method form.
-    open(&mut page, "rpc").await;
-    let row = format!("#services tr[data-name='{service}']");
-    wait_text(&mut page, &format!("{row} td.servers"), "1").await;
-    let requests = text(&mut page, &format!("{row} td.requests")).await;
-    assert!(requests.parse::<u64>().unwrap() >= 1, "requests: {requests}");
-    shot(&mut page, "rpc").await;
-    page.click(&row).await.unwrap();
-    let add = "details.method[data-method=add]";
-    page.click(&format!("{add} summary")).await.unwrap();
-    page.type_into(&format!("{add} input[data-param=a]"), "2").await.unwrap();
-    page.type_into(&format!("{add} input[data-param=b]"), "40").await.unwrap();
-    page.click(&format!("{add} button[type=submit]")).await.unwrap();
-    let reply = text(&mut page, &format!("{add} pre.reply-json")).await;
-    let reply: Value = serde_json::from_str(&reply).expect("the reply is shown as JSON");
-    assert_eq!(reply, serde_json::json!({"ok": 42}));
-    shot(&mut page, "rpc-service").await;
 
     browser.close().await;
     server.shutdown().await;

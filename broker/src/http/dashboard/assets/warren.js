@@ -19,7 +19,7 @@ function h(tag, attrs, ...children) {
     else if (k === 'dataset') Object.assign(el.dataset, v);
     else el.setAttribute(k, v === true ? '' : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     el.append(c instanceof Node ? c : String(c));
   }
@@ -542,7 +542,15 @@ const ROUTES = [
 
 let rendering = 0;
 
-async function render() {
+// Whether the user is working in the page (typing in a form, a method open): periodic
+// refreshes then leave it alone.
+function busy() {
+  const active = document.activeElement;
+  const typing = active && active.closest && active.closest('form') && active.closest('#main');
+  return !!typing || !!document.querySelector('details.method[open]');
+}
+
+async function render(refreshing) {
   if (!sessionStorage.getItem(AUTH_KEY)) return showLogin();
   const hash = location.hash || '#/';
   const route = ROUTES.find(([re]) => re.test(hash)) || ROUTES[0];
@@ -551,9 +559,8 @@ async function render() {
   const mine = ++rendering;
   try {
     const content = await route[2](...args);
-    if (mine !== rendering) return; // a later navigation won
+    if (mine !== rendering || (refreshing === true && busy())) return; // a later render won, or the user is busy
     const main = $('#main');
-    // Keep what the user is typing: refreshes replace the page only when no form has focus.
     main.replaceChildren(...[content].flat(2).filter(Boolean));
     main.dataset.page = route[1];
     main.dataset.rendered = String(mine);
@@ -579,17 +586,14 @@ function showLogin(message) {
 }
 
 function showUser(me) {
-  $('#who').replaceChildren(me.name, h('button', {
+  $('#who').replaceChildren(h('span', { id: 'who-name' }, me.name), h('button', {
     id: 'logout',
     onclick: () => { sessionStorage.removeItem(AUTH_KEY); showLogin(); },
   }, 'Log out'));
 }
 
 function refresh() {
-  const active = document.activeElement;
-  const typing = active && active.closest && active.closest('form') && active.closest('#main');
-  const open = document.querySelector('details.method[open]');
-  if (!document.hidden && !typing && !open && sessionStorage.getItem(AUTH_KEY)) render();
+  if (!document.hidden && !busy() && sessionStorage.getItem(AUTH_KEY)) render(true);
 }
 
 window.addEventListener('hashchange', render);
