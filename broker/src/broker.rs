@@ -53,6 +53,7 @@ impl Broker {
             vhosts: Vec::new(),
             limits: Limits::default(),
             management: None,
+            prometheus: None,
         }
     }
 }
@@ -67,9 +68,18 @@ pub struct BrokerBuilder {
     vhosts: Vec<String>,
     limits: Limits,
     management: Option<SocketAddr>,
+    prometheus: Option<SocketAddr>,
 }
 
 impl BrokerBuilder {
+    /// Serves Prometheus metrics (`/metrics`, `/metrics/per-object`, rabbitmq_prometheus's
+    /// names) on this address (port 0 picks one; [`BrokerHandle::prometheus_addr`]). Off unless
+    /// set; the binary turns it on at 0.0.0.0:15692 as RabbitMQ.
+    pub fn prometheus(mut self, addr: SocketAddr) -> Self {
+        self.prometheus = Some(addr);
+        self
+    }
+
     /// Serves the RabbitMQ-compatible management HTTP API (`/api/...`) on this address (port 0
     /// picks a free one; [`BrokerHandle::management_addr`] tells which). Off unless set: an
     /// embedded broker opens no HTTP port by itself. The `warren-broker` binary turns it on at
@@ -182,46 +192,72 @@ impl BrokerBuilder {
         });
         shared.check_alarms();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let management_addr = match self.management {
-            Some(addr) => Some(start_management(addr, local_addr, &shared, &stop_rx).await?),
-            None => None,
-        };
+        let (management_addr, prometheus_addr) = start_http(
+            self.management,
+            self.prometheus,
+            local_addr,
+            &shared,
+            &stop_rx,
+        )
+        .await?;
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
         tracing::info!(%local_addr, "warren-broker ready");
         Ok(BrokerHandle {
             shared: shared.clone(),
             local_addr,
             management_addr,
+            prometheus_addr,
             stop: stop_tx,
             task: Arc::new(Mutex::new(Some(task))),
         })
     }
 }
 
-/// Binds the management listener and serves the HTTP API on it until the broker stops.
-async fn start_management(
-    addr: SocketAddr,
-    amqp: SocketAddr,
-    shared: &Arc<Shared>,
-    stop: &watch::Receiver<bool>,
-) -> Result<SocketAddr, BrokerError> {
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BrokerError> {
     let bind_err = |source| BrokerError::Bind { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
     let bound = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, bound))
+}
+
+/// Binds the management and Prometheus listeners that were asked for and serves them until
+/// the broker stops; returns their bound addresses.
+async fn start_http(
+    management: Option<SocketAddr>,
+    prometheus: Option<SocketAddr>,
+    amqp: SocketAddr,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), BrokerError> {
+    let mgmt = match management {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let prom = match prometheus {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let mgmt_addr = mgmt.as_ref().map(|m| m.1);
+    let prom_addr = prom.as_ref().map(|p| p.1);
     let state = crate::http::AppState {
         shared: shared.clone(),
         node: Arc::new(crate::http::NodeInfo {
             name: crate::http::node_name(),
             amqp,
-            management: bound,
-            prometheus: None,
+            management: mgmt_addr,
+            prometheus: prom_addr,
             started: std::time::Instant::now(),
-            started_at: std::time::SystemTime::now(),
         }),
     };
-    tokio::spawn(crate::http::serve(listener, state, stop.clone()));
-    tracing::info!(%bound, "management API ready");
-    Ok(bound)
+    if let Some((listener, bound)) = mgmt {
+        tokio::spawn(crate::http::serve(listener, state.clone(), stop.clone()));
+        tracing::info!(%bound, "management API ready");
+    }
+    if let Some((listener, bound)) = prom {
+        tokio::spawn(crate::http::serve_prometheus(listener, state, stop.clone()));
+        tracing::info!(%bound, "prometheus endpoint ready");
+    }
+    Ok((mgmt_addr, prom_addr))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -276,6 +312,7 @@ pub struct BrokerHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     management_addr: Option<SocketAddr>,
+    prometheus_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -298,6 +335,12 @@ impl BrokerHandle {
     /// ([`BrokerBuilder::management`]).
     pub fn management_addr(&self) -> Option<SocketAddr> {
         self.management_addr
+    }
+
+    /// The address of the Prometheus endpoint, when it was turned on
+    /// ([`BrokerBuilder::prometheus`]).
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus_addr
     }
 
     /// An `amqp://` URL for the default user and vhost, e.g.

@@ -12,6 +12,7 @@ use super::outbox::{Out, Outbox};
 use super::writer::{write_loop, Backlog};
 use crate::core::error::{AmqpError, Code};
 use crate::core::message::{ChannelKey, ConnId};
+use crate::core::stats::ConnInfo;
 use crate::shared::Shared;
 use amq_protocol::protocol::{channel, connection, parse_class, AMQPClass};
 use bytes::BytesMut;
@@ -61,10 +62,27 @@ pub(crate) async fn serve(
     };
     tracing::debug!(%peer, user = %hs.user, vhost = %hs.vhost, "connection open");
     let (outbox, rx, queued) = Outbox::new(hs.cancel_notify);
-    shared
-        .state
-        .lock()
-        .add_connection(conn_id, Arc::new(outbox.clone()));
+    let (force_close, forced) = watch::channel(None::<String>);
+    {
+        let mut state = shared.state.lock();
+        state.add_connection(conn_id, Arc::new(outbox.clone()));
+        state.describe_connection(
+            conn_id,
+            ConnInfo {
+                protocol: "AMQP 0-9-1".into(),
+                peer,
+                local: stream.local_addr().unwrap_or(peer),
+                user: hs.user.clone(),
+                vhost: hs.vhost.clone(),
+                client_properties: hs.client_properties.clone(),
+                tune: (hs.frame_max, hs.channel_max, hs.heartbeat),
+                connected_at: std::time::SystemTime::now(),
+                close: Arc::new(move |reason: &str| {
+                    force_close.send_replace(Some(reason.to_string()));
+                }),
+            },
+        );
+    }
     let (read_half, write_half) = stream.into_split();
     let writer = tokio::spawn(write_loop(
         write_half,
@@ -91,7 +109,9 @@ pub(crate) async fn serve(
         publisher: false,
         blocked_capable: hs.blocked_capable,
     };
-    let result = conn.run(read_half, buf, hs.heartbeat, shutdown).await;
+    let result = conn
+        .run(read_half, buf, hs.heartbeat, shutdown, forced)
+        .await;
     tracing::debug!(%peer, ?result, "connection closed");
     {
         let mut state = shared.state.lock();
@@ -133,6 +153,7 @@ impl Connection {
         mut buf: BytesMut,
         heartbeat: u16,
         mut shutdown: watch::Receiver<bool>,
+        mut forced: watch::Receiver<Option<String>>,
     ) -> Stop {
         // A peer that sends nothing for two heartbeat intervals is gone (as in RabbitMQ).
         let idle_limit = (heartbeat > 0).then(|| Duration::from_secs(heartbeat as u64 * 2));
@@ -202,6 +223,15 @@ impl Connection {
                         return Stop::Gone;
                     }
                 },
+                _ = forced.changed(), if self.closing.is_none() => {
+                    // Closed from the management API, as RabbitMQ: 320 with the reason given
+                    // (the API's X-Reason header, else "Closed via management plugin").
+                    let reason = forced.borrow_and_update().clone().unwrap_or_default();
+                    self.start_close(AmqpError::new(
+                        Code::ConnectionForced,
+                        reason,
+                    ));
+                }
                 _ = shutdown.changed(), if self.closing.is_none() => {
                     self.start_close(AmqpError::new(
                         Code::ConnectionForced,

@@ -21,6 +21,7 @@ pub(super) struct Handshake {
     pub(super) channel_max: u16,
     pub(super) heartbeat: u16,
     pub(super) cancel_notify: bool,
+    pub(super) client_properties: amq_protocol::types::FieldTable,
 }
 
 fn server_properties() -> FieldTable {
@@ -223,6 +224,7 @@ pub(super) async fn handshake(
         channel_max,
         heartbeat,
         cancel_notify,
+        client_properties: start_ok.client_properties,
     }))
 }
 

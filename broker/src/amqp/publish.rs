@@ -142,6 +142,13 @@ impl Channel {
             return Ok(());
         }
         let routed = state.publish(ctx.vhost, msg.clone());
+        state.count_published(
+            self.key(ctx),
+            ctx.vhost,
+            &routed,
+            p.publish.mandatory,
+            self.confirm,
+        );
         if routed.is_unroutable() && p.publish.mandatory {
             state.note_returned(ctx.vhost, &msg);
         }

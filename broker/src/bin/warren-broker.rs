@@ -45,6 +45,12 @@ struct Args {
     /// Serve no management HTTP API.
     #[arg(long)]
     no_management: bool,
+    /// Address of the Prometheus endpoint (/metrics, /metrics/per-object).
+    #[arg(long, default_value = "0.0.0.0:15692")]
+    prometheus_listen: SocketAddr,
+    /// Serve no Prometheus endpoint.
+    #[arg(long)]
+    no_prometheus: bool,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -184,6 +190,9 @@ async fn serve(args: Args) -> ExitCode {
     let mut builder = Broker::builder().listen(args.listen).limits(limits);
     if !args.no_management {
         builder = builder.management(args.management_listen);
+    }
+    if !args.no_prometheus {
+        builder = builder.prometheus(args.prometheus_listen);
     }
     if args.memory_only {
         tracing::warn!(

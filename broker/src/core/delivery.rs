@@ -11,6 +11,7 @@ use super::queue::{Consumer, Payload, Queue, QueuedMessage};
 use super::session::{ChannelSlot, Unacked};
 use super::sink::Event;
 use super::state::{gen_name, Dead, State};
+use super::stats::{Stat, Stats};
 use super::store::Store;
 use super::vhost::Vhost;
 use amq_protocol::types::FieldTable;
@@ -169,6 +170,7 @@ impl State {
             &mut self.dead,
             self.store.as_deref(),
             &mut self.pager,
+            &mut self.stats,
             Instant::now(),
         );
         self.flush_dead_letters();
@@ -188,6 +190,7 @@ impl State {
                     &mut self.dead,
                     self.store.as_deref(),
                     &mut self.pager,
+                    &mut self.stats,
                     now,
                 );
             }
@@ -299,6 +302,7 @@ impl State {
             return Ok(false);
         };
         let Some(mut m) = popped else {
+            self.count_get_empty(key, &vhost, queue);
             return Ok(false);
         };
         // An expired message that reached the head goes now, so the count is right.
@@ -317,6 +321,9 @@ impl State {
             self.unstore(&m);
             return Ok(false);
         };
+        let kind = if no_ack { Stat::GetNoAck } else { Stat::Get };
+        self.stats
+            .delivered(&vhost, &queue_name, key, kind, m.redelivered);
         let slot = self.channels.get_mut(&key).expect("open channel");
         let tag = slot.next_tag;
         slot.next_tag += 1;
@@ -468,6 +475,7 @@ impl State {
                     None
                 };
                 q.push(msg.clone(), now, stored, paged);
+                self.stats.queue(vhost, &name, Stat::Publish, 1);
                 routed.queues += 1;
                 if q.has_consumers() {
                     pump_queue(
@@ -477,6 +485,7 @@ impl State {
                         &mut self.dead,
                         self.store.as_deref(),
                         &mut self.pager,
+                        &mut self.stats,
                         now,
                     );
                 }
@@ -493,6 +502,12 @@ impl State {
         self.route_buf = queues;
         if let Some(r) = page {
             self.pager.release(r);
+        }
+        self.stats
+            .exchange(vhost, &msg.exchange, Stat::PublishIn, 1);
+        if routed.queues > 0 {
+            self.stats
+                .exchange(vhost, &msg.exchange, Stat::PublishOut, 1);
         }
         routed
     }
@@ -591,6 +606,7 @@ fn pump_queue(
     dead: &mut Vec<Dead>,
     store: Option<&Store>,
     pager: &mut Pager,
+    stats: &mut Stats,
     now: Instant,
 ) {
     loop {
@@ -637,6 +653,12 @@ fn pump_queue(
             .expect("checked by next_consumer");
         let delivery_tag = slot.next_tag;
         slot.next_tag += 1;
+        let kind = if c.no_ack {
+            Stat::DeliverNoAck
+        } else {
+            Stat::Deliver
+        };
+        stats.delivered(vhost, q.name(), c.channel, kind, m.redelivered);
         slot.sink.send(Event::Deliver {
             channel: c.channel.channel,
             consumer_tag: c.tag.clone(),

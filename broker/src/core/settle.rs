@@ -6,6 +6,7 @@ use super::error::{AmqpError, AmqpResult};
 use super::message::ChannelKey;
 use super::session::Unacked;
 use super::state::{Dead, State};
+use super::stats::Stat;
 use std::sync::Arc;
 
 /// How deliveries taken off a channel are settled.
@@ -116,6 +117,11 @@ impl State {
             }
             if let Some(tag) = &u.consumer {
                 q.consumer_settled(key, tag);
+            }
+            if matches!(op, SettleOp::Ack) {
+                self.stats.queue(&vhost, &u.queue, Stat::Ack, 1);
+                self.stats.channel(key, Stat::Ack, 1);
+                self.stats.vhost(&vhost, Stat::Ack, 1);
             }
             match op {
                 SettleOp::Requeue => {

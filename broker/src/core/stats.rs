@@ -168,6 +168,8 @@ pub(crate) struct Stats {
     channels: HashMap<ChannelKey, Counters>,
     churn: [u64; CHURN.len()],
     last_sample: Option<Instant>,
+    /// Per queue: (messages, ready, unacked) at the last sample, and their rates of change.
+    depths: HashMap<(String, String), ([u64; 3], [f64; 3])>,
 }
 
 fn bump<'a>(
@@ -232,6 +234,14 @@ impl Stats {
         }
     }
 
+    /// A queue's (messages, messages_ready, messages_unacknowledged) rates of change per
+    /// second between the last two samples.
+    pub(crate) fn depth_rates(&self, vhost: &str, queue: &str) -> [f64; 3] {
+        self.depths
+            .get(&(vhost.to_string(), queue.to_string()))
+            .map_or([0.0; 3], |d| d.1)
+    }
+
     /// Counts a churn event.
     pub(crate) fn churn(&mut self, c: Churn) {
         self.churn[c as usize] += 1;
@@ -274,15 +284,6 @@ impl Stats {
     /// A channel's counters.
     pub(crate) fn of_channel(&self, key: ChannelKey) -> Option<&Counters> {
         self.channels.get(&key)
-    }
-
-    /// Every vhost's counters added up.
-    pub(crate) fn overall(&self) -> Counters {
-        let mut total = Counters::default();
-        for c in self.vhosts.values() {
-            total.merge(c);
-        }
-        total
     }
 
     /// The churn counters, in the order of [`CHURN`].
@@ -335,8 +336,6 @@ pub(crate) struct QueueInfo {
     pub(crate) unacked_bytes: u64,
     /// Consumers.
     pub(crate) consumers: u64,
-    /// Seconds since it was last used (idle_since).
-    pub(crate) idle: bool,
 }
 
 /// An exchange as the management API shows it.
@@ -428,8 +427,9 @@ pub(crate) struct ConnInfo {
     pub(crate) user: String,
     /// The vhost.
     pub(crate) vhost: String,
-    /// The client's properties as JSON (AMQP's client-properties table).
-    pub(crate) client_properties: serde_json::Value,
+    /// The client's properties (AMQP's client-properties table; other protocols fill in
+    /// what they know, e.g. an MQTT client id).
+    pub(crate) client_properties: FieldTable,
     /// Negotiated frame_max, channel_max, heartbeat (AMQP; 0 elsewhere).
     pub(crate) tune: (u32, u16, u16),
     /// When it was opened.
@@ -457,6 +457,41 @@ impl ConnInfo {
 }
 
 impl State {
+    /// Counts a publish on a channel (the front-end calls it after [`State::publish`]): the
+    /// channel's and vhost's `publish`, `confirm` when the channel is in confirm mode, and
+    /// `return_unroutable` or `drop_unroutable` for a message no queue took.
+    pub(crate) fn count_published(
+        &mut self,
+        key: ChannelKey,
+        vhost: &str,
+        routed: &super::delivery::Routed,
+        mandatory: bool,
+        confirm: bool,
+    ) {
+        self.stats.channel(key, Stat::Publish, 1);
+        self.stats.vhost(vhost, Stat::Publish, 1);
+        if confirm {
+            self.stats.channel(key, Stat::Confirm, 1);
+            self.stats.vhost(vhost, Stat::Confirm, 1);
+        }
+        if routed.is_unroutable() {
+            let s = if mandatory {
+                Stat::ReturnUnroutable
+            } else {
+                Stat::DropUnroutable
+            };
+            self.stats.channel(key, s, 1);
+            self.stats.vhost(vhost, s, 1);
+        }
+    }
+
+    /// Counts a basic.get that found nothing.
+    pub(super) fn count_get_empty(&mut self, key: ChannelKey, vhost: &str, queue: &str) {
+        self.stats.channel(key, Stat::GetEmpty, 1);
+        self.stats.vhost(vhost, Stat::GetEmpty, 1);
+        self.stats.queue(vhost, queue, Stat::GetEmpty, 1);
+    }
+
     /// The counters (read-only).
     pub(crate) fn stats(&self) -> &Stats {
         &self.stats
@@ -465,7 +500,25 @@ impl State {
     /// Takes a rate sample (the management listener calls it every 5 s, as RabbitMQ's
     /// collection interval).
     pub(crate) fn sample_rates(&mut self) {
-        self.stats.sample(Instant::now());
+        let now = Instant::now();
+        let secs = self
+            .stats
+            .last_sample
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        let mut depths = HashMap::new();
+        for q in self.queue_infos(None) {
+            let d = [q.ready + q.unacked, q.ready, q.unacked];
+            let key = (q.vhost, q.name);
+            let rates = match self.stats.depths.get(&key) {
+                Some((last, _)) if secs > 0.0 => {
+                    std::array::from_fn(|i| (d[i] as f64 - last[i] as f64) / secs)
+                }
+                _ => [0.0; 3],
+            };
+            depths.insert(key, (d, rates));
+        }
+        self.stats.depths = depths;
+        self.stats.sample(now);
     }
 
     /// Names of every vhost, sorted.
@@ -508,7 +561,6 @@ impl State {
                     ready_bytes: q.ready_bytes() as u64,
                     unacked_bytes: un_bytes,
                     consumers: u64::from(q.consumer_count()),
-                    idle: !q.has_consumers(),
                 });
             }
         }

@@ -174,6 +174,7 @@ impl State {
         let Some(vh) = self.vhosts.get_mut(vhost) else {
             return;
         };
+        self.stats.forget_exchange(vhost, name);
         if vh.exchanges.remove(name).is_some_and(|x| x.durable) {
             self.save_definitions();
         }
@@ -374,6 +375,8 @@ impl State {
             ));
         }
         crate::core::args::validate_queue_args(&name, vhost, &d.args)?;
+        self.stats.churn(super::stats::Churn::QueueCreated);
+        self.stats.churn(super::stats::Churn::QueueDeclared);
         let id = self.next_queue_id;
         self.next_queue_id += 1;
         let owner = d.exclusive.then_some(conn);
@@ -450,6 +453,8 @@ impl State {
         let Some(q) = vh.queues.remove(name) else {
             return 0;
         };
+        self.stats.forget_queue(vhost, name);
+        self.stats.churn(super::stats::Churn::QueueDeleted);
         let durable = q.is_durable();
         let dest = Destination::Queue(name.to_string());
         let mut sources = Vec::new();

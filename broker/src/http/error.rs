@@ -47,24 +47,6 @@ impl ApiError {
         }
     }
 
-    /// 413 for a body over the limit.
-    pub(crate) fn too_large() -> Self {
-        ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            error: "Payload too large",
-            reason: "Payload too large".into(),
-        }
-    }
-
-    /// 405 for a method a path does not serve.
-    pub(crate) fn method_not_allowed() -> Self {
-        ApiError {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            error: "Method Not Allowed",
-            reason: "Method Not Allowed".into(),
-        }
-    }
-
     /// An AMQP-level refusal turned into the status RabbitMQ's API gives for it: 404 for
     /// NOT_FOUND, 405 for RESOURCE_LOCKED (exclusive queues), 403-like 401 for ACCESS_REFUSED,
     /// 400 for PRECONDITION_FAILED and the rest.

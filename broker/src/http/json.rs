@@ -1,7 +1,7 @@
 //! RabbitMQ's JSON for AMQP values and statistics: field tables as plain JSON objects (and
 //! back, with RabbitMQ's type choices), `message_stats` with `_details.rate`.
 
-use crate::core::stats::{Counters, STATS};
+use crate::core::stats::{Counters, Stat, STATS};
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{json, Map, Value};
 
@@ -75,37 +75,27 @@ pub(crate) fn to_table(v: &Value) -> Option<FieldTable> {
     Some(t)
 }
 
-/// `message_stats` as RabbitMQ writes it: each counted stat with its `_details.rate`
-/// (stats never counted are left out, as RabbitMQ leaves them out).
-pub(crate) fn message_stats(c: &Counters) -> Value {
+/// `message_stats` as RabbitMQ writes it: each stat with its `_details.rate`. RabbitMQ writes
+/// every stat for channels, vhosts and the overview (`full`), and only the stats counted so far
+/// for queues and exchanges.
+pub(crate) fn message_stats(c: &Counters, full: bool) -> Value {
     let mut m = Map::new();
     for s in STATS {
         let n = c.get(s);
-        if n == 0 {
+        let exchange_only = matches!(s, Stat::PublishIn | Stat::PublishOut);
+        if (n == 0 && !full) || (full && exchange_only) {
             continue;
         }
         m.insert(s.name().into(), json!(n));
         m.insert(format!("{}_details", s.name()), json!({"rate": c.rate(s)}));
     }
     // deliver_get: deliver + deliver_no_ack + get + get_no_ack, as RabbitMQ derives it.
-    let parts = [
-        crate::core::stats::Stat::Deliver,
-        crate::core::stats::Stat::DeliverNoAck,
-        crate::core::stats::Stat::Get,
-        crate::core::stats::Stat::GetNoAck,
-    ];
+    let parts = [Stat::Deliver, Stat::DeliverNoAck, Stat::Get, Stat::GetNoAck];
     let dg: u64 = parts.iter().map(|s| c.get(*s)).sum();
-    if dg > 0 {
+    if dg > 0 || full {
         let rate: f64 = parts.iter().map(|s| c.rate(*s)).sum();
         m.insert("deliver_get".into(), json!(dg));
         m.insert("deliver_get_details".into(), json!({"rate": rate}));
     }
     Value::Object(m)
-}
-
-/// A count with its `_details` object (rate of change per second; Warren samples depths only
-/// for message_stats, so a depth's rate is the change between the last two samples when known).
-pub(crate) fn with_details(m: &mut Map<String, Value>, key: &str, n: u64, rate: f64) {
-    m.insert(key.into(), json!(n));
-    m.insert(format!("{key}_details"), json!({"rate": rate}));
 }

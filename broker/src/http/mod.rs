@@ -4,7 +4,10 @@
 //! Layout: `error` (RabbitMQ's `{"error", "reason"}` answers), `auth` (basic auth and the
 //! management tags), `json` (AMQP field tables and `message_stats` as RabbitMQ's JSON), `query`
 //! (columns, sort, paging, name filters), then the handlers: `overview` (overview, nodes,
-//! whoami, health checks), `dashboard` (the web dashboard at `/` and Warren's `/api/warren`).
+//! whoami, health checks), `resources` (lists), `views` (their JSON objects), `ops` (declare,
+//! delete, purge, publish, get, bindings, closing connections), `admin` (vhosts, users,
+//! permissions), `definitions` (export and import), `dashboard` (the web dashboard at `/` and
+//! Warren's `/api/warren`).
 //!
 //! **Adding routes from another module** (the dashboard does this): write a
 //! `pub(crate) fn routes() -> Router<AppState>` in your module (handlers take
@@ -12,17 +15,24 @@
 //! module below and add one `.merge(yourmodule::routes())` line in [`router`]. Paths under
 //! `/api` are this module's; anything else (e.g. `/`, `/js/...`) is free.
 
+mod admin;
 pub(crate) mod auth;
 pub(crate) mod dashboard;
+mod definitions;
 pub(crate) mod error;
 pub(crate) mod json;
+mod ops;
 mod overview;
+pub(crate) mod prometheus;
+mod query;
+mod resources;
+mod views;
 
 use crate::shared::Shared;
 use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -33,14 +43,12 @@ pub(crate) struct NodeInfo {
     pub(crate) name: String,
     /// The AMQP listener.
     pub(crate) amqp: SocketAddr,
-    /// The management listener.
-    pub(crate) management: SocketAddr,
+    /// The management listener, when on.
+    pub(crate) management: Option<SocketAddr>,
     /// The Prometheus listener, when on.
     pub(crate) prometheus: Option<SocketAddr>,
     /// When the broker started (uptime).
     pub(crate) started: Instant,
-    /// The same as wall-clock time.
-    pub(crate) started_at: SystemTime,
 }
 
 /// The state every handler gets: the broker's shared state and the node's description.
@@ -60,6 +68,10 @@ pub(crate) const MAX_BODY: usize = 20 * 1024 * 1024;
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(overview::routes())
+        .merge(resources::routes())
+        .merge(ops::routes())
+        .merge(admin::routes())
+        .merge(definitions::routes())
         .merge(dashboard::routes())
         .fallback(|| async { error::ApiError::not_found() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -74,6 +86,24 @@ pub(crate) fn node_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
     format!("warren@{host}")
+}
+
+/// Serves the Prometheus endpoint on `listener` until `stop` turns true.
+pub(crate) async fn serve_prometheus(
+    listener: TcpListener,
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = prometheus::routes().with_state(state);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(error = %e, "prometheus listener failed");
+    }
 }
 
 /// Serves the API on `listener` until `stop` turns true; also takes the rate samples every 5

@@ -55,10 +55,9 @@ fn exchange_types() -> Value {
 
 fn listeners(state: &AppState) -> Value {
     let n = &state.node;
-    let mut out = vec![("amqp", n.amqp), ("http", n.management)];
-    if let Some(p) = n.prometheus {
-        out.push(("http/prometheus", p));
-    }
+    let mut out = vec![("amqp", n.amqp)];
+    out.extend(n.management.map(|m| ("http", m)));
+    out.extend(n.prometheus.map(|p| ("http/prometheus", p)));
     json!(out
         .into_iter()
         .map(|(protocol, addr)| json!({
@@ -123,7 +122,7 @@ async fn overview(State(state): State<AppState>, caller: Caller) -> Json<Value> 
         "erlang_full_version": "none (Rust)",
         "disable_stats": false,
         "enable_queue_totals": false,
-        "message_stats": message_stats(&stats),
+        "message_stats": message_stats(&stats, true),
         "churn_rates": churn,
         "queue_totals": totals,
         "object_totals": object_totals,
@@ -134,8 +133,8 @@ async fn overview(State(state): State<AppState>, caller: Caller) -> Json<Value> 
             "node": state.node.name,
             "description": "RabbitMQ Management",
             "path": "/",
-            "ip": state.node.management.ip().to_string(),
-            "port": state.node.management.port().to_string(),
+            "ip": state.node.management.map(|m| m.ip().to_string()),
+            "port": state.node.management.map(|m| m.port().to_string()),
         }],
     }))
 }
@@ -233,7 +232,7 @@ async fn port_listener(
     let n = &state.node;
     let ports = [
         Some(n.amqp.port()),
-        Some(n.management.port()),
+        n.management.map(|p| p.port()),
         n.prometheus.map(|p| p.port()),
     ];
     if ports.contains(&Some(port)) {

@@ -1,0 +1,707 @@
+//! The endpoints that change things or act on messages: declare and delete queues and
+//! exchanges, purge, publish, get, create and delete bindings, close connections, and the
+//! aliveness test. Everything goes through the core's operations with the API's own
+//! connection id, as RabbitMQ's management plugin goes through an internal channel.
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::query::ListQuery;
+use super::resources::{check_vhost, connection_list, exchange_list, queue_list};
+use super::views;
+use super::AppState;
+use crate::core::exchange::Destination;
+use crate::core::message::{ChannelKey, ConnId, Message};
+use crate::core::sink::{Event, Sink};
+use crate::core::topology::{ExchangeDeclare, QueueDeclare};
+use amq_protocol::protocol::basic::AMQPProperties;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The connection id the API's declarations use: never a client's (those count up from 1).
+const API_CONN: ConnId = 0;
+
+/// The routes of this module.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(show_queue).put(put_queue).delete(delete_queue),
+        )
+        .route("/api/queues/{vhost}/{name}/contents", delete(purge))
+        .route("/api/queues/{vhost}/{name}/get", post(get_messages))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(show_exchange).put(put_exchange).delete(delete_exchange),
+        )
+        .route("/api/exchanges/{vhost}/{name}/publish", post(publish))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}",
+            get(list_between).post(create_binding),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}/{props}",
+            get(show_binding).delete(delete_binding),
+        )
+        .route(
+            "/api/connections/{name}",
+            get(show_connection).delete(close_connection),
+        )
+        .route("/api/aliveness-test/{vhost}", get(aliveness))
+}
+
+/// "amq.default" in a path names the default exchange "".
+pub(crate) fn exchange_name(path: &str) -> String {
+    if path == "amq.default" {
+        String::new()
+    } else {
+        path.to_string()
+    }
+}
+
+/// Parses a JSON body (an empty body is `{}`), with RabbitMQ's 400 for anything else.
+fn body(bytes: &Bytes) -> ApiResult<serde_json::Map<String, Value>> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request("not_json_object")),
+        Err(e) => Err(ApiError::bad_request(format!("{e}"))),
+    }
+}
+
+fn flag(m: &serde_json::Map<String, Value>, key: &str, default: bool) -> ApiResult<bool> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "{key}: expected a boolean, got {v}"
+        ))),
+    }
+}
+
+fn text<'a>(m: &'a serde_json::Map<String, Value>, key: &str) -> ApiResult<Option<&'a str>> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "{key}: expected a string, got {v}"
+        ))),
+    }
+}
+
+fn arguments(m: &serde_json::Map<String, Value>) -> ApiResult<amq_protocol::types::FieldTable> {
+    super::json::to_table(m.get("arguments").unwrap_or(&Value::Null))
+        .ok_or_else(|| ApiError::bad_request("arguments: expected an object"))
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// RabbitMQ refuses names longer than 255 bytes (AMQP short strings).
+fn check_name(name: &str) -> ApiResult<()> {
+    if name.len() > 255 {
+        return Err(ApiError::bad_request(format!(
+            "name too long: {} bytes (max 255)",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn show_queue(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    let found = queue_list(&st, &c, Some(&vhost))
+        .into_iter()
+        .find(|v| v["name"] == name.as_str());
+    found.map(|v| q.one(v)).ok_or_else(ApiError::not_found)
+}
+
+async fn put_queue(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    check_name(&name)?;
+    let m = body(&bytes)?;
+    let d = QueueDeclare {
+        name: name.clone(),
+        passive: false,
+        durable: flag(&m, "durable", true)?,
+        exclusive: false,
+        auto_delete: flag(&m, "auto_delete", false)?,
+        args: arguments(&m)?,
+    };
+    let mut s = st.shared.state.lock();
+    let existed = s.queue_infos(Some(&vhost)).iter().any(|q| q.name == name);
+    s.queue_declare(&vhost, API_CONN, d)
+        .map_err(|e| ApiError::from_amqp(&e))?;
+    Ok(if existed {
+        no_content()
+    } else {
+        StatusCode::CREATED.into_response()
+    })
+}
+
+async fn delete_queue(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(raw): Query<super::query::RawQuery>,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    let mut s = st.shared.state.lock();
+    if !s.queue_infos(Some(&vhost)).iter().any(|q| q.name == name) {
+        return Err(ApiError::not_found());
+    }
+    let if_unused = raw.get("if-unused").is_some_and(|v| v == "true");
+    let if_empty = raw.get("if-empty").is_some_and(|v| v == "true");
+    s.queue_delete(&vhost, API_CONN, &name, if_unused, if_empty)
+        .map_err(|e| ApiError::from_amqp(&e))?;
+    Ok(no_content())
+}
+
+async fn purge(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    st.shared
+        .state
+        .lock()
+        .queue_purge(&vhost, API_CONN, &name)
+        .map_err(|e| ApiError::from_amqp(&e))?;
+    Ok(no_content())
+}
+
+async fn show_exchange(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    let name = exchange_name(&name);
+    let found = exchange_list(&st, &c, Some(&vhost))
+        .into_iter()
+        .find(|v| v["name"] == name.as_str());
+    found.map(|v| q.one(v)).ok_or_else(ApiError::not_found)
+}
+
+async fn put_exchange(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    check_name(&name)?;
+    let m = body(&bytes)?;
+    let Some(kind) = text(&m, "type")? else {
+        return Err(ApiError::bad_request("[{key_missing,type}]"));
+    };
+    let d = ExchangeDeclare {
+        name: name.clone(),
+        kind: kind.to_string(),
+        passive: false,
+        durable: flag(&m, "durable", true)?,
+        auto_delete: flag(&m, "auto_delete", false)?,
+        internal: flag(&m, "internal", false)?,
+        args: arguments(&m)?,
+    };
+    let mut s = st.shared.state.lock();
+    let existed = s
+        .exchange_infos(Some(&vhost))
+        .iter()
+        .any(|x| x.name == name);
+    s.exchange_declare(&vhost, d)
+        .map_err(|e| ApiError::from_amqp(&e))?;
+    Ok(if existed {
+        no_content()
+    } else {
+        StatusCode::CREATED.into_response()
+    })
+}
+
+async fn delete_exchange(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(raw): Query<super::query::RawQuery>,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    let name = exchange_name(&name);
+    let mut s = st.shared.state.lock();
+    if !s
+        .exchange_infos(Some(&vhost))
+        .iter()
+        .any(|x| x.name == name)
+    {
+        return Err(ApiError::not_found());
+    }
+    let if_unused = raw.get("if-unused").is_some_and(|v| v == "true");
+    s.exchange_delete(&vhost, &name, if_unused)
+        .map_err(|e| ApiError::from_amqp(&e))?;
+    Ok(no_content())
+}
+
+fn destination(kind: &str, name: String) -> ApiResult<Destination> {
+    match kind {
+        "q" => Ok(Destination::Queue(name)),
+        "e" => Ok(Destination::Exchange(name)),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+fn between(
+    st: &AppState,
+    c: &Caller,
+    vhost: &str,
+    source: &str,
+    kind: &str,
+    dest: &str,
+) -> ApiResult<Vec<crate::core::stats::BindingInfo>> {
+    check_vhost(st, c, vhost)?;
+    let s = st.shared.state.lock();
+    let dtype = if kind == "q" { "queue" } else { "exchange" };
+    let src_ok = source.is_empty()
+        || s.exchange_infos(Some(vhost))
+            .iter()
+            .any(|x| x.name == source);
+    let dest_ok = match kind {
+        "q" => s.queue_infos(Some(vhost)).iter().any(|q| q.name == dest),
+        _ => s.exchange_infos(Some(vhost)).iter().any(|x| x.name == dest),
+    };
+    if !src_ok || !dest_ok {
+        return Err(ApiError::not_found());
+    }
+    Ok(s.binding_infos(Some(vhost))
+        .into_iter()
+        .filter(|b| b.source == source && b.destination == dest && b.destination_type == dtype)
+        .collect())
+}
+
+async fn list_between(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    destination(&kind, dest.clone())?;
+    let found = between(&st, &c, &vhost, &exchange_name(&source), &kind, &dest)?;
+    q.respond(found.iter().map(views::binding).collect())
+}
+
+async fn create_binding(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    let d = destination(&kind, dest.clone())?;
+    let source = exchange_name(&source);
+    between(&st, &c, &vhost, &source, &kind, &dest)?;
+    let m = body(&bytes)?;
+    let key = text(&m, "routing_key")?.unwrap_or_default().to_string();
+    let args = arguments(&m)?;
+    st.shared
+        .state
+        .lock()
+        .bind(&vhost, API_CONN, &source, d, &key, args.clone())
+        .map_err(|e| ApiError::from_amqp(&e))?;
+    let info = crate::core::stats::BindingInfo {
+        vhost: vhost.clone(),
+        source,
+        destination: dest,
+        destination_type: "queue",
+        routing_key: key,
+        arguments: args,
+    };
+    // RabbitMQ answers 201 with the new binding's path (relative to /api) in Location.
+    let location = views::properties_key(&info);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
+}
+
+async fn show_binding(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
+) -> ApiResult<Response> {
+    destination(&kind, dest.clone())?;
+    let found = between(&st, &c, &vhost, &exchange_name(&source), &kind, &dest)?;
+    found
+        .iter()
+        .find(|b| views::properties_key(b) == props)
+        .map(|b| Json(views::binding(b)).into_response())
+        .ok_or_else(ApiError::not_found)
+}
+
+async fn delete_binding(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
+) -> ApiResult<Response> {
+    let d = destination(&kind, dest.clone())?;
+    let source = exchange_name(&source);
+    let found = between(&st, &c, &vhost, &source, &kind, &dest)?;
+    let Some(b) = found.iter().find(|b| views::properties_key(b) == props) else {
+        return Err(ApiError::not_found());
+    };
+    st.shared
+        .state
+        .lock()
+        .unbind(&vhost, API_CONN, &source, d, &b.routing_key, &b.arguments)
+        .map_err(|e| ApiError::from_amqp(&e))?;
+    Ok(no_content())
+}
+
+async fn show_connection(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    connection_list(&st, &c, None)
+        .into_iter()
+        .find(|(_, v)| v["name"] == name.as_str())
+        .map(|(_, v)| Json(v).into_response())
+        .ok_or_else(ApiError::not_found)
+}
+
+async fn close_connection(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let Some((id, _)) = connection_list(&st, &c, None)
+        .into_iter()
+        .find(|(_, v)| v["name"] == name.as_str())
+    else {
+        return Err(ApiError::not_found());
+    };
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin")
+        .to_string();
+    let info = st.shared.state.lock().connection_info(id);
+    if let Some(info) = info {
+        (info.close)(&reason);
+    }
+    Ok(no_content())
+}
+
+// ----- publish and get -------------------------------------------------------------------
+
+fn properties(p: Option<&Value>) -> ApiResult<AMQPProperties> {
+    let Some(p) = p.filter(|p| !p.is_null()) else {
+        return Ok(AMQPProperties::default());
+    };
+    let Some(p) = p.as_object() else {
+        return Err(ApiError::bad_request("properties: expected an object"));
+    };
+    let mut props = AMQPProperties::default();
+    for (k, v) in p {
+        let s = || {
+            v.as_str()
+                .map(|s| s.into())
+                .ok_or_else(|| ApiError::bad_request(format!("{k}: expected a string")))
+        };
+        let n = || {
+            v.as_u64()
+                .ok_or_else(|| ApiError::bad_request(format!("{k}: expected an integer")))
+        };
+        props = match k.as_str() {
+            "content_type" => props.with_content_type(s()?),
+            "content_encoding" => props.with_content_encoding(s()?),
+            "headers" => props.with_headers(
+                super::json::to_table(v)
+                    .ok_or_else(|| ApiError::bad_request("headers: expected an object"))?,
+            ),
+            "delivery_mode" => props.with_delivery_mode(n()? as u8),
+            "priority" => props.with_priority(n()? as u8),
+            "correlation_id" => props.with_correlation_id(s()?),
+            "reply_to" => props.with_reply_to(s()?),
+            "expiration" => props.with_expiration(s()?),
+            "message_id" => props.with_message_id(s()?),
+            "timestamp" => props.with_timestamp(n()?),
+            "type" => props.with_type(s()?),
+            "user_id" => props.with_user_id(s()?),
+            "app_id" => props.with_app_id(s()?),
+            "cluster_id" => props.with_cluster_id(s()?),
+            _ => return Err(ApiError::bad_request(format!("unknown property {k}"))),
+        };
+    }
+    Ok(props)
+}
+
+fn properties_json(p: &AMQPProperties) -> Value {
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.into(), v);
+        }
+    };
+    put(
+        "content_type",
+        p.content_type().as_ref().map(|v| json!(v.as_str())),
+    );
+    put(
+        "content_encoding",
+        p.content_encoding().as_ref().map(|v| json!(v.as_str())),
+    );
+    put("headers", p.headers().as_ref().map(super::json::table));
+    put("delivery_mode", p.delivery_mode().map(|v| json!(v)));
+    put("priority", p.priority().map(|v| json!(v)));
+    put(
+        "correlation_id",
+        p.correlation_id().as_ref().map(|v| json!(v.as_str())),
+    );
+    put("reply_to", p.reply_to().as_ref().map(|v| json!(v.as_str())));
+    put(
+        "expiration",
+        p.expiration().as_ref().map(|v| json!(v.as_str())),
+    );
+    put(
+        "message_id",
+        p.message_id().as_ref().map(|v| json!(v.as_str())),
+    );
+    put("timestamp", p.timestamp().map(|v| json!(v)));
+    put("type", p.kind().as_ref().map(|v| json!(v.as_str())));
+    put("user_id", p.user_id().as_ref().map(|v| json!(v.as_str())));
+    put("app_id", p.app_id().as_ref().map(|v| json!(v.as_str())));
+    if m.is_empty() {
+        // RabbitMQ (Erlang) writes empty properties as an empty list.
+        return json!([]);
+    }
+    Value::Object(m)
+}
+
+async fn publish(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    let exchange = exchange_name(&name);
+    let m = body(&bytes)?;
+    let key = text(&m, "routing_key")?
+        .ok_or_else(|| ApiError::bad_request("[{key_missing,routing_key}]"))?;
+    let payload =
+        text(&m, "payload")?.ok_or_else(|| ApiError::bad_request("[{key_missing,payload}]"))?;
+    let payload = match text(&m, "payload_encoding")?.unwrap_or("string") {
+        "string" => payload.as_bytes().to_vec(),
+        "base64" => base64::engine::general_purpose::STANDARD
+            .decode(payload)
+            .map_err(|_| ApiError::bad_request("not_base64"))?,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid payload_encoding {other}"
+            )))
+        }
+    };
+    let props = properties(m.get("properties"))?;
+    let mut s = st.shared.state.lock();
+    if !s
+        .exchange_infos(Some(&vhost))
+        .iter()
+        .any(|x| x.name == exchange)
+    {
+        return Err(ApiError::not_found());
+    }
+    s.check_publish(&vhost, &exchange)
+        .map_err(|e| ApiError::from_amqp(&e))?;
+    let msg = Message::with_properties(exchange, key.to_string(), &props, payload.into());
+    let routed = s.publish(&vhost, Arc::new(msg));
+    Ok(Json(json!({"routed": !routed.is_unroutable()})).into_response())
+}
+
+/// Collects what the core sends the API's own channel (get-ok answers).
+#[derive(Debug, Default)]
+struct Collect(Mutex<Vec<Event>>);
+
+impl Sink for Collect {
+    fn send(&self, event: Event) {
+        self.0.lock().expect("collector").push(event);
+    }
+    fn congested(&self) -> bool {
+        false
+    }
+}
+
+/// A fresh connection id for one API request that needs a channel (far above client ids).
+fn request_conn() -> ConnId {
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 62);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn encode_payload(body: &[u8], encoding: &str, truncate: Option<usize>) -> (Value, &'static str) {
+    let body = &body[..truncate.map_or(body.len(), |t| t.min(body.len()))];
+    match (encoding, std::str::from_utf8(body)) {
+        ("auto", Ok(s)) => (json!(s), "string"),
+        _ => (
+            json!(base64::engine::general_purpose::STANDARD.encode(body)),
+            "base64",
+        ),
+    }
+}
+
+async fn get_messages(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    let m = body(&bytes)?;
+    let count = match m.get("count") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| ApiError::bad_request("count: expected an integer"))?;
+    let ackmode =
+        text(&m, "ackmode")?.ok_or_else(|| ApiError::bad_request("[{key_missing,ackmode}]"))?;
+    let requeue = match ackmode {
+        "ack_requeue_true" | "reject_requeue_true" => true,
+        "ack_requeue_false" | "reject_requeue_false" => false,
+        other => return Err(ApiError::bad_request(format!("Invalid ackmode: {other}"))),
+    };
+    let encoding = text(&m, "encoding")?.unwrap_or("auto");
+    if encoding != "auto" && encoding != "base64" {
+        return Err(ApiError::bad_request(format!(
+            "Unsupported encoding: {encoding}"
+        )));
+    }
+    let truncate = match m.get("truncate") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| ApiError::bad_request("truncate: expected an integer"))?
+                as usize,
+        ),
+    };
+    let sink = Arc::new(Collect::default());
+    let key = ChannelKey {
+        conn: request_conn(),
+        channel: 1,
+    };
+    let result = {
+        let mut s = st.shared.state.lock();
+        s.add_connection(key.conn, sink.clone());
+        s.open_channel(key, &vhost);
+        let mut err = None;
+        for _ in 0..count {
+            match s.get(key, &name, false) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        if !requeue && err.is_none() {
+            let _ = s.ack(key, 0, true);
+        }
+        // Closing the channel requeues whatever is still unacknowledged (marked redelivered).
+        s.remove_connection(key.conn);
+        err
+    };
+    if let Some(e) = result {
+        return Err(ApiError::from_amqp(&e));
+    }
+    let events = std::mem::take(&mut *sink.0.lock().expect("collector"));
+    let out: Vec<Value> = events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::GetOk {
+                redelivered,
+                message_count,
+                msg,
+                ..
+            } => {
+                let (payload, enc) = encode_payload(&msg.body, encoding, truncate);
+                Some(json!({
+                    "payload_bytes": msg.body.len(),
+                    "redelivered": redelivered,
+                    "exchange": msg.exchange,
+                    "routing_key": msg.routing_key,
+                    "message_count": message_count,
+                    "properties": properties_json(&msg.properties()),
+                    "payload": payload,
+                    "payload_encoding": enc,
+                }))
+            }
+            _ => None,
+        })
+        .collect();
+    Ok(Json(Value::Array(out)).into_response())
+}
+
+async fn aliveness(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    let queue = "aliveness-test";
+    let sink = Arc::new(Collect::default());
+    let key = ChannelKey {
+        conn: request_conn(),
+        channel: 1,
+    };
+    let got = {
+        let mut s = st.shared.state.lock();
+        let d = QueueDeclare {
+            name: queue.into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            args: Default::default(),
+        };
+        s.queue_declare(&vhost, API_CONN, d)
+            .map_err(|e| ApiError::from_amqp(&e))?;
+        let msg = Message::with_properties(
+            String::new(),
+            queue.into(),
+            &AMQPProperties::default(),
+            Bytes::from_static(b"test_message"),
+        );
+        s.publish(&vhost, Arc::new(msg));
+        s.add_connection(key.conn, sink.clone());
+        s.open_channel(key, &vhost);
+        let got = s.get(key, queue, true).unwrap_or(false);
+        s.remove_connection(key.conn);
+        got
+    };
+    if got {
+        Ok(Json(json!({"status": "ok"})).into_response())
+    } else {
+        Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": "message not received"})),
+        )
+            .into_response())
+    }
+}
