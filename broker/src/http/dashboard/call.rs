@@ -130,19 +130,22 @@ pub(crate) async fn call(shared: &Arc<Shared>, spec: CallSpec<'_>) -> Result<Cal
             exclusive: false,
             args: FieldTable::default(),
         };
-        state
-            .consume(key, REPLY_TO, opts)
-            .map_err(|e| CallError::BadReply(e.to_string()))?;
+        if let Err(e) = state.consume(key, REPLY_TO, opts) {
+            drop(state); // before the session's guard, which takes the lock again
+            return Err(CallError::BadReply(e.to_string()));
+        }
         let reply_to = state.reply_name(key).unwrap_or_default().to_string();
         let msg = Arc::new(request(&spec, &call_id, &reply_to, budget_ms));
         let routed = state.publish(spec.vhost, msg.clone());
         if routed.is_unroutable() {
             state.note_returned(spec.vhost, &msg);
+            drop(state);
             return Err(CallError::Unroutable {
                 vhost: spec.vhost.to_string(),
                 queue: spec.queue.to_string(),
             });
         }
+        drop(state);
         session
     };
     let wait = async {
