@@ -27,10 +27,15 @@ pub fn find_chromium() -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-        .find(|p| p.is_file())
+    [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ]
+    .iter()
+    .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+    .find(|p| p.is_file())
 }
 
 /// Finds Chromium, installing Debian's package when it is missing and apt-get can (as
@@ -77,7 +82,8 @@ impl Drop for TempDir {
 impl Browser {
     /// Starts `chromium` headless with a fresh profile and connects to its DevTools endpoint.
     pub async fn launch(chromium: &Path) -> Result<Browser, String> {
-        let profile = std::env::temp_dir().join(format!("warren-chromium-{}", uuid::Uuid::new_v4()));
+        let profile =
+            std::env::temp_dir().join(format!("warren-chromium-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&profile).map_err(|e| e.to_string())?;
         let profile = TempDir(profile);
         let mut child = Command::new(chromium)
@@ -126,7 +132,12 @@ impl Browser {
     }
 
     /// Sends a command (to a page's session, or to the browser) and returns its result.
-    async fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value, String> {
+    async fn send(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, String> {
         let id = self.next_id;
         self.next_id += 1;
         let mut cmd = json!({"id": id, "method": method, "params": params});
@@ -157,9 +168,15 @@ impl Browser {
 
     /// Opens a tab of `width` x `height` CSS pixels.
     pub async fn new_page(&mut self, width: u32, height: u32) -> Result<Page<'_>, String> {
-        let t = self.send(None, "Target.createTarget", json!({"url": "about:blank"})).await?;
+        let t = self
+            .send(None, "Target.createTarget", json!({"url": "about:blank"}))
+            .await?;
         let a = self
-            .send(None, "Target.attachToTarget", json!({"targetId": t["targetId"], "flatten": true}))
+            .send(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": t["targetId"], "flatten": true}),
+            )
             .await?;
         let session = a["sessionId"].as_str().ok_or("no session id")?.to_string();
         let mut page = Page {
@@ -191,7 +208,9 @@ impl Page<'_> {
     /// Loads `url`.
     pub async fn goto(&mut self, url: &str) -> Result<(), String> {
         self.cmd("Page.navigate", json!({"url": url})).await?;
-        self.wait_for("document.readyState === 'complete'").await.map(|_| ())
+        self.wait_for("document.readyState === 'complete'")
+            .await
+            .map(|_| ())
     }
 
     /// Evaluates `expr` in the page (awaiting a promise) and returns its value as JSON.
@@ -203,7 +222,12 @@ impl Page<'_> {
             )
             .await?;
         if let Some(e) = r.get("exceptionDetails") {
-            return Err(format!("{expr}: {}", e["exception"]["description"].as_str().unwrap_or("exception")));
+            return Err(format!(
+                "{expr}: {}",
+                e["exception"]["description"]
+                    .as_str()
+                    .unwrap_or("exception")
+            ));
         }
         Ok(r["result"]["value"].clone())
     }
@@ -214,9 +238,8 @@ impl Page<'_> {
         let until = tokio::time::Instant::now() + WAIT;
         loop {
             let v = self.eval(expr).await?;
-            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
-                && v != json!(0)
-                && v != json!("");
+            let truthy =
+                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
             if truthy {
                 return Ok(v);
             }
@@ -252,13 +275,17 @@ impl Page<'_> {
     /// Clicks the field `selector` matches and types `text` into it.
     pub async fn type_into(&mut self, selector: &str, text: &str) -> Result<(), String> {
         self.click(selector).await?;
-        self.cmd("Input.insertText", json!({"text": text})).await.map(|_| ())
+        self.cmd("Input.insertText", json!({"text": text}))
+            .await
+            .map(|_| ())
     }
 
     /// Saves a PNG of the viewport to `path`.
     pub async fn screenshot(&mut self, path: &Path) -> Result<(), String> {
         use base64::Engine as _;
-        let r = self.cmd("Page.captureScreenshot", json!({"format": "png"})).await?;
+        let r = self
+            .cmd("Page.captureScreenshot", json!({"format": "png"}))
+            .await?;
         let png = base64::engine::general_purpose::STANDARD
             .decode(r["data"].as_str().unwrap_or_default())
             .map_err(|e| e.to_string())?;

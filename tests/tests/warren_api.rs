@@ -35,7 +35,10 @@ async fn http(method: &str, url: String, body: Option<Value>, auth: bool) -> (u1
         };
         let status = resp.status();
         let text = resp.into_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     })
     .await
     .expect("request task")
@@ -48,16 +51,31 @@ struct Api {
 impl Api {
     fn new(broker: &BrokerHandle) -> Api {
         Api {
-            base: format!("http://{}/api/warren", broker.management_addr().expect("management")),
+            base: format!(
+                "http://{}/api/warren",
+                broker.management_addr().expect("management")
+            ),
         }
     }
 
     async fn service(&self, vhost_queue: &str) -> (u16, Value) {
-        http("GET", format!("{}/services/{vhost_queue}", self.base), None, true).await
+        http(
+            "GET",
+            format!("{}/services/{vhost_queue}", self.base),
+            None,
+            true,
+        )
+        .await
     }
 
     async fn call(&self, queue: &str, body: Value) -> (u16, Value) {
-        http("POST", format!("{}/services/%2F/{queue}/call", self.base), Some(body), true).await
+        http(
+            "POST",
+            format!("{}/services/%2F/{queue}/call", self.base),
+            Some(body),
+            true,
+        )
+        .await
     }
 
     /// Polls a service until `done` holds for it (the observer counts as traffic happens;
@@ -69,7 +87,10 @@ impl Api {
             if status == 200 && done(&s) {
                 return s;
             }
-            assert!(tokio::time::Instant::now() < until, "{queue}: {what}; last: {status} {s}");
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{queue}: {what}; last: {status} {s}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -78,11 +99,17 @@ impl Api {
 /// A Warren request (protocol.md section 3) published by hand into a queue no server reads,
 /// with a 1 ms expiration: the broker drops it unserved.
 async fn publish_expiring_request(url: &str, queue: &str) {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default())
+    let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let mut headers = FieldTable::default();
     headers.insert("x-warren-protocol".into(), AMQPValue::LongLongInt(1));
     headers.insert("x-warren-timeout-ms".into(), AMQPValue::LongLongInt(1));
@@ -92,9 +119,15 @@ async fn publish_expiring_request(url: &str, queue: &str) {
         .with_reply_to("nobody-listens".into())
         .with_expiration("1".into())
         .with_headers(headers);
-    ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), b"{}", props)
-        .await
-        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        b"{}",
+        props,
+    )
+    .await
+    .unwrap();
     conn.close(200, "bye".into()).await.unwrap();
 }
 
@@ -116,72 +149,175 @@ async fn the_broker_reports_rpc_traffic_and_calls_services() {
         .await
         .expect("server");
     let client = Client::builder().connect(&url).await.expect("client");
-    let calc = CalculatorClient::new(client.clone()).with_options(CallOptions::new().service(&service));
+    let calc =
+        CalculatorClient::new(client.clone()).with_options(CallOptions::new().service(&service));
     for i in 0..3 {
         assert_eq!(calc.add(i, 1).await.unwrap(), i + 1);
     }
     let missing = unique("nobody");
-    let nobody = CalculatorClient::new(client.clone())
-        .with_options(CallOptions::new().service(&missing).timeout(Duration::from_millis(300)));
+    let nobody = CalculatorClient::new(client.clone()).with_options(
+        CallOptions::new()
+            .service(&missing)
+            .timeout(Duration::from_millis(300)),
+    );
     let err = nobody.add(1, 1).await.expect_err("no server");
-    assert!(matches!(err, Error::ServiceUnavailable { .. } | Error::Expired { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::ServiceUnavailable { .. } | Error::Expired { .. }
+        ),
+        "{err:?}"
+    );
     let idle = unique("idle");
     publish_expiring_request(&url, &idle).await;
 
     // What the broker saw.
-    let s = api.wait_service(&service, "3 requests and their replies", |s| s["replies"] == 3).await;
-    assert_eq!((s["requests"].clone(), s["consumers"].clone(), s["in_flight"].clone()), (json!(3), json!(1), json!(0)));
+    let s = api
+        .wait_service(&service, "3 requests and their replies", |s| {
+            s["replies"] == 3
+        })
+        .await;
+    assert_eq!(
+        (
+            s["requests"].clone(),
+            s["consumers"].clone(),
+            s["in_flight"].clone()
+        ),
+        (json!(3), json!(1), json!(0))
+    );
     assert!(s["latency"]["p50_ms"].as_f64().unwrap() > 0.0, "{s}");
     assert!(s["latency"]["p99_ms"].as_f64().unwrap() >= s["latency"]["p50_ms"].as_f64().unwrap());
-    let m = api.wait_service(&missing, "the returned requests", |s| s["returned"].as_u64() >= Some(1)).await;
+    let m = api
+        .wait_service(&missing, "the returned requests", |s| {
+            s["returned"].as_u64() >= Some(1)
+        })
+        .await;
     assert_eq!(m["consumers"], Value::Null, "no queue: {m}");
-    let e = api.wait_service(&idle, "the expired request", |s| s["expired"] == 1).await;
+    let e = api
+        .wait_service(&idle, "the expired request", |s| s["expired"] == 1)
+        .await;
     assert_eq!(e["requests"], 1);
-    api.wait_service(&idle, "no reply by the deadline", |s| s["unanswered"] == 1).await;
+    api.wait_service(&idle, "no reply by the deadline", |s| s["unanswered"] == 1)
+        .await;
     let (status, list) = http("GET", format!("{}/services", api.base), None, true).await;
     assert_eq!(status, 200);
-    assert!(list.as_array().unwrap().iter().any(|s| s["name"] == service.as_str()), "{list}");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == service.as_str()),
+        "{list}"
+    );
 
     // Calls from inside the broker.
-    let (status, r) = api.call(&service, json!({"method": "add", "args": {"a": 2, "b": 40}})).await;
-    assert_eq!((status, r["reply"].clone()), (200, json!({"ok": 42})), "{r}");
+    let (status, r) = api
+        .call(
+            &service,
+            json!({"method": "add", "args": {"a": 2, "b": 40}}),
+        )
+        .await;
+    assert_eq!(
+        (status, r["reply"].clone()),
+        (200, json!({"ok": 42})),
+        "{r}"
+    );
     assert!(r["call_id"].as_str().is_some_and(|c| !c.is_empty()));
-    let (_, r) = api.call(&service, json!({"method": "div", "args": {"a": 1, "b": 0}})).await;
+    let (_, r) = api
+        .call(&service, json!({"method": "div", "args": {"a": 1, "b": 0}}))
+        .await;
     assert_eq!(r["reply"], json!({"err": "DivisionByZero"}));
     let (_, r) = api.call(&service, json!({"method": "nope"})).await;
     assert_eq!(r["reply"]["fault"]["code"], "unknown_method", "{r}");
-    let (status, r) = api.call(&missing, json!({"method": "add", "args": {}})).await;
-    assert_eq!((status, r["error"].clone()), (503, json!("unroutable")), "{r}");
-    let (status, r) = api.call(&service, json!({"method": "add", "args": [1, 2]})).await;
-    assert_eq!((status, r["error"].clone()), (400, json!("bad_request")), "{r}");
-    let (status, _) = api.call(&service, json!({"method": "add", "bogus": 1})).await;
+    let (status, r) = api
+        .call(&missing, json!({"method": "add", "args": {}}))
+        .await;
+    assert_eq!(
+        (status, r["error"].clone()),
+        (503, json!("unroutable")),
+        "{r}"
+    );
+    let (status, r) = api
+        .call(&service, json!({"method": "add", "args": [1, 2]}))
+        .await;
+    assert_eq!(
+        (status, r["error"].clone()),
+        (400, json!("bad_request")),
+        "{r}"
+    );
+    let (status, _) = api
+        .call(&service, json!({"method": "add", "bogus": 1}))
+        .await;
     assert_eq!(status, 400);
-    let (status, _) = http("POST", format!("{}/services/nope/{service}/call", api.base), Some(json!({"method": "add"})), true).await;
+    let (status, _) = http(
+        "POST",
+        format!("{}/services/nope/{service}/call", api.base),
+        Some(json!({"method": "add"})),
+        true,
+    )
+    .await;
     assert_eq!(status, 404, "unknown vhost");
     let (status, _) = http("GET", format!("{}/services", api.base), None, false).await;
     assert_eq!(status, 401);
-    let (status, d) = http("GET", format!("{}/services/%2F/{service}/describe", api.base), None, true).await;
+    let (status, d) = http(
+        "GET",
+        format!("{}/services/%2F/{service}/describe", api.base),
+        None,
+        true,
+    )
+    .await;
     assert_eq!(status, 200, "{d}");
-    let names: Vec<&str> = d["methods"].as_array().unwrap().iter().filter_map(|m| m["name"].as_str()).collect();
-    assert!(names.contains(&"add") && names.contains(&"div"), "{names:?}");
+    let names: Vec<&str> = d["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"add") && names.contains(&"div"),
+        "{names:?}"
+    );
 
     // The same counts as Prometheus series, in a text format a parser reads.
-    let metrics_url = format!("http://{}/metrics", broker.prometheus_addr().expect("prometheus"));
+    let metrics_url = format!(
+        "http://{}/metrics",
+        broker.prometheus_addr().expect("prometheus")
+    );
     let (status, text) = http("GET", metrics_url, None, false).await;
     assert_eq!(status, 200);
     let text = text.as_str().expect("text").to_string();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
     let sample = |name: &str, queue: &str| {
-        scrape.samples.iter().find(|s| s.metric == name && s.labels.get("queue") == Some(queue)).map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("queue") == Some(queue))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
     };
-    assert!(sample("warren_rpc_requests_total", &service) >= Some(6.0), "{text}");
+    assert!(
+        sample("warren_rpc_requests_total", &service) >= Some(6.0),
+        "{text}"
+    );
     let returned = m["returned"].as_f64().unwrap() + 1.0; // the client's attempts, then the API's call
-    assert_eq!(sample("warren_rpc_returned_requests_total", &missing), Some(returned));
-    assert_eq!(sample("warren_rpc_expired_requests_total", &idle), Some(1.0));
-    assert!(text.contains(&format!("warren_rpc_reply_latency_seconds_count{{vhost=\"/\",queue=\"{service}\"}}")), "{text}");
+    assert_eq!(
+        sample("warren_rpc_returned_requests_total", &missing),
+        Some(returned)
+    );
+    assert_eq!(
+        sample("warren_rpc_expired_requests_total", &idle),
+        Some(1.0)
+    );
+    assert!(
+        text.contains(&format!(
+            "warren_rpc_reply_latency_seconds_count{{vhost=\"/\",queue=\"{service}\"}}"
+        )),
+        "{text}"
+    );
 
     server.shutdown().await;
     client.close().await;

@@ -190,7 +190,12 @@ fn request(spec: &CallSpec<'_>, call_id: &str, reply_to: &str, budget_ms: u128) 
         .with_timestamp(now.as_secs())
         .with_headers(headers);
     let body = serde_json::to_vec(&spec.args).unwrap_or_else(|_| b"{}".to_vec());
-    Message::with_properties(String::new(), spec.queue.to_string(), &props, Bytes::from(body))
+    Message::with_properties(
+        String::new(),
+        spec.queue.to_string(),
+        &props,
+        Bytes::from(body),
+    )
 }
 
 /// The reply in `msg` if it answers `call_id` (None for another message, or a `started`
@@ -206,7 +211,11 @@ fn read_reply(msg: &Message, call_id: &str) -> Result<Option<serde_json::Value>,
         return Ok(None);
     }
     serde_json::from_slice(&msg.body).map(Some).map_err(|e| {
-        let content_type = msg.properties().content_type().as_ref().map(|c| c.to_string());
+        let content_type = msg
+            .properties()
+            .content_type()
+            .as_ref()
+            .map(|c| c.to_string());
         CallError::BadReply(format!(
             "not JSON (content type {}): {e}",
             content_type.as_deref().unwrap_or("none")

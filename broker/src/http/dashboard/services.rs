@@ -32,8 +32,14 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/warren/services", get(list))
         .route("/api/warren/services/{vhost}/{queue}", get(one))
-        .route("/api/warren/services/{vhost}/{queue}/call", post(call_method))
-        .route("/api/warren/services/{vhost}/{queue}/describe", get(describe))
+        .route(
+            "/api/warren/services/{vhost}/{queue}/call",
+            post(call_method),
+        )
+        .route(
+            "/api/warren/services/{vhost}/{queue}/describe",
+            get(describe),
+        )
 }
 
 /// The `warren_rpc_*` Prometheus series (text format) for the `/metrics` endpoints.
@@ -130,7 +136,9 @@ async fn describe(
     };
     let reply = checked_call(&state, &caller, spec).await?;
     match reply.reply {
-        Value::Object(mut m) if m.contains_key("ok") => Ok(Json(m.remove("ok").unwrap_or_default())),
+        Value::Object(mut m) if m.contains_key("ok") => {
+            Ok(Json(m.remove("ok").unwrap_or_default()))
+        }
         other => Err(ApiError {
             status: StatusCode::BAD_GATEWAY,
             error: "no_description",
@@ -148,7 +156,10 @@ async fn checked_call(
     if spec.queue.is_empty() || spec.queue.len() > 255 {
         return Err(ApiError::bad_request("queue name: 1 to 255 bytes"));
     }
-    if !visible_vhosts(state, caller).iter().any(|v| v == spec.vhost) {
+    if !visible_vhosts(state, caller)
+        .iter()
+        .any(|v| v == spec.vhost)
+    {
         return Err(ApiError::not_found());
     }
     call(&state.shared, spec).await.map_err(|e| {

@@ -283,8 +283,8 @@ async function queue(vhost, name) {
       field('Messages', h('input', { name: 'count', type: 'number', value: '1', min: '1' })),
     ], 'Get messages', async (d) => {
       const msgs = await api('POST', path + '/get', { count: Number(d.get('count')), ackmode: d.get('ackmode'), encoding: 'auto', truncate: 50000 });
-      out.replaceChildren(msgs.length ? '' : h('p', { class: 'muted' }, 'Queue is empty.'),
-        msgs.map((m, i) => h('div', { class: 'box message' },
+      out.replaceChildren(...(msgs.length ? [] : [h('p', { class: 'muted' }, 'Queue is empty.')]),
+        ...msgs.map((m, i) => h('div', { class: 'box message' },
           h('b', null, 'Message ' + (i + 1)),
           kv([['Routing key', m.routing_key], ['Exchange', m.exchange || '(default)'], ['Redelivered', String(m.redelivered)],
             ['Properties', JSON.stringify(m.properties || {})], ['Payload (' + m.payload_bytes + ' bytes, ' + m.payload_encoding + ')', h('pre', { class: 'payload' }, m.payload)]]))));
@@ -561,7 +561,7 @@ async function render(refreshing) {
     const content = await route[2](...args);
     if (mine !== rendering || (refreshing === true && busy())) return; // a later render won, or the user is busy
     const main = $('#main');
-    main.replaceChildren(...[content].flat(2).filter(Boolean));
+    main.replaceChildren(...[content].flat(Infinity).filter(Boolean));
     main.dataset.page = route[1];
     main.dataset.rendered = String(mine);
   } catch (e) {
