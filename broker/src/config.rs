@@ -1,7 +1,5 @@
-//! Configuration: the limits negotiated with clients and enforced on their input, and the
-//! users who may log in. A leaf: it depends on nothing else in the broker.
-
-use std::net::IpAddr;
+//! Configuration: the limits negotiated with clients and enforced on their input. A leaf: it
+//! depends on nothing else in the broker. (Users live in `core::access`.)
 
 /// Limits negotiated with clients and enforced on their input.
 #[derive(Debug, Clone)]
@@ -61,25 +59,8 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct User {
-    pub(crate) name: String,
-    pub(crate) password: String,
-    pub(crate) loopback_only: bool,
-}
-
 /// Broker configuration, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Config {
-    pub(crate) users: Vec<User>,
     pub(crate) limits: Limits,
-}
-
-impl Config {
-    /// Whether these credentials may log in from `peer`.
-    pub(crate) fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> bool {
-        self.users.iter().any(|u| {
-            u.name == user && u.password == password && (!u.loopback_only || peer.is_loopback())
-        })
-    }
 }

@@ -21,6 +21,8 @@ struct BrokerProcess {
 impl BrokerProcess {
     fn start(dir: &Path) -> BrokerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren-broker"))
+            .args(["--management-listen", "127.0.0.1:0"])
+            .args(["--prometheus-listen", "127.0.0.1:0"])
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .env("RUST_LOG", "warn")

@@ -7,7 +7,7 @@
 
 use super::channel::{close_in_state, release_tx, reply_text, Channel, Ctx};
 use super::frame::{self, next_frame, RawFrame};
-use super::handshake::{close_method, handshake};
+use super::handshake::{close_method, handshake, Track};
 use super::outbox::{Out, Outbox};
 use super::writer::{write_loop, Backlog};
 use crate::core::error::{AmqpError, Code};
@@ -18,6 +18,7 @@ use amq_protocol::protocol::{channel, connection, parse_class, AMQPClass};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,21 +49,32 @@ pub(crate) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // A vhost or user deletion, or the management API, asks the connection to close through
+    // this.
+    let (forced_tx, forced) = watch::channel(None::<String>);
+    let forced_tx = Arc::new(forced_tx);
+    let api_close = forced_tx.clone();
+    let track = Track {
+        id: conn_id,
+        close: Box::new(move |why: &str| {
+            forced_tx.send_replace(Some(why.to_string()));
+        }),
+    };
     let hs = match timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&shared, &mut stream, &mut buf, peer),
+        handshake(&shared, &mut stream, &mut buf, peer, track),
     )
     .await
     {
         Ok(Ok(Some(hs))) => hs,
         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+            shared.access.close_connection(conn_id);
             let _ = stream.shutdown().await;
             return;
         }
     };
     tracing::debug!(%peer, user = %hs.user, vhost = %hs.vhost, "connection open");
     let (outbox, rx, queued) = Outbox::new(hs.cancel_notify);
-    let (force_close, forced) = watch::channel(None::<String>);
     {
         let mut state = shared.state.lock();
         state.add_connection(conn_id, Arc::new(outbox.clone()));
@@ -78,7 +90,7 @@ pub(crate) async fn serve(
                 tune: (hs.frame_max, hs.channel_max, hs.heartbeat),
                 connected_at: std::time::SystemTime::now(),
                 close: Arc::new(move |reason: &str| {
-                    force_close.send_replace(Some(reason.to_string()));
+                    api_close.send_replace(Some(reason.to_string()));
                 }),
             },
         );
@@ -102,6 +114,7 @@ pub(crate) async fn serve(
         outbox,
         vhost: hs.vhost,
         user: hs.user,
+        open_channels: hs.channels,
         frame_max: hs.frame_max,
         channel_max: hs.channel_max,
         channels: HashMap::new(),
@@ -127,6 +140,7 @@ pub(crate) async fn serve(
     conn.outbox.send(Out::Close);
     drop(conn);
     let _ = writer.await;
+    shared.access.close_connection(conn_id);
 }
 
 struct Connection {
@@ -135,6 +149,9 @@ struct Connection {
     outbox: Outbox,
     vhost: String,
     user: String,
+    /// How many channels are open, for the user's channel limit (shared with the access
+    /// layer's connection tracking).
+    open_channels: Arc<AtomicUsize>,
     frame_max: u32,
     channel_max: u16,
     channels: HashMap<u16, Channel>,
@@ -185,7 +202,10 @@ impl Connection {
             loop {
                 match next_frame(&mut buf, self.frame_max) {
                     Ok(Some(f)) => {
-                        if let Err(stop) = self.on_frame(f) {
+                        let result = self.on_frame(f);
+                        self.open_channels
+                            .store(self.channels.len(), Ordering::Relaxed);
+                        if let Err(stop) = result {
                             return stop;
                         }
                     }
@@ -223,14 +243,11 @@ impl Connection {
                         return Stop::Gone;
                     }
                 },
-                _ = forced.changed(), if self.closing.is_none() => {
-                    // Closed from the management API, as RabbitMQ: 320 with the reason given
-                    // (the API's X-Reason header, else "Closed via management plugin").
-                    let reason = forced.borrow_and_update().clone().unwrap_or_default();
-                    self.start_close(AmqpError::new(
-                        Code::ConnectionForced,
-                        reason,
-                    ));
+                Ok(()) = forced.changed(), if self.closing.is_none() => {
+                    // 320 with the reason given: a deleted vhost or user, or the management
+                    // API (its X-Reason header, else "Closed via management plugin").
+                    let why = forced.borrow_and_update().clone().unwrap_or_default();
+                    self.start_close(AmqpError::new(Code::ConnectionForced, why));
                 }
                 _ = shutdown.changed(), if self.closing.is_none() => {
                     self.start_close(AmqpError::new(
@@ -420,6 +437,10 @@ impl Connection {
                     );
                     return;
                 }
+                if let Err(err) = self.shared.access.check_channel(self.id) {
+                    self.start_close(err);
+                    return;
+                }
                 self.channels.insert(id, Channel::new(id));
                 self.shared.state.lock().open_channel(key, &self.vhost);
                 self.outbox.method(
@@ -483,6 +504,7 @@ impl Connection {
             outbox: &self.outbox,
             vhost: &self.vhost,
             user: &self.user,
+            access: &self.shared.access,
             max_message_size: self.shared.config.limits.max_message_size,
         };
         // A bug that panics while serving this channel must not take the other connections

@@ -163,16 +163,7 @@ impl State {
         else {
             return;
         };
-        pump_queue(
-            vhost,
-            q,
-            &mut self.channels,
-            &mut self.dead,
-            self.store.as_deref(),
-            &mut self.pager,
-            &mut self.stats,
-            Instant::now(),
-        );
+        pump_queue(vhost, q, pump_ctx!(self), Instant::now());
         self.flush_dead_letters();
     }
 
@@ -183,16 +174,7 @@ impl State {
         let now = Instant::now();
         for q in vh.queues.values_mut() {
             if q.has_ready() && q.has_consumers() {
-                pump_queue(
-                    vhost,
-                    q,
-                    &mut self.channels,
-                    &mut self.dead,
-                    self.store.as_deref(),
-                    &mut self.pager,
-                    &mut self.stats,
-                    now,
-                );
+                pump_queue(vhost, q, pump_ctx!(self), now);
             }
         }
         self.flush_dead_letters();
@@ -478,16 +460,7 @@ impl State {
                 self.stats.queue(vhost, &name, Stat::Publish, 1);
                 routed.queues += 1;
                 if q.has_consumers() {
-                    pump_queue(
-                        vhost,
-                        q,
-                        &mut self.channels,
-                        &mut self.dead,
-                        self.store.as_deref(),
-                        &mut self.pager,
-                        &mut self.stats,
-                        now,
-                    );
+                    pump_queue(vhost, q, pump_ctx!(self), now);
                 }
                 for m in q.enforce_limits() {
                     self.dead.push(Dead {
@@ -599,16 +572,40 @@ fn materialize(pager: &mut Pager, m: &mut QueuedMessage) -> Option<Arc<Message>>
 }
 
 /// Delivers from `q` while it has messages and some consumer has credit.
-fn pump_queue(
-    vhost: &str,
-    q: &mut Queue,
-    channels: &mut HashMap<ChannelKey, ChannelSlot>,
-    dead: &mut Vec<Dead>,
-    store: Option<&Store>,
-    pager: &mut Pager,
-    stats: &mut Stats,
-    now: Instant,
-) {
+/// A [`Pump`] of `$s`'s fields (a macro: the queue being pumped borrows `$s.vhosts` at the
+/// same time, so a method borrowing all of `$s` cannot build it).
+macro_rules! pump_ctx {
+    ($s:ident) => {
+        Pump {
+            channels: &mut $s.channels,
+            dead: &mut $s.dead,
+            store: $s.store.as_deref(),
+            pager: &mut $s.pager,
+            stats: &mut $s.stats,
+        }
+    };
+}
+use pump_ctx;
+
+/// What pumping a queue touches besides the queue: the sessions, the dead letters, the
+/// storage, the page files and the counters (borrowed from [`State`] field by field, since the
+/// queue itself is borrowed from it too).
+struct Pump<'a> {
+    channels: &'a mut HashMap<ChannelKey, ChannelSlot>,
+    dead: &'a mut Vec<Dead>,
+    store: Option<&'a Store>,
+    pager: &'a mut Pager,
+    stats: &'a mut Stats,
+}
+
+fn pump_queue(vhost: &str, q: &mut Queue, ctx: Pump<'_>, now: Instant) {
+    let Pump {
+        channels,
+        dead,
+        store,
+        pager,
+        stats,
+    } = ctx;
     loop {
         if !q.has_consumers() {
             return;

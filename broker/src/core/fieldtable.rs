@@ -1,9 +1,11 @@
 //! Field-table values (AMQP's typed maps, used for arguments and headers): reading them as
-//! RabbitMQ does, comparing them, and naming their types in RabbitMQ's error texts.
+//! RabbitMQ does, comparing them, naming their types in RabbitMQ's error texts, and writing
+//! them as the plain JSON of RabbitMQ's management API and definitions (and back).
 //!
 //! A leaf: it depends on nothing else in the broker.
 
-use amq_protocol::types::AMQPValue;
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use serde_json::{json, Map, Value};
 
 /// Header value equality as RabbitMQ's `=:=` on decoded values: strings compare by content
 /// whatever their wire type, integers by value.
@@ -129,4 +131,76 @@ pub(crate) fn args_equal(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
         (Some(x), Some(y)) => value_eq(x, y),
         _ => false,
     }
+}
+
+// ----- RabbitMQ's JSON (management API, definitions) ---------------------------------------
+
+/// An AMQP value as RabbitMQ's management API writes it.
+pub(crate) fn value_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(i) => json!(i),
+        AMQPValue::ShortShortUInt(i) => json!(i),
+        AMQPValue::ShortInt(i) => json!(i),
+        AMQPValue::ShortUInt(i) => json!(i),
+        AMQPValue::LongInt(i) => json!(i),
+        AMQPValue::LongUInt(i) => json!(i),
+        AMQPValue::LongLongInt(i) => json!(i),
+        AMQPValue::Float(f) => json!(f),
+        AMQPValue::Double(f) => json!(f),
+        AMQPValue::DecimalValue(d) => json!(d.value),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::FieldTable(t) => to_json(t),
+        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// A field table as a JSON object.
+pub(crate) fn to_json(t: &FieldTable) -> Value {
+    let mut m = Map::new();
+    for (k, v) in t.inner() {
+        m.insert(k.to_string(), value_json(v));
+    }
+    Value::Object(m)
+}
+
+/// A JSON value as the AMQP value RabbitMQ makes of it: integers become signed 64-bit
+/// ('l'), other numbers doubles, strings long strings, arrays field arrays, objects tables.
+pub(crate) fn amqp_from_json(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        Value::Array(a) => {
+            let mut arr = FieldArray::default();
+            for x in a {
+                arr.push(amqp_from_json(x));
+            }
+            AMQPValue::FieldArray(arr)
+        }
+        Value::Object(_) => AMQPValue::FieldTable(from_json(v).unwrap_or_default()),
+    }
+}
+
+/// A JSON object as a field table; None when `v` is not an object (null counts as empty).
+pub(crate) fn from_json(v: &Value) -> Option<FieldTable> {
+    let mut t = FieldTable::default();
+    match v {
+        Value::Null => {}
+        Value::Object(m) => {
+            for (k, x) in m {
+                t.insert(ShortString::from(k.as_str()), amqp_from_json(x));
+            }
+        }
+        _ => return None,
+    }
+    Some(t)
 }

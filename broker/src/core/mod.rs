@@ -15,11 +15,14 @@
 //!   (routing within one exchange), `store`
 //!   (durable definitions and persistent messages), `pager` (messages beyond the memory
 //!   budget), `deadletter` (x-death), `queue` (one queue's messages and consumers).
+//! - `access` (users, vhosts, permissions, limits and their checks; uses only `error`,
+//!   `message`, `store` and, for vhost creation and deletion, `state`).
 //! - `rpcwatch`: what the broker sees of Warren RPC traffic (requests, replies, latency).
 //! - `vhost`, `session` (a session's delivery state), `definitions`, then `state` (the lock
 //!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`, and
 //!   `stats` (message_stats counters and rates, read-only snapshots for the management API).
 
+pub(crate) mod access;
 pub(crate) mod args;
 pub(crate) mod deadletter;
 pub(crate) mod definitions;

@@ -521,13 +521,6 @@ impl State {
         self.stats.sample(now);
     }
 
-    /// Names of every vhost, sorted.
-    pub(crate) fn vhost_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.vhosts.keys().cloned().collect();
-        v.sort();
-        v
-    }
-
     /// Every queue of `vhost` (all vhosts when None).
     pub(crate) fn queue_infos(&self, vhost: Option<&str>) -> Vec<QueueInfo> {
         let mut unacked: HashMap<(&str, &str), (u64, u64)> = HashMap::new();

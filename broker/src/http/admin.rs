@@ -1,7 +1,7 @@
-//! Users, vhosts and permissions: `/api/users`, `/api/vhosts`, `/api/permissions`.
-//!
-//! Until the broker has a runtime user model, users are the configured ones (every one an
-//! administrator with full permissions on every vhost); vhosts can be listed and created.
+//! Users, vhosts, permissions, topic permissions and limits, through the broker's access data
+//! (`core/access`): `/api/users`, `/api/vhosts`, `/api/permissions`, `/api/topic-permissions`,
+//! `/api/vhost-limits`, `/api/user-limits`. Only administrators change them (and see users and
+//! permissions), as in RabbitMQ.
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
@@ -9,29 +9,74 @@ use super::json::message_stats;
 use super::overview::visible_vhosts;
 use super::query::ListQuery;
 use super::AppState;
+use crate::core::access::json::{user_json, user_limits_json, vhost_limits_json};
+use crate::core::access::{
+    AccessError, PasswordSpec, UserLimits, UserSpec, VhostInfo, VhostLimits,
+};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
-use base64::Engine;
-use serde_json::{json, Value};
-use sha2::Digest;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
 
 /// The routes of this module.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/vhosts", get(vhosts))
-        .route("/api/vhosts/{vhost}", get(show_vhost).put(put_vhost))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(show_vhost).put(put_vhost).delete(delete_vhost),
+        )
         .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
         .route("/api/users", get(users))
-        .route("/api/users/{user}", get(show_user))
+        .route(
+            "/api/users/{user}",
+            get(show_user).put(put_user).delete(delete_user),
+        )
         .route("/api/users/{user}/permissions", get(user_permissions))
         .route("/api/permissions", get(permissions))
-        .route("/api/permissions/{vhost}/{user}", get(show_permission))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(show_permission)
+                .put(put_permission)
+                .delete(delete_permission),
+        )
+        .route("/api/topic-permissions", get(topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(show_topic_permission)
+                .put(put_topic_permission)
+                .delete(delete_topic_permission),
+        )
+        .route("/api/vhost-limits", get(vhost_limits))
+        .route("/api/vhost-limits/{vhost}", get(vhost_limits_of))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            axum::routing::put(put_vhost_limit).delete(delete_vhost_limit),
+        )
+        .route("/api/user-limits", get(user_limits))
+        .route("/api/user-limits/{user}", get(user_limits_of))
+        .route(
+            "/api/user-limits/{user}/{name}",
+            axum::routing::put(put_user_limit).delete(delete_user_limit),
+        )
 }
 
-fn vhost_json(state: &AppState, name: &str) -> Value {
+fn access_error(e: AccessError) -> ApiError {
+    match e {
+        AccessError::NotFound(_) => ApiError::not_found(),
+        AccessError::Invalid(reason) => ApiError::bad_request(reason),
+    }
+}
+
+fn body(bytes: &Bytes) -> ApiResult<Map<String, Value>> {
+    super::ops::body(bytes)
+}
+
+fn vhost_json(state: &AppState, info: &VhostInfo) -> Value {
+    let name = info.name.as_str();
     let s = state.shared.state.lock();
     let (ready, unacked) = s
         .queue_infos(Some(name))
@@ -39,10 +84,10 @@ fn vhost_json(state: &AppState, name: &str) -> Value {
         .fold((0, 0), |(r, u), q| (r + q.ready, u + q.unacked));
     let mut v = json!({
         "name": name,
-        "description": if name == "/" { "Default virtual host" } else { "" },
-        "tags": [],
-        "metadata": {"description": if name == "/" { "Default virtual host" } else { "" }, "tags": []},
-        "default_queue_type": "undefined",
+        "description": info.description,
+        "tags": info.tags,
+        "metadata": {"description": info.description, "tags": info.tags},
+        "default_queue_type": info.default_queue_type.clone().unwrap_or_else(|| "undefined".into()),
         "tracing": false,
         "cluster_state": {state.node.name.clone(): "running"},
         "messages": ready + unacked,
@@ -63,9 +108,14 @@ async fn vhosts(
     c: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
-    let items = visible_vhosts(&st, &c)
+    let visible = visible_vhosts(&st, &c);
+    let items = st
+        .shared
+        .access
+        .vhosts()
         .iter()
-        .map(|n| vhost_json(&st, n))
+        .filter(|v| visible.contains(&v.name))
+        .map(|v| vhost_json(&st, v))
         .collect();
     q.respond(items)
 }
@@ -76,72 +126,58 @@ async fn show_vhost(
     Path(vhost): Path<String>,
 ) -> ApiResult<Response> {
     super::resources::check_vhost(&st, &c, &vhost)?;
-    Ok(axum::Json(vhost_json(&st, &vhost)).into_response())
+    let info = st
+        .shared
+        .access
+        .vhost(&vhost)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(vhost_json(&st, &info)).into_response())
 }
 
 async fn put_vhost(
     State(st): State<AppState>,
     c: Caller,
     Path(vhost): Path<String>,
+    bytes: Bytes,
 ) -> ApiResult<Response> {
     c.require_admin()?;
-    if vhost.len() > 255 {
-        return Err(ApiError::bad_request("vhost name too long"));
+    if vhost.len() > 255 || vhost.is_empty() {
+        return Err(ApiError::bad_request("vhost name must be 1 to 255 bytes"));
     }
-    let mut s = st.shared.state.lock();
-    if s.has_vhost(&vhost) {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    s.add_vhost(&vhost);
-    Ok(StatusCode::CREATED.into_response())
-}
-
-/// RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt ++ sha256(salt ++ password)),
-/// with a 4-byte salt, so an exported user imports into RabbitMQ with the same password. The
-/// salt is derived from the user name so that repeated exports are identical.
-pub(crate) fn password_hash(name: &str, password: &str) -> String {
-    let salt: [u8; 4] = sha2::Sha256::digest(name.as_bytes())[..4]
-        .try_into()
-        .expect("4 bytes");
-    let mut h = sha2::Sha256::new();
-    h.update(salt);
-    h.update(password.as_bytes());
-    let mut out = salt.to_vec();
-    out.extend_from_slice(&h.finalize());
-    base64::engine::general_purpose::STANDARD.encode(out)
-}
-
-/// The users as RabbitMQ lists them.
-pub(crate) fn user_list(state: &AppState) -> Vec<Value> {
-    state
+    let m = body(&bytes)?;
+    let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+    let info = VhostInfo {
+        name: vhost.clone(),
+        description: text("description").unwrap_or_default(),
+        tags: crate::core::access::json::tags_from(m.get("tags")),
+        default_queue_type: text("default_queue_type"),
+        ..Default::default()
+    };
+    let created = st
         .shared
-        .config
-        .users
-        .iter()
-        .map(|u| {
-            json!({
-                "name": u.name,
-                "password_hash": password_hash(&u.name, &u.password),
-                "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": ["administrator"],
-                "limits": {},
-            })
-        })
-        .collect()
+        .access
+        .put_vhost(&st.shared.state, info)
+        .map_err(access_error)?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    }
+    .into_response())
 }
 
-/// Every (user, vhost) permission.
-pub(crate) fn permission_list(state: &AppState) -> Vec<Value> {
-    let vhosts = state.shared.state.lock().vhost_names();
-    let mut out = Vec::new();
-    for u in &state.shared.config.users {
-        for v in &vhosts {
-            out.push(
-                json!({"user": u.name, "vhost": v, "configure": ".*", "write": ".*", "read": ".*"}),
-            );
-        }
-    }
-    out
+async fn delete_vhost(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    st.shared
+        .access
+        .delete_vhost(&st.shared.state, &vhost)
+        .await
+        .map_err(access_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn users(
@@ -150,7 +186,7 @@ async fn users(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
     c.require_admin()?;
-    q.respond(user_list(&st))
+    q.respond(st.shared.access.users().iter().map(user_json).collect())
 }
 
 async fn show_user(
@@ -159,11 +195,66 @@ async fn show_user(
     Path(user): Path<String>,
 ) -> ApiResult<Response> {
     c.require_admin()?;
-    user_list(&st)
+    let u = st
+        .shared
+        .access
+        .user(&user)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(user_json(&u)).into_response())
+}
+
+async fn put_user(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(user): Path<String>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    let m = body(&bytes)?;
+    let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+    // As RabbitMQ: password, or password_hash (+ hashing_algorithm); neither keeps an
+    // existing user's password and creates a new user without one.
+    let password = match (text("password"), text("password_hash")) {
+        (Some(p), _) => PasswordSpec::Clear(p),
+        (None, Some(h)) if h.is_empty() => PasswordSpec::None,
+        (None, Some(h)) => PasswordSpec::Hash(h, text("hashing_algorithm")),
+        (None, None) if st.shared.access.user(&user).is_some() => PasswordSpec::Keep,
+        (None, None) => return Err(ApiError::bad_request("[{key_missing,password_hash}]")),
+    };
+    let spec = UserSpec {
+        name: user,
+        password,
+        tags: crate::core::access::json::tags_from(m.get("tags")),
+    };
+    let created = st.shared.access.put_user(spec).map_err(access_error)?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    }
+    .into_response())
+}
+
+async fn delete_user(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(user): Path<String>,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    st.shared.access.delete_user(&user).map_err(access_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn permission_list(st: &AppState) -> Vec<Value> {
+    st.shared
+        .access
+        .permissions()
         .into_iter()
-        .find(|u| u["name"] == user.as_str())
-        .map(|u| axum::Json(u).into_response())
-        .ok_or_else(ApiError::not_found)
+        .map(|(user, vhost, p)| {
+            json!({"user": user, "vhost": vhost, "configure": p.configure.source(),
+                   "write": p.write.source(), "read": p.read.source()})
+        })
+        .collect()
 }
 
 async fn permissions(
@@ -198,14 +289,16 @@ async fn user_permissions(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
     c.require_admin()?;
-    let items: Vec<Value> = permission_list(&st)
-        .into_iter()
-        .filter(|p| p["user"] == user.as_str())
-        .collect();
-    if !st.shared.config.users.iter().any(|u| u.name == user) {
-        return Err(ApiError::not_found());
-    }
-    q.respond(items)
+    st.shared
+        .access
+        .user(&user)
+        .ok_or_else(ApiError::not_found)?;
+    q.respond(
+        permission_list(&st)
+            .into_iter()
+            .filter(|p| p["user"] == user.as_str())
+            .collect(),
+    )
 }
 
 async fn show_permission(
@@ -217,6 +310,283 @@ async fn show_permission(
     permission_list(&st)
         .into_iter()
         .find(|p| p["vhost"] == vhost.as_str() && p["user"] == user.as_str())
-        .map(|p| axum::Json(p).into_response())
+        .map(|p| Json(p).into_response())
         .ok_or_else(ApiError::not_found)
+}
+
+fn pattern<'a>(m: &'a Map<String, Value>, key: &str) -> ApiResult<&'a str> {
+    m.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request(format!("[{{key_missing,{key}}}]")))
+}
+
+async fn put_permission(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    let m = body(&bytes)?;
+    let existed = permission_list(&st)
+        .iter()
+        .any(|p| p["vhost"] == vhost.as_str() && p["user"] == user.as_str());
+    let (cf, w, r) = (
+        pattern(&m, "configure")?,
+        pattern(&m, "write")?,
+        pattern(&m, "read")?,
+    );
+    st.shared
+        .access
+        .set_permission(&user, &vhost, cf, w, r)
+        .map_err(|e| match e {
+            // RabbitMQ: a missing user or vhost in a permission PUT is a 400.
+            AccessError::NotFound(reason) => ApiError::bad_request(reason),
+            other => access_error(other),
+        })?;
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    }
+    .into_response())
+}
+
+async fn delete_permission(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    st.shared
+        .access
+        .clear_permission(&user, &vhost)
+        .map_err(access_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn topic_list(st: &AppState) -> Vec<Value> {
+    st.shared
+        .access
+        .topic_permissions()
+        .into_iter()
+        .map(|(user, vhost, exchange, p)| {
+            json!({"user": user, "vhost": vhost, "exchange": exchange,
+                   "write": p.write.source(), "read": p.read.source()})
+        })
+        .collect()
+}
+
+async fn topic_permissions(
+    State(st): State<AppState>,
+    c: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    q.respond(topic_list(&st))
+}
+
+async fn show_topic_permission(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    let items: Vec<Value> = topic_list(&st)
+        .into_iter()
+        .filter(|p| p["vhost"] == vhost.as_str() && p["user"] == user.as_str())
+        .collect();
+    if items.is_empty() {
+        return Err(ApiError::not_found());
+    }
+    q.respond(items)
+}
+
+async fn put_topic_permission(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    let m = body(&bytes)?;
+    let (x, w, r) = (
+        pattern(&m, "exchange")?,
+        pattern(&m, "write")?,
+        pattern(&m, "read")?,
+    );
+    st.shared
+        .access
+        .set_topic_permission(&user, &vhost, x, w, r)
+        .map_err(|e| match e {
+            AccessError::NotFound(reason) => ApiError::bad_request(reason),
+            other => access_error(other),
+        })?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+async fn delete_topic_permission(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    st.shared
+        .access
+        .clear_topic_permission(&user, &vhost, None)
+        .map_err(access_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn vhost_limit_list(st: &AppState) -> Vec<Value> {
+    st.shared
+        .access
+        .vhosts()
+        .into_iter()
+        .filter(|v| v.limits != VhostLimits::default())
+        .map(|v| json!({"vhost": v.name, "value": vhost_limits_json(&v.limits)}))
+        .collect()
+}
+
+async fn vhost_limits(State(st): State<AppState>, c: Caller) -> ApiResult<Response> {
+    c.require_monitor()?;
+    Ok(Json(vhost_limit_list(&st)).into_response())
+}
+
+async fn vhost_limits_of(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Response> {
+    super::resources::check_vhost(&st, &c, &vhost)?;
+    let items: Vec<Value> = vhost_limit_list(&st)
+        .into_iter()
+        .filter(|l| l["vhost"] == vhost.as_str())
+        .collect();
+    Ok(Json(items).into_response())
+}
+
+/// A limit's value from `{"value": n}`; negative means no limit, as RabbitMQ.
+fn limit_value(bytes: &Bytes) -> ApiResult<Option<u64>> {
+    let m = body(bytes)?;
+    match m.get("value").and_then(Value::as_i64) {
+        Some(n) if n < 0 => Ok(None),
+        Some(n) => Ok(Some(n as u64)),
+        None => Err(ApiError::bad_request("[{key_missing,value}]")),
+    }
+}
+
+fn set_vhost_limit(st: &AppState, vhost: &str, name: &str, value: Option<u64>) -> ApiResult<()> {
+    let mut limits = st
+        .shared
+        .access
+        .vhost(vhost)
+        .ok_or_else(ApiError::not_found)?
+        .limits;
+    match name {
+        "max-connections" => limits.max_connections = value,
+        "max-queues" => limits.max_queues = value,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Validation failed\n\nUnrecognised terms [{{<<\"{other}\">>,...}}]"
+            )))
+        }
+    }
+    st.shared
+        .access
+        .set_vhost_limits(vhost, limits)
+        .map_err(access_error)
+}
+
+async fn put_vhost_limit(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    set_vhost_limit(&st, &vhost, &name, limit_value(&bytes)?)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_vhost_limit(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    set_vhost_limit(&st, &vhost, &name, None)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn user_limit_list(st: &AppState) -> Vec<Value> {
+    st.shared
+        .access
+        .users()
+        .into_iter()
+        .filter(|u| u.limits != UserLimits::default())
+        .map(|u| json!({"user": u.name, "value": user_limits_json(&u.limits)}))
+        .collect()
+}
+
+async fn user_limits(State(st): State<AppState>, c: Caller) -> ApiResult<Response> {
+    c.require_admin()?;
+    Ok(Json(user_limit_list(&st)).into_response())
+}
+
+async fn user_limits_of(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(user): Path<String>,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    let items: Vec<Value> = user_limit_list(&st)
+        .into_iter()
+        .filter(|l| l["user"] == user.as_str())
+        .collect();
+    Ok(Json(items).into_response())
+}
+
+fn set_user_limit(st: &AppState, user: &str, name: &str, value: Option<u64>) -> ApiResult<()> {
+    let mut limits = st
+        .shared
+        .access
+        .user(user)
+        .ok_or_else(ApiError::not_found)?
+        .limits;
+    match name {
+        "max-connections" => limits.max_connections = value,
+        "max-channels" => limits.max_channels = value,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Validation failed\n\nUnrecognised terms [{{<<\"{other}\">>,...}}]"
+            )))
+        }
+    }
+    st.shared
+        .access
+        .set_user_limits(user, limits)
+        .map_err(access_error)
+}
+
+async fn put_user_limit(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((user, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    set_user_limit(&st, &user, &name, limit_value(&bytes)?)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_user_limit(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((user, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    set_user_limit(&st, &user, &name, None)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

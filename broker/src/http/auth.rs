@@ -1,8 +1,7 @@
 //! HTTP basic authentication against the broker's users, and what each user's tags allow
 //! (RabbitMQ's management tags: `administrator` > `monitoring` > `management`).
 //!
-//! Until the broker has a user model with tags, every configured user counts as an
-//! administrator (RabbitMQ's default guest is one).
+//! Users, passwords and tags are the broker's access data (`core/access`), shared with AMQP.
 
 use super::error::ApiError;
 use super::AppState;
@@ -55,18 +54,23 @@ impl Caller {
     }
 }
 
-/// Checks basic credentials; the caller's tags on success.
-pub(crate) fn authenticate(state: &AppState, user: &str, password: &str) -> Option<Caller> {
-    let users = &state.shared.config.users;
-    // The HTTP listener ignores loopback_only, as RabbitMQ's management listener does not
-    // apply loopback_users to HTTP either for the default guest from localhost.
-    users
-        .iter()
-        .any(|u| u.name == user && u.password == password)
-        .then(|| Caller {
-            name: user.to_string(),
-            tags: vec!["administrator".to_string()],
-        })
+/// Checks basic credentials from `peer` against the broker's users (RabbitMQ's
+/// loopback-users rule included: guest logs in from localhost only); the caller on success.
+pub(crate) fn authenticate(
+    state: &AppState,
+    user: &str,
+    password: &str,
+    peer: std::net::IpAddr,
+) -> Option<Caller> {
+    let u = state
+        .shared
+        .access
+        .authenticate(user, password, peer)
+        .ok()?;
+    Some(Caller {
+        name: u.name,
+        tags: u.tags,
+    })
 }
 
 fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
@@ -102,12 +106,21 @@ impl FromRequestParts<AppState> for Caller {
             )
                 .into_response());
         };
-        match authenticate(state, &user, &password) {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        match authenticate(state, &user, &password, peer) {
             Some(c) if c.has("administrator") || c.has("monitoring") || c.has("management") => {
                 Ok(c)
             }
             Some(_) => Err(ApiError::not_authorized("Not management user").into_response()),
-            None => Err(ApiError::not_authorized("Login failed").into_response()),
+            // RabbitMQ spells this one error the American way.
+            None => Err(ApiError {
+                error: "not_authorized",
+                ..ApiError::not_authorized("Login failed")
+            }
+            .into_response()),
         }
     }
 }

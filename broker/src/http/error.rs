@@ -1,5 +1,5 @@
 //! The API's errors: RabbitMQ's JSON body `{"error": ..., "reason": ...}` with its status
-//! codes (400 bad_request, 401 not_authorized, 404 Object Not Found, 405, 413, 500).
+//! codes (400 bad_request, 401 not_authorised (not_authorized for a failed login), 404 Object Not Found, 405, 413, 500).
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,8 @@ pub(crate) struct ApiError {
     pub(crate) error: &'static str,
     /// The `reason` field (free text).
     pub(crate) reason: String,
+    /// A reason that is not a string (RabbitMQ writes some Erlang terms as JSON lists).
+    pub(crate) reason_json: Option<serde_json::Value>,
 }
 
 /// Handler results.
@@ -26,6 +28,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             error: "bad_request",
             reason: reason.into(),
+            reason_json: None,
         }
     }
 
@@ -35,15 +38,35 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             error: "Object Not Found",
             reason: "Not Found".into(),
+            reason_json: None,
         }
     }
 
-    /// 401 for a user without the rights (RabbitMQ answers 401 not_authorized, not 403).
+    /// 404 with RabbitMQ's "Object Not Found" and another reason.
+    pub(crate) fn not_found_reason(reason: &str) -> Self {
+        ApiError {
+            reason: reason.into(),
+            ..ApiError::not_found()
+        }
+    }
+
+    /// 413 for a body over the limit (RabbitMQ's limit is the same; it answers 500 there).
+    pub(crate) fn too_large() -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            error: "bad_request",
+            reason: format!("request body larger than {} bytes", super::MAX_BODY),
+            reason_json: None,
+        }
+    }
+
+    /// 401 for a user without the rights (RabbitMQ answers 401 "not_authorised", not 403).
     pub(crate) fn not_authorized(reason: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::UNAUTHORIZED,
-            error: "not_authorized",
+            error: "not_authorised",
             reason: reason.into(),
+            reason_json: None,
         }
     }
 
@@ -58,6 +81,7 @@ impl ApiError {
                 status: StatusCode::NOT_FOUND,
                 error: "not_found",
                 reason,
+                reason_json: None,
             },
             Code::AccessRefused => ApiError::not_authorized(reason),
             _ => ApiError::bad_request(reason),
@@ -67,7 +91,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.error, "reason": self.reason}).to_string();
+        let reason = self.reason_json.unwrap_or(json!(self.reason));
+        let body = json!({"error": self.error, "reason": reason}).to_string();
         let mut resp = (self.status, body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -75,7 +75,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(dashboard::routes())
         .fallback(|| async { error::ApiError::not_found() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(json_413))
         .with_state(state)
+}
+
+/// A body over [`MAX_BODY`] is refused by axum's extractor with a plain-text 413; the API
+/// answers JSON like every other error.
+async fn json_413(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return error::ApiError::too_large().into_response();
+    }
+    resp
 }
 
 /// The node name RabbitMQ would show: `warren@<hostname>`.
@@ -121,6 +132,8 @@ pub(crate) async fn serve(listener: TcpListener, state: AppState, mut stop: watc
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
+    // The peer's address reaches the authentication (guest is refused from elsewhere).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

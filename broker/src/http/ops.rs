@@ -67,14 +67,14 @@ pub(crate) fn exchange_name(path: &str) -> String {
 }
 
 /// Parses a JSON body (an empty body is `{}`), with RabbitMQ's 400 for anything else.
-fn body(bytes: &Bytes) -> ApiResult<serde_json::Map<String, Value>> {
+pub(crate) fn body(bytes: &Bytes) -> ApiResult<serde_json::Map<String, Value>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
+    // RabbitMQ says "not_json" for anything but a JSON object.
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad_request("not_json_object")),
-        Err(e) => Err(ApiError::bad_request(format!("{e}"))),
+        _ => Err(ApiError::bad_request("not_json")),
     }
 }
 
@@ -83,9 +83,11 @@ fn flag(m: &serde_json::Map<String, Value>, key: &str, default: bool) -> ApiResu
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
-        Some(v) => Err(ApiError::bad_request(format!(
-            "{key}: expected a boolean, got {v}"
-        ))),
+        // RabbitMQ's reason is the Erlang term {not_boolean, Value}, a JSON list.
+        Some(v) => Err(ApiError {
+            reason_json: Some(json!(["not_boolean", v])),
+            ..ApiError::bad_request("not_boolean")
+        }),
     }
 }
 
@@ -108,15 +110,26 @@ fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// RabbitMQ refuses names longer than 255 bytes (AMQP short strings).
-fn check_name(name: &str) -> ApiResult<()> {
+/// RabbitMQ refuses names longer than 255 bytes (AMQP short strings), in its words.
+fn check_name(kind: &str, name: &str) -> ApiResult<()> {
     if name.len() > 255 {
         return Err(ApiError::bad_request(format!(
-            "name too long: {} bytes (max 255)",
+            "{kind} should be less than 255 bytes, actually was {}\n",
             name.len()
         )));
     }
     Ok(())
+}
+
+/// A declaration into a missing vhost: RabbitMQ's 404 `vhost_not_found`.
+fn check_vhost_for_put(st: &AppState, c: &Caller, vhost: &str) -> ApiResult<()> {
+    check_vhost(st, c, vhost).map_err(|e| match e.status {
+        StatusCode::NOT_FOUND => ApiError {
+            error: "not_found",
+            ..ApiError::not_found_reason("vhost_not_found")
+        },
+        _ => e,
+    })
 }
 
 async fn show_queue(
@@ -138,13 +151,13 @@ async fn put_queue(
     Path((vhost, name)): Path<(String, String)>,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    check_vhost(&st, &c, &vhost)?;
-    check_name(&name)?;
+    check_vhost_for_put(&st, &c, &vhost)?;
+    check_name("queue", &name)?;
     let m = body(&bytes)?;
     let d = QueueDeclare {
         name: name.clone(),
         passive: false,
-        durable: flag(&m, "durable", true)?,
+        durable: flag(&m, "durable", false)?,
         exclusive: false,
         auto_delete: flag(&m, "auto_delete", false)?,
         args: arguments(&m)?,
@@ -212,17 +225,20 @@ async fn put_exchange(
     Path((vhost, name)): Path<(String, String)>,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    check_vhost(&st, &c, &vhost)?;
-    check_name(&name)?;
+    check_vhost_for_put(&st, &c, &vhost)?;
+    check_name("exchange", &name)?;
     let m = body(&bytes)?;
-    let Some(kind) = text(&m, "type")? else {
-        return Err(ApiError::bad_request("[{key_missing,type}]"));
-    };
+    let kind = text(&m, "type")?.unwrap_or("direct");
+    if crate::core::exchange::ExchangeKind::parse(kind).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "invalid exchange type '{kind}'"
+        )));
+    }
     let d = ExchangeDeclare {
         name: name.clone(),
         kind: kind.to_string(),
         passive: false,
-        durable: flag(&m, "durable", true)?,
+        durable: flag(&m, "durable", false)?,
         auto_delete: flag(&m, "auto_delete", false)?,
         internal: flag(&m, "internal", false)?,
         args: arguments(&m)?,

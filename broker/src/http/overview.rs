@@ -140,10 +140,28 @@ async fn overview(State(state): State<AppState>, caller: Caller) -> Json<Value> 
 }
 
 /// The vhosts a caller may see: every vhost for administrator and monitoring users; for
-/// management users those they have permissions in (every vhost until the broker has
-/// per-user permissions).
-pub(crate) fn visible_vhosts(state: &AppState, _caller: &Caller) -> Vec<String> {
-    state.shared.state.lock().vhost_names()
+/// management users those they have permissions in (as RabbitMQ).
+pub(crate) fn visible_vhosts(state: &AppState, caller: &Caller) -> Vec<String> {
+    let mut all: Vec<String> = state
+        .shared
+        .access
+        .vhosts()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    if !caller.sees_all() {
+        let mine: Vec<String> = state
+            .shared
+            .access
+            .permissions()
+            .into_iter()
+            .filter(|(u, _, _)| *u == caller.name)
+            .map(|(_, v, _)| v)
+            .collect();
+        all.retain(|v| mine.contains(v));
+    }
+    all.sort();
+    all
 }
 
 async fn whoami(caller: Caller) -> Json<Value> {

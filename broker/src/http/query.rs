@@ -1,5 +1,5 @@
 //! The list endpoints' query parameters, as RabbitMQ's management API reads them: `name` and
-//! `use_regex` filter, `sort` (a dotted path such as `message_stats.publish`) and
+//! `use_regex` filter (paged requests only, as RabbitMQ), `sort` (a dotted path such as `message_stats.publish`) and
 //! `sort_reverse` order, `page`/`page_size` page (answered with RabbitMQ's envelope), and
 //! `columns` keeps only the listed (dotted) fields.
 
@@ -84,7 +84,9 @@ impl ListQuery {
     /// the plain list or, when `page` was given, RabbitMQ's paged envelope.
     pub(crate) fn respond(&self, mut items: Vec<Value>) -> ApiResult<Response> {
         let total = items.len();
-        if let Some(name) = self.name.as_deref().filter(|n| !n.is_empty()) {
+        let paged = self.page.is_some();
+        // As RabbitMQ: the name filter applies to paged requests only.
+        if let Some(name) = self.name.as_deref().filter(|n| !n.is_empty() && paged) {
             let name_of = |v: &Value| {
                 v.get("name")
                     .and_then(Value::as_str)
@@ -114,7 +116,6 @@ impl ListQuery {
             items.reverse();
         }
         let filtered = items.len();
-        let paged = self.page.is_some();
         let page = positive(&self.page, "page", 1)?;
         let page_size = positive(&self.page_size, "page_size", 100)?;
         if page_size > MAX_PAGE_SIZE {

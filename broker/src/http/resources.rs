@@ -41,10 +41,14 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/consumers/{vhost}", get(consumers_in))
 }
 
-/// 404 unless the vhost exists and the caller may see it.
+/// 404 unless the vhost exists; 401 when the caller may not see it (as RabbitMQ).
 pub(crate) fn check_vhost(state: &AppState, caller: &Caller, vhost: &str) -> ApiResult<()> {
     if visible_vhosts(state, caller).iter().any(|v| v == vhost) {
         Ok(())
+    } else if state.shared.access.vhost(vhost).is_some() {
+        Err(ApiError::not_authorized(
+            "User not authorised to access virtual host",
+        ))
     } else {
         Err(ApiError::not_found())
     }

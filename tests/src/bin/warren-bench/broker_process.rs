@@ -94,7 +94,12 @@ pub(crate) struct ChildBroker {
 impl ChildBroker {
     pub(crate) fn start(bin: &BrokerBin) -> BoxResult<ChildBroker> {
         let mut cmd = match bin {
-            BrokerBin::Binary(p) => Command::new(p),
+            BrokerBin::Binary(p) => {
+                // The AMQP path only, as the self-hosted fallback runs it (no HTTP listeners).
+                let mut c = Command::new(p);
+                c.args(["--no-management", "--no-prometheus"]);
+                c
+            }
             BrokerBin::SelfHosted(p) => {
                 let mut c = Command::new(p);
                 c.arg("serve-broker");
