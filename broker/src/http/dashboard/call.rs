@@ -115,7 +115,7 @@ pub(crate) async fn call(shared: &Arc<Shared>, spec: CallSpec<'_>) -> Result<Cal
     let started = Instant::now();
     let _session = {
         let mut state = shared.state.lock();
-        if !state.has_vhost(spec.vhost) {
+        if !state.vhost_names().iter().any(|v| v == spec.vhost) {
             return Err(CallError::NoVhost(spec.vhost.to_string()));
         }
         state.add_connection(conn, Arc::new(ReplySink(tx)));

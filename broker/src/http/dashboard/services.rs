@@ -143,6 +143,7 @@ async fn describe(
             status: StatusCode::BAD_GATEWAY,
             error: "no_description",
             reason: format!("$describe answered {other}"),
+            reason_json: None,
         }),
     }
 }
@@ -173,6 +174,7 @@ async fn checked_call(
             status,
             error,
             reason: e.to_string(),
+            reason_json: None,
         }
     })
 }
