@@ -15,9 +15,8 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
 use std::path::PathBuf;
 use warren_broker::Broker;
-use warren_examples::{Calc, CalculatorClient, CalculatorServer};
-use warren_rpc::{CallOptions, Client, Server};
 use warren_tests::browser::{find_or_install_chromium, Browser, Page};
+use warren_tests::rpc_support::calculator_at;
 use warren_tests::unique;
 
 fn screenshots_dir() -> PathBuf {
@@ -132,15 +131,7 @@ async fn dashboard_pages_in_headless_chromium() {
     let url = broker.amqp_url();
     let queue = unique("dash-queue");
     let conn = queue_with_messages(&url, &queue, 3).await;
-    let service = unique("calculator");
-    let server = Server::builder()
-        .queue_name(service.clone())
-        .serve(&url, CalculatorServer::new(Calc::new()))
-        .await
-        .expect("calculator server");
-    let client = Client::builder().connect(&url).await.expect("rpc client");
-    let calc =
-        CalculatorClient::new(client.clone()).with_options(CallOptions::new().service(&service));
+    let (server, client, calc, service) = calculator_at(&url).await;
     assert_eq!(calc.add(2, 3).await.expect("a call through the broker"), 5);
 
     let mut browser = Browser::launch(&chromium).await.expect("chromium");

@@ -12,8 +12,9 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 use std::time::Duration;
 use warren_broker::{Broker, BrokerHandle};
-use warren_examples::{Calc, CalculatorClient, CalculatorServer};
-use warren_rpc::{CallOptions, Client, Error, Server};
+use warren_examples::CalculatorClient;
+use warren_rpc::{CallOptions, Error};
+use warren_tests::rpc_support::calculator_at;
 use warren_tests::unique;
 
 /// An HTTP request to the management API as guest (None: no credentials): status and body.
@@ -142,15 +143,7 @@ async fn the_broker_reports_rpc_traffic_and_calls_services() {
         .expect("broker");
     let url = broker.amqp_url();
     let api = Api::new(&broker);
-    let service = unique("calculator");
-    let server = Server::builder()
-        .queue_name(service.clone())
-        .serve(&url, CalculatorServer::new(Calc::new()))
-        .await
-        .expect("server");
-    let client = Client::builder().connect(&url).await.expect("client");
-    let calc =
-        CalculatorClient::new(client.clone()).with_options(CallOptions::new().service(&service));
+    let (server, client, calc, service) = calculator_at(&url).await;
     for i in 0..3 {
         assert_eq!(calc.add(i, 1).await.unwrap(), i + 1);
     }
