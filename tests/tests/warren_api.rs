@@ -316,3 +316,51 @@ async fn the_broker_reports_rpc_traffic_and_calls_services() {
     client.close().await;
     broker.shutdown().await;
 }
+
+/// The dashboard's files: their content types, and a revalidation answered 304 by `ETag`.
+#[tokio::test]
+async fn dashboard_assets_are_served_with_validators() {
+    let broker = Broker::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .management("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .expect("broker");
+    let base = format!("http://{}", broker.management_addr().unwrap());
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/static/warren.js", "text/javascript; charset=utf-8"),
+        ("/static/warren.css", "text/css; charset=utf-8"),
+    ] {
+        let url = format!("{base}{path}");
+        let (ct, etag, cache, len) = tokio::task::spawn_blocking(move || {
+            let r = ureq::get(&url).call().expect("asset");
+            let h = |n: &str| r.header(n).unwrap_or_default().to_string();
+            let (ct, etag, cache) = (h("content-type"), h("etag"), h("cache-control"));
+            (ct, etag, cache, r.into_string().unwrap().len())
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            (ct.as_str(), cache.as_str()),
+            (content_type, "no-cache"),
+            "{path}"
+        );
+        assert!(
+            len > 500 && etag.starts_with('"'),
+            "{path}: {len} bytes, etag {etag}"
+        );
+        let url = format!("{base}{path}");
+        let status = tokio::task::spawn_blocking(move || {
+            match ureq::get(&url).set("If-None-Match", &etag).call() {
+                Ok(r) => r.status(),
+                Err(ureq::Error::Status(s, _)) => s,
+                Err(e) => panic!("{e}"),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 304, "{path} revalidated");
+    }
+    broker.shutdown().await;
+}
