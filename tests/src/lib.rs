@@ -31,6 +31,7 @@
 //! - [`raw`]: the frame-level client, for handshake details, exact close codes and malformed
 //!   input; warren-bench generates load with the same code.
 //! - [`fields`]: field tables and strings.
+//! - [`browser`]: headless Chromium over the DevTools protocol, for the dashboard test.
 //! - [`proxy`]: a TCP proxy that breaks connections on purpose.
 //! - [`rpc_support`]: services, servers and clients for the warren-rpc tests.
 //!
@@ -40,6 +41,7 @@
 
 use std::time::Duration;
 
+pub mod browser;
 pub mod fields;
 pub mod helpers;
 pub mod proxy;

@@ -348,6 +348,21 @@ pub async fn serve_probe(target: &Target, builder: ServerBuilder) -> (Server, St
     serve(target, builder, ProbeServer::new(ProbeImpl::default())).await
 }
 
+/// A calculator server on a fresh queue of the broker at `url`, a client, and a calculator
+/// client addressing that queue (for tests that start a broker of their own rather than use a
+/// [`Target`]); the last item is the queue's name.
+pub async fn calculator_at(url: &str) -> (Server, Client, CalculatorClient, String) {
+    let queue = crate::unique("calculator");
+    let server = Server::builder()
+        .queue_name(queue.clone())
+        .serve(url, CalculatorServer::new(Calc::new()))
+        .await
+        .expect("calculator server");
+    let client = Client::builder().connect(url).await.expect("rpc client");
+    let calc = calculator(&client, &queue);
+    (server, client, calc, queue)
+}
+
 /// A client of `target` with default settings.
 pub async fn client(target: &Target) -> Client {
     Client::builder()

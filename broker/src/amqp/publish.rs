@@ -156,6 +156,9 @@ impl Channel {
             p.publish.mandatory,
             self.confirm,
         );
+        if routed.is_unroutable() && p.publish.mandatory {
+            state.note_returned(ctx.vhost, &msg);
+        }
         let store = state.store().cloned();
         drop(state);
         if routed.is_unroutable() && p.publish.mandatory {

@@ -48,6 +48,7 @@ impl Channel {
                         let routed = state.publish(ctx.vhost, msg.clone());
                         persisted |= routed.persisted;
                         if routed.is_unroutable() && mandatory {
+                            state.note_returned(ctx.vhost, &msg);
                             returns.push(msg);
                         }
                     }

@@ -204,6 +204,7 @@ impl State {
             tracing::debug!(queue = %q, "queue expired (x-expires)");
             self.delete_queue_inner(&vh, &q);
         }
+        self.rpc.tick(now);
         self.flush_dead_letters();
     }
 
@@ -215,6 +216,9 @@ impl State {
             rounds += 1;
             let batch = std::mem::take(&mut self.dead);
             for d in batch {
+                if let (DeathReason::Expired, Payload::Mem(m)) = (d.reason, &d.message.payload) {
+                    self.rpc.on_expired(&d.vhost, &d.queue, m);
+                }
                 let dead_letter_to = self
                     .vhosts
                     .get(&d.vhost)
@@ -359,9 +363,22 @@ impl State {
 
     /// Routes a message and enqueues it in every matching queue, delivering where possible.
     pub(crate) fn publish(&mut self, vhost: &str, msg: Arc<Message>) -> Routed {
-        let routed = self.publish_inner(vhost, msg);
+        if !self.rpc.may_concern(&msg) {
+            let routed = self.publish_inner(vhost, msg);
+            self.flush_dead_letters();
+            return routed;
+        }
+        let routed = self.publish_inner(vhost, msg.clone());
+        self.rpc
+            .on_publish(vhost, &msg, routed.queues > 0, Instant::now());
         self.flush_dead_letters();
         routed
+    }
+
+    /// A front-end returned a `mandatory` message as unroutable: the RPC observer counts it if
+    /// it is a Warren request.
+    pub(crate) fn note_returned(&mut self, vhost: &str, msg: &Message) {
+        self.rpc.on_returned(vhost, msg);
     }
 
     pub(super) fn publish_inner(&mut self, vhost: &str, msg: Arc<Message>) -> Routed {

@@ -17,6 +17,7 @@
 //!   budget), `deadletter` (x-death), `queue` (one queue's messages and consumers).
 //! - `access` (users, vhosts, permissions, limits and their checks; uses only `error`,
 //!   `message`, `store` and, for vhost creation and deletion, `state`).
+//! - `rpcwatch`: what the broker sees of Warren RPC traffic (requests, replies, latency).
 //! - `vhost`, `session` (a session's delivery state), `definitions`, then `state` (the lock
 //!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`, and
 //!   `stats` (message_stats counters and rates, read-only snapshots for the management API).
@@ -35,6 +36,7 @@ pub(crate) mod message;
 pub(crate) mod pager;
 pub(crate) mod props;
 pub(crate) mod queue;
+pub(crate) mod rpcwatch;
 pub(crate) mod session;
 pub(crate) mod settle;
 pub(crate) mod sink;

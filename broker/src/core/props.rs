@@ -43,6 +43,10 @@ pub(crate) struct PropsView {
     pub(crate) expiration: Option<Range<usize>>,
     /// The user-id short string's bytes, if present.
     pub(crate) user_id: Option<Range<usize>>,
+    /// The correlation-id short string's bytes, if present.
+    pub(crate) correlation_id: Option<Range<usize>>,
+    /// The type short string's bytes, if present.
+    pub(crate) kind: Option<Range<usize>>,
 }
 
 impl PropsView {
@@ -90,7 +94,7 @@ impl PropsView {
             pos += 1;
         }
         if flags & CORRELATION_ID != 0 {
-            shortstr(&mut pos)?;
+            v.correlation_id = Some(shortstr(&mut pos)?);
         }
         if flags & REPLY_TO != 0 {
             v.reply_to = Some(shortstr(&mut pos)?);
@@ -106,7 +110,7 @@ impl PropsView {
             pos += 8;
         }
         if flags & TYPE != 0 {
-            shortstr(&mut pos)?;
+            v.kind = Some(shortstr(&mut pos)?);
         }
         if flags & USER_ID != 0 {
             v.user_id = Some(shortstr(&mut pos)?);
@@ -126,12 +130,96 @@ impl PropsView {
             .and_then(|r| std::str::from_utf8(&h[r.clone()]).ok())
     }
 
+    /// Whether an encoded content header may carry headers or a correlation id, read from its
+    /// flag word alone: what the RPC observer checks before anything else, so a message with
+    /// neither costs it one load.
+    pub(crate) fn flag_bits(h: &[u8]) -> (bool, bool) {
+        let flags = h
+            .get(12..14)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        (flags & HEADERS != 0, flags & CORRELATION_ID != 0)
+    }
+
+    /// One header's value as an integer, found by walking the encoded table without decoding
+    /// it: `Some(None)` when the header is there but not a number (a string holding digits is
+    /// read as RabbitMQ's clients send it), None when it is absent or the table is malformed.
+    ///
+    /// Hand-written rather than `headers_table` because this runs on every publish that has
+    /// headers, and decoding the table allocates a map of owned strings per message.
+    pub(crate) fn header_int(&self, h: &[u8], key: &str) -> Option<Option<i64>> {
+        let r = self.headers.clone()?;
+        let mut pos = r.start + 4;
+        while pos < r.end {
+            let klen = *h.get(pos)? as usize;
+            let name = h.get(pos + 1..pos + 1 + klen)?;
+            pos += 1 + klen;
+            let tag = *h.get(pos)?;
+            pos += 1;
+            let len = field_len(h, pos, tag)?;
+            if name == key.as_bytes() {
+                return Some(field_int(h.get(pos..pos + len)?, tag));
+            }
+            pos += len;
+        }
+        None
+    }
+
     /// Decodes the headers table, if present.
     pub(crate) fn headers_table(&self, h: &[u8]) -> Option<FieldTable> {
         let r = self.headers.clone()?;
         amq_protocol::types::parsing::parse_field_table(&h[r])
             .ok()
             .map(|(_, t)| t)
+    }
+}
+
+/// The encoded length of a field value of type `tag` starting at `pos` (after the tag).
+fn field_len(h: &[u8], pos: usize, tag: u8) -> Option<usize> {
+    let u32_at = |p: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(h.get(p..p + 4)?.try_into().ok()?) as usize)
+    };
+    Some(match tag {
+        b'V' => 0,
+        b't' | b'b' | b'B' => 1,
+        b's' | b'u' => 2,
+        b'I' | b'i' | b'f' => 4,
+        b'D' => 5,
+        b'l' | b'L' | b'd' | b'T' => 8,
+        b'S' | b'x' | b'A' | b'F' => 4 + u32_at(pos)?,
+        _ => return None,
+    })
+}
+
+/// An integer field's value (every width, and a decimal number in a long string).
+fn field_int(v: &[u8], tag: u8) -> Option<i64> {
+    let be = |n: usize| -> Option<[u8; 8]> {
+        let mut b = [0u8; 8];
+        b[8 - n..].copy_from_slice(v.get(..n)?);
+        Some(b)
+    };
+    let signed = |n: usize| -> Option<i64> {
+        let raw = i64::from_be_bytes(be(n)?);
+        let shift = 64 - 8 * n as u32;
+        Some((raw << shift) >> shift)
+    };
+    match tag {
+        b'b' | b's' | b'I' | b'l' => signed(match tag {
+            b'b' => 1,
+            b's' => 2,
+            b'I' => 4,
+            _ => 8,
+        }),
+        b'B' | b'u' | b'i' | b'L' | b'T' => {
+            let n = match tag {
+                b'B' => 1,
+                b'u' => 2,
+                b'i' => 4,
+                _ => 8,
+            };
+            i64::try_from(u64::from_be_bytes(be(n)?)).ok()
+        }
+        b'S' => std::str::from_utf8(v.get(4..)?).ok()?.trim().parse().ok(),
+        _ => None,
     }
 }
 

@@ -12,6 +12,7 @@ use super::deadletter::DeathReason;
 use super::message::{ChannelKey, ConnId};
 use super::pager::Pager;
 use super::queue::{Payload, QueuedMessage};
+use super::rpcwatch::{RpcWatch, ServiceStats};
 use super::session::{ChannelSlot, ConnSlot};
 use super::store::{Recovered, Store};
 use super::vhost::Vhost;
@@ -78,6 +79,8 @@ pub(crate) struct State {
     pub(super) next_queue_id: u64,
     /// Reused by every publish for the queues a message reaches.
     pub(super) route_buf: Vec<Arc<str>>,
+    /// What the broker sees of Warren RPC traffic.
+    pub(super) rpc: RpcWatch,
     /// Log a warning when a durable queue is created without a store (`--memory-only`).
     pub(super) warn_durable_without_storage: bool,
     /// message_stats counters and rates (see `stats.rs`).
@@ -121,6 +124,7 @@ impl State {
             reply_names: HashMap::new(),
             next_queue_id: 1,
             route_buf: Vec::new(),
+            rpc: RpcWatch::default(),
             warn_durable_without_storage: false,
             stats: Default::default(),
         }
@@ -229,5 +233,14 @@ impl State {
         self.vhosts
             .entry(name.to_string())
             .or_insert_with(|| Vhost::new(name));
+    }
+
+    /// The Warren RPC services the broker has seen traffic for, with their counts, rates and
+    /// reply latency (for the management API and Prometheus).
+    pub(crate) fn rpc_services(&self) -> Vec<ServiceStats> {
+        self.rpc.snapshot(Instant::now(), |vhost, queue| {
+            let q = self.vhosts.get(vhost)?.queues.get(queue)?;
+            Some((q.consumers().len(), q.message_count()))
+        })
     }
 }

@@ -6,7 +6,8 @@
 //! (columns, sort, paging, name filters), then the handlers: `overview` (overview, nodes,
 //! whoami, health checks), `resources` (lists), `views` (their JSON objects), `ops` (declare,
 //! delete, purge, publish, get, bindings, closing connections), `admin` (vhosts, users,
-//! permissions), `definitions` (export and import).
+//! permissions), `definitions` (export and import), `dashboard` (the web dashboard at `/` and
+//! Warren's `/api/warren`).
 //!
 //! **Adding routes from another module** (the dashboard does this): write a
 //! `pub(crate) fn routes() -> Router<AppState>` in your module (handlers take
@@ -16,6 +17,7 @@
 
 mod admin;
 pub(crate) mod auth;
+pub(crate) mod dashboard;
 mod definitions;
 pub(crate) mod error;
 pub(crate) mod json;
@@ -70,6 +72,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(ops::routes())
         .merge(admin::routes())
         .merge(definitions::routes())
+        .merge(dashboard::routes())
         .fallback(|| async { error::ApiError::not_found() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(json_413))

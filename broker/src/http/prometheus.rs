@@ -94,7 +94,7 @@ fn respond(st: &AppState, per_object: bool) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(&families),
+        render(&families) + &super::dashboard::warren_metrics(&st.shared),
     )
 }
 
@@ -477,9 +477,8 @@ fn rabbitmq_families(st: &AppState, per_object: bool) -> Vec<Family> {
 
 /// Warren's own series (`warren_*`), for what RabbitMQ has no metric for.
 ///
-/// Hook for the RPC observation (the dashboard's module): add its per-service series here
-/// (e.g. `warren_rpc_requests_total{vhost,service}`, `warren_rpc_replies_total`,
-/// `warren_rpc_expired_total`), built from the core's RPC snapshot like the families above.
+/// The RPC observation's per-service series (`warren_rpc_*`, including a histogram, which a
+/// `Family` cannot express) are appended by `respond` from `dashboard::warren_metrics`.
 fn warren_families(st: &AppState) -> Vec<Family> {
     let resident = st.shared.state.lock().resident_bytes() as f64;
     vec![Family::one(
