@@ -2,6 +2,7 @@
 //! users who may log in. A leaf: it depends on nothing else in the broker.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// Limits negotiated with clients and enforced on their input.
 #[derive(Debug, Clone)]
@@ -25,6 +26,9 @@ pub struct Limits {
     /// Ready messages may hold this many bytes in memory (all queues together); messages
     /// queued beyond it are paged out to disk until delivered.
     pub queue_memory_budget: usize,
+    /// A connection must finish the AMQP handshake (protocol header to `connection.open-ok`)
+    /// within this time or its socket is closed; RabbitMQ's `handshake_timeout`, 10 s.
+    pub handshake_timeout: Duration,
 }
 
 fn total_memory() -> u64 {
@@ -57,6 +61,7 @@ impl Default for Limits {
             memory_high_watermark: total_memory() / 10 * 4,
             disk_free_limit: 50_000_000,
             queue_memory_budget: 128 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -81,5 +86,14 @@ impl Config {
         self.users.iter().any(|u| {
             u.name == user && u.password == password && (!u.loopback_only || peer.is_loopback())
         })
+    }
+
+    /// Whether `user`, named by a verified client certificate (`EXTERNAL`), may log in from
+    /// `peer` without a password: the user exists (RabbitMQ's internal backend with no
+    /// password to check) and the loopback restriction allows it.
+    pub(crate) fn login_by_certificate(&self, user: &str, peer: IpAddr) -> bool {
+        self.users
+            .iter()
+            .any(|u| u.name == user && (!u.loopback_only || peer.is_loopback()))
     }
 }

@@ -16,7 +16,8 @@
 //! Layers (see docs/architecture.md): `core` is the protocol-neutral broker (vhosts,
 //! exchanges, queues, delivery, storage) behind one lock; `amqp` is the AMQP 0-9-1 front-end
 //! that calls it; `broker` starts listeners and owns the lifecycle. Only [`Broker`], its
-//! builder and handle, [`Limits`] and [`BrokerError`] are public.
+//! builder and handle, [`Limits`], [`BrokerError`] and the TLS settings ([`TlsConfig`]) are
+//! public.
 #![deny(missing_docs)]
 
 mod amqp;
@@ -24,9 +25,12 @@ mod broker;
 mod config;
 mod core;
 mod shared;
+mod tls;
+mod transport;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::Limits;
+pub use tls::{CertLoginFrom, TlsConfig, TlsError};
 
 /// Internals for the crate's own benchmarks (`benches/`); not part of the API.
 #[doc(hidden)]

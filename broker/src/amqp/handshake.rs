@@ -5,13 +5,13 @@ use super::channel::reply_text;
 use super::frame::{self, next_frame, RawFrame, FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use crate::core::error::{AmqpError, Code};
 use crate::shared::Shared;
+use crate::tls::TlsPeer;
 use amq_protocol::protocol::{connection, parse_class, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub(super) struct Handshake {
     pub(super) blocked_capable: bool,
@@ -56,13 +56,18 @@ fn server_properties() -> FieldTable {
     props
 }
 
-async fn write_frames(stream: &mut TcpStream, f: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
+/// A stream the handshake runs over (TCP or TLS).
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
+async fn write_frames(stream: &mut impl Io, f: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
     let mut out = Vec::new();
     f(&mut out);
-    stream.write_all(&out).await
+    stream.write_all(&out).await?;
+    stream.flush().await
 }
 
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<RawFrame>, ()> {
+async fn read_frame(stream: &mut impl Io, buf: &mut BytesMut) -> Result<Option<RawFrame>, ()> {
     loop {
         match next_frame(buf, FRAME_MIN_SIZE) {
             Ok(Some(f)) => return Ok(Some(f)),
@@ -76,7 +81,7 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Option
     }
 }
 
-async fn read_method(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<AMQPClass> {
+async fn read_method(stream: &mut impl Io, buf: &mut BytesMut) -> Option<AMQPClass> {
     let f = read_frame(stream, buf).await.ok()??;
     if f.kind != frame::FRAME_METHOD || f.channel != 0 {
         return None;
@@ -84,7 +89,7 @@ async fn read_method(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<AMQPC
     parse_class(&f.payload[..]).ok().map(|(_, m)| m)
 }
 
-async fn close_handshake(stream: &mut TcpStream, err: AmqpError) {
+async fn close_handshake(stream: &mut impl Io, err: AmqpError) {
     let _ = write_frames(stream, |out| {
         frame::write_method(out, 0, close_method(&err));
     })
@@ -133,11 +138,51 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
     }
 }
 
+/// Who is connecting: the address, and over TLS what the certificate says.
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) tls: Option<TlsPeer>,
+}
+
+/// The mechanisms offered in connection.start: EXTERNAL too on a listener that verifies client
+/// certificates (as RabbitMQ with `rabbitmq_auth_mechanism_ssl` enabled, which offers it on every
+/// TLS connection and refuses a peer without a certificate when it picks it).
+fn mechanisms(peer: &Peer) -> &'static str {
+    match &peer.tls {
+        Some(tls) if tls.external => "PLAIN AMQPLAIN EXTERNAL",
+        _ => "PLAIN AMQPLAIN",
+    }
+}
+
+/// Checks a start-ok's credentials: the user who logs in, or why not (for the log).
+fn authenticate(
+    shared: &Shared,
+    mechanism: &str,
+    response: &[u8],
+    peer: &Peer,
+) -> Result<String, String> {
+    if mechanism == "EXTERNAL" {
+        let tls = peer.tls.as_ref().ok_or("not a TLS-enabled connection")?;
+        let name = tls.cert_name.clone()?;
+        return if shared.config.login_by_certificate(&name, peer.addr.ip()) {
+            Ok(name)
+        } else {
+            Err(format!("user '{name}' - invalid credentials"))
+        };
+    }
+    let (user, pass) = credentials(mechanism, response).ok_or("malformed credentials")?;
+    if shared.config.authenticate(&user, &pass, peer.addr.ip()) {
+        Ok(user)
+    } else {
+        Err(format!("user '{user}' - invalid credentials"))
+    }
+}
+
 pub(super) async fn handshake(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut impl Io,
     buf: &mut BytesMut,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> std::io::Result<Option<Handshake>> {
     while buf.len() < 8 {
         if stream.read_buf(buf).await? == 0 {
@@ -147,6 +192,7 @@ pub(super) async fn handshake(
     if &buf[..8] != PROTOCOL_HEADER {
         // Like RabbitMQ: answer with the protocol header we speak, then close.
         stream.write_all(PROTOCOL_HEADER).await?;
+        stream.flush().await?;
         return Ok(None);
     }
     let _ = buf.split_to(8);
@@ -154,7 +200,7 @@ pub(super) async fn handshake(
         version_major: 0,
         version_minor: 9,
         server_properties: server_properties(),
-        mechanisms: LongString::from("PLAIN AMQPLAIN"),
+        mechanisms: LongString::from(mechanisms(peer)),
         locales: LongString::from("en_US"),
     }));
     write_frames(stream, |out| frame::write_method(out, 0, start)).await?;
@@ -165,12 +211,11 @@ pub(super) async fn handshake(
         return Ok(None);
     };
     let mechanism = start_ok.mechanism.as_str();
-    if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+    if !mechanisms(peer).split(' ').any(|m| m == mechanism) {
         // Before the connection is open RabbitMQ reports this only in its log.
-        tracing::warn!(%peer, mechanism, "unknown authentication mechanism");
+        tracing::warn!(peer = %peer.addr, mechanism, "unknown authentication mechanism");
         return Ok(None);
     }
-    let creds = credentials(mechanism, start_ok.response.as_bytes());
     let capability = |name: &str| match start_ok.client_properties.inner().get("capabilities") {
         Some(AMQPValue::FieldTable(caps)) => {
             matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
@@ -178,26 +223,30 @@ pub(super) async fn handshake(
         _ => false,
     };
     let failure_close = capability("authentication_failure_close");
-    let user = creds.and_then(|(u, p)| shared.config.authenticate(&u, &p, peer.ip()).then_some(u));
-    let Some(user) = user else {
-        tracing::warn!(%peer, "login refused");
-        let err = AmqpError::new(
+    let user = authenticate(shared, mechanism, start_ok.response.as_bytes(), peer);
+    let user = match user {
+        Ok(user) => user,
+        Err(why) => {
+            tracing::warn!(peer = %peer.addr, mechanism, reason = %why, "login refused");
+            let err = AmqpError::new(
             Code::AccessRefused,
             format!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             ),
         )
         .on(10, 11);
-        if failure_close {
-            close_handshake(stream, err).await;
+            if failure_close {
+                close_handshake(stream, err).await;
+            }
+            // Without the capability, RabbitMQ just closes the socket.
+            return Ok(None);
         }
-        // Without the capability, RabbitMQ just closes the socket.
-        return Ok(None);
     };
     let cancel_notify = capability("consumer_cancel_notify");
     let blocked_capable = capability("connection.blocked");
 
-    let Some((frame_max, channel_max, heartbeat)) = tune(shared, stream, buf, peer).await? else {
+    let Some((frame_max, channel_max, heartbeat)) = tune(shared, stream, buf, peer.addr).await?
+    else {
         return Ok(None);
     };
 
@@ -230,7 +279,7 @@ pub(super) async fn handshake(
 /// None when the client's answer is out of range (RabbitMQ then drops the socket).
 async fn tune(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut impl Io,
     buf: &mut BytesMut,
     peer: SocketAddr,
 ) -> std::io::Result<Option<(u32, u16, u16)>> {
