@@ -32,6 +32,7 @@
 //!   input; warren-bench generates load with the same code.
 //! - [`fields`]: field tables and strings.
 //! - [`proxy`]: a TCP proxy that breaks connections on purpose.
+//! - [`pki`]: certificates made at test time, for the TLS tests.
 //! - [`rpc_support`]: services, servers and clients for the warren-rpc tests.
 //!
 //! Their items are re-exported here, so a test imports `warren_tests::{close, Target, ...}`.
@@ -42,6 +43,7 @@ use std::time::Duration;
 
 pub mod fields;
 pub mod helpers;
+pub mod pki;
 pub mod proxy;
 pub mod raw;
 pub mod rpc_support;
