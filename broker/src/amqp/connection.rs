@@ -268,9 +268,18 @@ impl Connection {
             return Err(Stop::Done);
         }
         let method = if f.kind == frame::FRAME_METHOD {
-            match parse_class(&f.payload[..]) {
-                Ok((_, m)) => Some(m),
-                Err(_) => {
+            let decoded = if frame::method_tables_within(&f.payload) {
+                parse_class(&f.payload[..]).ok().map(|(_, m)| m)
+            } else {
+                tracing::warn!(
+                    conn = self.id,
+                    "field tables nested too deep; refusing the frame"
+                );
+                None
+            };
+            match decoded {
+                Some(m) => Some(m),
+                None => {
                     let ids = if f.payload.len() >= 4 {
                         (
                             u16::from_be_bytes([f.payload[0], f.payload[1]]),

@@ -86,6 +86,9 @@ async fn read_method(stream: &mut impl Io, buf: &mut BytesMut) -> Option<AMQPCla
     if f.kind != frame::FRAME_METHOD || f.channel != 0 {
         return None;
     }
+    if !frame::method_tables_within(&f.payload) {
+        return None;
+    }
     parse_class(&f.payload[..]).ok().map(|(_, m)| m)
 }
 
@@ -126,6 +129,12 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
             let mut framed = Vec::with_capacity(response.len() + 4);
             framed.put_u32(response.len() as u32);
             framed.extend_from_slice(response);
+            if !crate::core::fieldtable::table_nesting_within(
+                &framed,
+                crate::core::fieldtable::MAX_TABLE_DEPTH,
+            ) {
+                return None;
+            }
             let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
             let get = |k: &str| match table.inner().get(k)? {
                 AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
