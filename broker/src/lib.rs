@@ -24,6 +24,8 @@ mod amqp;
 mod broker;
 mod config;
 mod core;
+#[doc(hidden)]
+pub mod fuzz;
 mod shared;
 mod tls;
 mod transport;
