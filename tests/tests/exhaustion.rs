@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warren_broker::{Broker, BrokerHandle, Limits};
 use warren_tests::{
-    close, compat_test, frame_bytes, method_payload, unique, RawConn, RawEvent, WAIT,
+    close, compat_test, frame_bytes, method_payload, unique, RawConn, RawEvent, Target, WAIT,
 };
 
 /// A broker of the test's own with a short handshake timeout and these many connection slots.
@@ -286,4 +286,67 @@ async fn deeply_nested_tables_are_refused_without_crashing() {
     }
     assert_serves(&broker.amqp_url(), "after the nested tables").await;
     broker.shutdown().await;
+}
+
+/// Answers connection.tune with `tune-ok` values changed by `over`, then asks to open `/`;
+/// the broker must not open the connection, and must close the socket.
+async fn tune_ok_refused(
+    t: &Target,
+    over: impl FnOnce(&mut proto::connection::TuneOk),
+    what: &str,
+) {
+    let mut raw = t.raw().await;
+    raw.handshake_until_open("guest", "guest", warren_tests::client_properties())
+        .await;
+    let tune = match raw.recv_method(0).await {
+        AMQPClass::Connection(proto::connection::AMQPMethod::Tune(tune)) => tune,
+        other => panic!("{t}: expected tune, got {other:?}"),
+    };
+    let mut ok = proto::connection::TuneOk {
+        channel_max: tune.channel_max,
+        frame_max: tune.frame_max,
+        heartbeat: 0,
+    };
+    over(&mut ok);
+    raw.send_method(
+        0,
+        AMQPClass::Connection(proto::connection::AMQPMethod::TuneOk(ok)),
+    )
+    .await;
+    raw.send_method(
+        0,
+        AMQPClass::Connection(proto::connection::AMQPMethod::Open(
+            proto::connection::Open {
+                virtual_host: "/".into(),
+            },
+        )),
+    )
+    .await;
+    loop {
+        match raw.recv().await {
+            RawEvent::Eof => return,
+            RawEvent::Timeout => panic!("{t}: {what}: socket still open"),
+            RawEvent::Frame(f) => assert!(
+                !matches!(
+                    *f,
+                    amq_protocol::frame::AMQPFrame::Method(
+                        0,
+                        AMQPClass::Connection(proto::connection::AMQPMethod::OpenOk(_))
+                    )
+                ),
+                "{t}: {what}: the connection must not open"
+            ),
+            _ => {}
+        }
+    }
+}
+
+compat_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tune_ok_beyond_the_offer_is_refused(t: Target) {
+        tune_ok_refused(&t, |ok| ok.frame_max += 1, "frame_max above the offer").await;
+        tune_ok_refused(&t, |ok| ok.channel_max += 1, "channel_max above the offer").await;
+        tune_ok_refused(&t, |ok| ok.frame_max = 4095, "frame_max below the 4096 minimum").await;
+        t.assert_healthy().await;
+    }
 }
