@@ -1,7 +1,9 @@
 //! The embeddable broker: configuration, the accept loop, and graceful shutdown.
 
 use crate::amqp::handshake::Peer;
-use crate::config::{Config, Limits, User};
+use crate::config::{Config, Limits};
+use crate::core::access::seed::{self, Seed};
+use crate::core::access::{Access, Registry};
 use crate::core::state::{State, StateLock};
 use crate::shared::Shared;
 use crate::tls::{TlsConfig, TlsError};
@@ -24,6 +26,14 @@ pub enum BrokerError {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// The definitions file could not be read or imported (nothing of it was applied).
+    #[error("cannot load definitions from {path}: {reason}")]
+    Definitions {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// The data directory could not be used.
     #[error("cannot use data directory {path}: {source}")]
@@ -54,8 +64,8 @@ impl Broker {
             listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
             data_dir: None,
             warn_durable_without_storage: false,
-            users: Vec::new(),
-            vhosts: Vec::new(),
+            seed: Seed::default(),
+            definitions: None,
             limits: Limits::default(),
             tls: None,
         }
@@ -68,8 +78,8 @@ pub struct BrokerBuilder {
     listen: SocketAddr,
     data_dir: Option<PathBuf>,
     warn_durable_without_storage: bool,
-    users: Vec<User>,
-    vhosts: Vec<String>,
+    seed: Seed,
+    definitions: Option<PathBuf>,
     limits: Limits,
     tls: Option<(SocketAddr, TlsConfig)>,
 }
@@ -96,20 +106,42 @@ impl BrokerBuilder {
         self
     }
 
-    /// Adds a user that may log in from anywhere. Without any user, guest/guest may log in from
-    /// loopback only, as in RabbitMQ.
+    /// Adds a user that may log in from anywhere, tagged `administrator`, with full
+    /// permissions on "/" and on every [`BrokerBuilder::vhost`]. Without any user, guest/guest
+    /// may log in from loopback only, as in RabbitMQ. With a data directory, users are created
+    /// only if missing: a password or permission changed at run time survives a restart.
     pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
-        self.users.push(User {
-            name: name.into(),
-            password: password.into(),
-            loopback_only: false,
-        });
+        self.seed.users.push((name.into(), password.into()));
         self
     }
 
-    /// Adds a virtual host besides "/".
+    /// Adds a virtual host besides "/" (created if missing; the configured users get full
+    /// permissions on it when it is created).
     pub fn vhost(mut self, name: impl Into<String>) -> Self {
-        self.vhosts.push(name.into());
+        self.seed.vhosts.push(name.into());
+        self
+    }
+
+    /// The users who may log in only from a loopback address (RabbitMQ's `loopback_users`).
+    /// Default: `["guest"]` when no [`BrokerBuilder::user`] is given, else none. An empty list
+    /// lets guest log in from anywhere.
+    pub fn loopback_users<I, S>(mut self, users: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.seed.loopback_users = Some(users.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// A RabbitMQ definitions file (as `GET /api/definitions` or `rabbitmqctl
+    /// export_definitions` write it) imported at every start, after the data directory was
+    /// recovered, like RabbitMQ's `load_definitions`: users (with their password hashes),
+    /// vhosts, permissions, topic permissions, vhost limits, exchanges, queues and bindings.
+    /// Entities that exist already are left as they are. A file that cannot be read or
+    /// imported stops the start with [`BrokerError::Definitions`], having applied nothing.
+    pub fn definitions(mut self, file: impl Into<PathBuf>) -> Self {
+        self.definitions = Some(file.into());
         self
     }
 
@@ -150,23 +182,17 @@ impl BrokerBuilder {
             None => None,
         };
         let tls_local_addr = tls.as_ref().map(|t| t.local_addr);
-        let mut users = self.users;
-        if users.is_empty() {
-            users.push(User {
-                name: "guest".into(),
-                password: "guest".into(),
-                loopback_only: true,
-            });
-        }
         let mut state = State::new();
         state.warn_on_durable_without_storage(self.warn_durable_without_storage);
-        for v in &self.vhosts {
-            state.add_vhost(v);
-        }
         state.set_paging(
             self.limits.queue_memory_budget,
             self.data_dir.as_ref().map(|d| d.join("pages")),
         );
+        let data_dir_error = |path: &PathBuf, e: String| BrokerError::DataDir {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        };
+        let mut registry = None;
         if let Some(dir) = &self.data_dir {
             let (store, defs, recovered) =
                 crate::core::store::Store::open(dir).map_err(|source| BrokerError::DataDir {
@@ -176,19 +202,24 @@ impl BrokerBuilder {
             let n = recovered.len();
             state.attach_store(Arc::new(store), defs, recovered);
             tracing::info!(dir = %dir.display(), messages = n, "recovered from data directory");
+            registry = Access::load(dir).map_err(|e| data_dir_error(dir, e))?;
         }
+        let access = boot_access(&mut state, registry, &self.seed, self.data_dir.as_deref());
         let watermark = self.limits.memory_high_watermark;
         let shared = Arc::new(Shared {
             state: StateLock::new(state),
             config: Config {
-                users,
                 limits: self.limits,
             },
+            access,
             alarm: watch::Sender::new(false),
             memory_high_watermark: AtomicU64::new(watermark),
             data_dir: self.data_dir.clone(),
         });
         shared.check_alarms();
+        if let Some(path) = &self.definitions {
+            load_definitions(&shared, path)?;
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, tls, shared.clone(), stop_rx));
         tracing::info!(%local_addr, ?tls_local_addr, "warren-broker ready");
@@ -200,6 +231,55 @@ impl BrokerBuilder {
             task: Arc::new(Mutex::new(Some(task))),
         })
     }
+}
+
+/// Imports a definitions file at boot (`--definitions`).
+fn load_definitions(shared: &Shared, path: &std::path::Path) -> Result<(), BrokerError> {
+    let fail = |reason: String| BrokerError::Definitions {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let defs: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| fail(format!("invalid JSON: {e}")))?;
+    crate::core::definitions::import(&shared.state, &shared.access, &defs).map_err(fail)?;
+    tracing::info!(file = %path.display(), "imported definitions");
+    Ok(())
+}
+
+/// The access data at boot: what the data directory kept (None: first boot) plus what the
+/// builder configured; every vhost it names exists in the state and every vhost the state
+/// recovered (a data directory from before access data was kept) is known to it.
+fn boot_access(
+    state: &mut State,
+    kept: Option<Registry>,
+    seed: &Seed,
+    dir: Option<&std::path::Path>,
+) -> Access {
+    let fresh = kept.is_none();
+    let mut registry = kept.unwrap_or_default();
+    seed::apply(&mut registry, seed, fresh);
+    for name in state.vhost_names() {
+        if registry.has_vhost(&name) {
+            continue;
+        }
+        if fresh {
+            let info = crate::core::access::VhostInfo {
+                name: name.clone(),
+                ..Default::default()
+            };
+            registry.vhosts.insert(name, info);
+        } else {
+            // Deleted at run time ("/" is in every new state).
+            state.delete_vhost(&name);
+        }
+    }
+    for name in registry.vhosts.keys() {
+        state.add_vhost(name);
+    }
+    let access = Access::new(registry, dir.map(|d| d.join("access.json")));
+    access.save();
+    access
 }
 
 /// The AMQPS listener: its socket, and the TLS settings every accepted socket goes through.
@@ -393,6 +473,34 @@ impl BrokerHandle {
     /// Whether publishers are currently blocked by a memory or disk alarm.
     pub fn is_blocked(&self) -> bool {
         *self.shared.alarm.borrow()
+    }
+
+    /// Everything the broker defines, as RabbitMQ's definitions JSON (`GET /api/definitions`):
+    /// users with their password hashes, vhosts, permissions, topic permissions, vhost limits,
+    /// exchanges, queues and bindings.
+    pub fn export_definitions(&self) -> String {
+        let access = &self.shared.access;
+        let defs = crate::core::definitions::export(&self.shared.state.lock(), access);
+        serde_json::to_string_pretty(&defs).unwrap_or_default()
+    }
+
+    /// Imports RabbitMQ definitions JSON (`POST /api/definitions`): all of it, or nothing
+    /// when any part is invalid (the error says which).
+    pub fn import_definitions(&self, json: &str) -> Result<(), String> {
+        let defs: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("invalid JSON: {e}"))?;
+        crate::core::definitions::import(&self.shared.state, &self.shared.access, &defs)
+    }
+
+    /// Deletes a vhost at run time, as `rabbitmqctl delete_vhost`: its connections are closed
+    /// with 320 CONNECTION_FORCED ("vhost 'v' is down", as RabbitMQ 3.10 says), then everything in it goes.
+    /// Returns false when there is no such vhost.
+    pub async fn delete_vhost(&self, name: &str) -> bool {
+        self.shared
+            .access
+            .delete_vhost(&self.shared.state, name)
+            .await
+            .is_ok()
     }
 
     /// Stops accepting, closes every connection with 320 CONNECTION_FORCED, waits for them,

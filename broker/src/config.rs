@@ -1,7 +1,6 @@
-//! Configuration: the limits negotiated with clients and enforced on their input, and the
-//! users who may log in. A leaf: it depends on nothing else in the broker.
+//! Configuration: the limits negotiated with clients and enforced on their input. A leaf: it
+//! depends on nothing else in the broker. (Users live in `core::access`.)
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 /// Limits negotiated with clients and enforced on their input.
@@ -66,34 +65,8 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct User {
-    pub(crate) name: String,
-    pub(crate) password: String,
-    pub(crate) loopback_only: bool,
-}
-
 /// Broker configuration, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Config {
-    pub(crate) users: Vec<User>,
     pub(crate) limits: Limits,
-}
-
-impl Config {
-    /// Whether these credentials may log in from `peer`.
-    pub(crate) fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> bool {
-        self.users.iter().any(|u| {
-            u.name == user && u.password == password && (!u.loopback_only || peer.is_loopback())
-        })
-    }
-
-    /// Whether `user`, named by a verified client certificate (`EXTERNAL`), may log in from
-    /// `peer` without a password: the user exists (RabbitMQ's internal backend with no
-    /// password to check) and the loopback restriction allows it.
-    pub(crate) fn login_by_certificate(&self, user: &str, peer: IpAddr) -> bool {
-        self.users
-            .iter()
-            .any(|u| u.name == user && (!u.loopback_only || peer.is_loopback()))
-    }
 }

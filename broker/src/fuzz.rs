@@ -5,6 +5,8 @@
 use crate::amqp::channel::{close_in_state, Channel, Ctx};
 use crate::amqp::frame::{self, method_tables_within, next_frame};
 use crate::amqp::outbox::Outbox;
+use crate::core::access::seed::{self, Seed};
+use crate::core::access::{Access, Registry};
 use crate::core::fieldtable::{table_nesting_within, MAX_TABLE_DEPTH};
 use crate::core::message::ChannelKey;
 use crate::core::props::PropsView;
@@ -57,12 +59,28 @@ pub fn field_table(data: &[u8]) {
     }
 }
 
-/// Restores `data` as a `definitions.json` (after JSON parsing), snapshots the result and
-/// restores that again.
+/// A fresh access registry as a new broker has it: guest, vhost `/`, full permissions.
+fn fresh_access() -> Access {
+    let mut registry = Registry::default();
+    seed::apply(&mut registry, &Seed::default(), true);
+    Access::new(registry, None)
+}
+
+/// Takes `data` as a definitions file both ways the broker reads one: imported as RabbitMQ's
+/// export (`--definitions`, users, vhosts, permissions, topology), then exported and imported
+/// again; and restored as the data directory's `definitions.json`, snapshotted and restored
+/// again.
 pub fn definitions(data: &[u8]) {
     let Ok(defs) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
+    let state = StateLock::new(State::new());
+    let access = fresh_access();
+    if crate::core::definitions::import(&state, &access, &defs).is_ok() {
+        let exported = crate::core::definitions::export(&state.lock(), &access);
+        let again = StateLock::new(State::new());
+        let _ = crate::core::definitions::import(&again, &fresh_access(), &exported);
+    }
     let mut state = State::new();
     state.restore_definitions(&defs);
     let again = crate::core::definitions::snapshot(state.vhosts_mut());
@@ -74,6 +92,7 @@ pub fn definitions(data: &[u8]) {
 /// everything else goes to the channel's state machine; a channel error closes the channel.
 pub fn channels(data: &[u8]) {
     let state = StateLock::new(State::new());
+    let access = fresh_access();
     let (outbox, mut rx, _) = Outbox::new(true);
     const CONN: u64 = 1;
     state.lock().add_connection(CONN, Arc::new(outbox.clone()));
@@ -120,6 +139,7 @@ pub fn channels(data: &[u8]) {
                     outbox: &outbox,
                     vhost: "/",
                     user: "guest",
+                    access: &access,
                     max_message_size: 1 << 20,
                 };
                 if ch.on_frame(&ctx, f, method).is_err() {

@@ -1,7 +1,8 @@
 //! What the accept loop and every connection share: the core's state behind its lock, the
-//! configuration, and the resource alarm (memory and disk) that blocks publishers.
+//! configuration, the access data (users, permissions), and the resource alarm (memory and disk) that blocks publishers.
 
 use crate::config::{resident_memory, Config};
+use crate::core::access::Access;
 use crate::core::state::StateLock;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,8 @@ use tokio::sync::watch;
 pub(crate) struct Shared {
     pub(crate) state: StateLock,
     pub(crate) config: Config,
+    /// Users, vhosts, permissions and limits.
+    pub(crate) access: Access,
     /// Resource alarm: true while publishers must be blocked.
     pub(crate) alarm: watch::Sender<bool>,
     /// The memory watermark in force (adjustable at run time).

@@ -373,3 +373,51 @@ async fn memory_only_warns_and_writes_nothing() {
     let status = broker.wait();
     assert_eq!(status.code(), Some(0), "exit status after SIGINT: {status}");
 }
+
+#[tokio::test]
+async fn definitions_flag_loads_users_vhosts_and_permissions_at_boot() {
+    let home = TempHome::new("definitions");
+    // A user as RabbitMQ exports it: salt 0x01020304 ++ SHA-256(salt ++ "s3cret"), base64.
+    let hash = "AQIDBLq/hWyT4GNQ5SjFtltSvLoQIZIQIckdYAqRUvj04Npv";
+    let defs = serde_json::json!({
+        "users": [{"name": "app", "password_hash": hash,
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}],
+        "vhosts": [{"name": "apps"}],
+        "permissions": [{"user": "app", "vhost": "apps", "configure": "^app\\.",
+                         "write": ".*", "read": ".*"}],
+        "queues": [{"name": "app.jobs", "vhost": "apps", "durable": true,
+                    "auto_delete": false, "arguments": {}}]
+    });
+    let file = home.0.join("definitions.json");
+    std::fs::write(&file, defs.to_string()).expect("write definitions");
+    let broker = BrokerProcess::start(
+        &home.0,
+        &[
+            "--memory-only",
+            "--definitions",
+            file.to_str().expect("utf-8 path"),
+        ],
+    );
+    let url = broker
+        .url
+        .replace("guest:guest", "app:s3cret")
+        .replace("%2f", "apps");
+    let (conn, ch) = channel(&url).await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare("app.jobs".into(), passive, FieldTable::default())
+        .await
+        .expect("the queue from the definitions");
+    let refused = ch
+        .queue_declare(
+            "other".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("configure is limited to app.*");
+    assert!(refused.to_string().contains("ACCESS_REFUSED"), "{refused}");
+    let _ = conn.close(200, "bye".into()).await;
+}

@@ -59,7 +59,7 @@ pub use raw::{
     client_properties, close_of, encode, frame_bytes, frame_bytes_with_end, method_payload, plain,
     CloseInfo, RawConn, RawEvent,
 };
-pub use targets::{bundled, targets, Kind, Target};
+pub use targets::{bundled, refnode, targets, Kind, Target};
 
 /// How long a test waits for something that should happen (a delivery, a reply, a close).
 pub const WAIT: Duration = Duration::from_secs(5);

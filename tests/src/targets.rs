@@ -210,6 +210,28 @@ pub async fn bundled() -> Target {
     Target::from_url(Kind::Bundled, url, Some(broker))
 }
 
+/// The reference RabbitMQ node (`../shared/refnode.sh`: AMQP on 5673, management on 15673),
+/// or why it cannot be used. `WARREN_TEST_REFNODE_AMQP_URL` overrides its AMQP URL.
+pub fn refnode() -> Result<Target, String> {
+    let url = std::env::var("WARREN_TEST_REFNODE_AMQP_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5673/%2f".to_owned());
+    if let Some(only) = Selection::from_env().only {
+        if only != Kind::RabbitMq.name() {
+            return Err(format!("WARREN_TEST_ONLY={only}"));
+        }
+    }
+    let target = Target::from_url(Kind::RabbitMq, url, None);
+    match std::net::TcpStream::connect_timeout(&target.addr, std::time::Duration::from_secs(2)) {
+        Ok(_) => Ok(target),
+        Err(e) => Err(format!(
+            "reference node unreachable at {} ({e}); start it with ../shared/refnode.sh start",
+            target.addr
+        )),
+    }
+}
+
 /// One broker a compatibility case runs against.
 pub struct Target {
     kind: Kind,
@@ -242,6 +264,11 @@ impl Target {
             vhost_path,
             own_broker,
         }
+    }
+
+    /// The bundled broker this target owns ([`bundled`]), to configure it at run time.
+    pub fn own_broker(&self) -> Option<&BrokerHandle> {
+        self.own_broker.as_ref()
     }
 
     /// `"bundled"` or `"rabbitmq"`: put it in every assertion message.

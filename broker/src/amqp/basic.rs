@@ -2,6 +2,7 @@
 //! cancel, get, ack / nack / reject, recover.
 
 use super::channel::{short, Channel, Ctx, Pending, TxSettle};
+use crate::core::access::{Perm, Resource};
 use crate::core::delivery::{ConsumeOptions, REPLY_TO};
 use crate::core::error::{AmqpError, AmqpResult, Code};
 use crate::core::settle::SettleOp;
@@ -64,6 +65,7 @@ impl Channel {
             B::CancelOk(_) => Ok(()),
             B::Get(g) => {
                 let queue = self.queue_name(&g.queue)?;
+                self.permit(ctx, Resource::Queue, &queue, Perm::Read)?;
                 let sent = ctx.state.lock().get(key, &queue, g.no_ack)?;
                 if !sent {
                     ctx.outbox
@@ -102,7 +104,9 @@ impl Channel {
         let queue = if c.queue.as_str() == REPLY_TO {
             REPLY_TO.to_string()
         } else {
-            self.queue_name(&c.queue)?
+            let q = self.queue_name(&c.queue)?;
+            self.permit(ctx, Resource::Queue, &q, Perm::Read)?;
+            q
         };
         let mut state = ctx.state.lock();
         let tag = state.consume(

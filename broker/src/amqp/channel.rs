@@ -4,8 +4,10 @@
 //! A channel lives inside its connection's task. Methods that touch exchanges, queues or
 //! deliveries take the broker state lock for the duration of one method.
 
+use super::access::PermCache;
 use super::frame::{self, RawFrame};
 use super::outbox::Outbox;
+use crate::core::access::Access;
 use crate::core::error::{AmqpError, AmqpResult, Code};
 use crate::core::message::{ChannelKey, ConnId, Message};
 use crate::core::session::Unacked;
@@ -28,6 +30,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) vhost: &'a str,
     /// The authenticated user.
     pub(crate) user: &'a str,
+    /// Users, permissions and limits.
+    pub(crate) access: &'a Access,
     /// Largest accepted message body.
     pub(crate) max_message_size: u64,
 }
@@ -63,6 +67,8 @@ pub(crate) struct Channel {
     pub(super) next_publish_seq: u64,
     pub(super) tx: Option<Tx>,
     pub(super) last_queue: Option<String>,
+    /// Permission checks granted recently.
+    pub(super) perms: PermCache,
 }
 
 /// A reply text as RabbitMQ sends it: over 255 bytes, cut to 252 and ended with "...".
@@ -118,6 +124,7 @@ impl Channel {
             next_publish_seq: 1,
             tx: None,
             last_queue: None,
+            perms: PermCache::default(),
         }
     }
 

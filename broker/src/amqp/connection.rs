@@ -7,7 +7,7 @@
 
 use super::channel::{close_in_state, release_tx, reply_text, Channel, Ctx};
 use super::frame::{self, next_frame, RawFrame};
-use super::handshake::{close_method, handshake, Peer};
+use super::handshake::{close_method, handshake, Peer, Track};
 use super::outbox::{Out, Outbox};
 use super::writer::{write_loop, Backlog};
 use crate::core::error::{AmqpError, Code};
@@ -17,6 +17,7 @@ use crate::transport::Transport;
 use amq_protocol::protocol::{channel, connection, parse_class, AMQPClass};
 use bytes::BytesMut;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -43,22 +44,32 @@ pub(crate) async fn serve<S: Transport>(
     shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // A vhost or user deletion asks the connection to close through this.
+    let (forced_tx, forced) = watch::channel(None::<String>);
+    let track = Track {
+        id: conn_id,
+        close: Box::new(move |why: &str| {
+            forced_tx.send_replace(Some(why.to_string()));
+        }),
+    };
     // The whole handshake, from the first byte to open-ok, within RabbitMQ's
     // `handshake_timeout`: a socket that never finishes it is dropped, so idle sockets cannot
     // pile up (each holds this buffer and a task).
     let hs = match timeout(
         shared.config.limits.handshake_timeout,
-        handshake(&shared, &mut stream, &mut buf, &peer),
+        handshake(&shared, &mut stream, &mut buf, &peer, track),
     )
     .await
     {
         Ok(Ok(Some(hs))) => hs,
         Ok(Ok(None)) | Ok(Err(_)) => {
+            shared.access.close_connection(conn_id);
             let _ = stream.shutdown().await;
             return;
         }
         Err(_) => {
             tracing::info!(peer = %peer.addr, "closing connection: handshake timeout");
+            shared.access.close_connection(conn_id);
             let _ = stream.shutdown().await;
             return;
         }
@@ -89,6 +100,7 @@ pub(crate) async fn serve<S: Transport>(
         outbox,
         vhost: hs.vhost,
         user: hs.user,
+        open_channels: hs.channels,
         frame_max: hs.frame_max,
         channel_max: hs.channel_max,
         channels: HashMap::new(),
@@ -96,7 +108,9 @@ pub(crate) async fn serve<S: Transport>(
         publisher: false,
         blocked_capable: hs.blocked_capable,
     };
-    let result = conn.run(read_half, buf, hs.heartbeat, shutdown).await;
+    let result = conn
+        .run(read_half, buf, hs.heartbeat, shutdown, forced)
+        .await;
     tracing::debug!(%peer, ?result, "connection closed");
     {
         let mut state = shared.state.lock();
@@ -112,6 +126,7 @@ pub(crate) async fn serve<S: Transport>(
     conn.outbox.send(Out::Close);
     drop(conn);
     let _ = writer.await;
+    shared.access.close_connection(conn_id);
 }
 
 struct Connection {
@@ -120,6 +135,9 @@ struct Connection {
     outbox: Outbox,
     vhost: String,
     user: String,
+    /// How many channels are open, for the user's channel limit (shared with the access
+    /// layer's connection tracking).
+    open_channels: Arc<AtomicUsize>,
     frame_max: u32,
     channel_max: u16,
     channels: HashMap<u16, Channel>,
@@ -138,6 +156,7 @@ impl Connection {
         mut buf: BytesMut,
         heartbeat: u16,
         mut shutdown: watch::Receiver<bool>,
+        mut forced: watch::Receiver<Option<String>>,
     ) -> Stop {
         // A peer that sends nothing for two heartbeat intervals is gone (as in RabbitMQ).
         let idle_limit = (heartbeat > 0).then(|| Duration::from_secs(heartbeat as u64 * 2));
@@ -169,7 +188,10 @@ impl Connection {
             loop {
                 match next_frame(&mut buf, self.frame_max) {
                     Ok(Some(f)) => {
-                        if let Err(stop) = self.on_frame(f) {
+                        let result = self.on_frame(f);
+                        self.open_channels
+                            .store(self.channels.len(), Ordering::Relaxed);
+                        if let Err(stop) = result {
                             return stop;
                         }
                     }
@@ -207,6 +229,10 @@ impl Connection {
                         return Stop::Gone;
                     }
                 },
+                Ok(()) = forced.changed(), if self.closing.is_none() => {
+                    let why = forced.borrow_and_update().clone().unwrap_or_default();
+                    self.start_close(AmqpError::new(Code::ConnectionForced, why));
+                }
                 _ = shutdown.changed(), if self.closing.is_none() => {
                     self.start_close(AmqpError::new(
                         Code::ConnectionForced,
@@ -404,6 +430,10 @@ impl Connection {
                     );
                     return;
                 }
+                if let Err(err) = self.shared.access.check_channel(self.id) {
+                    self.start_close(err);
+                    return;
+                }
                 self.channels.insert(id, Channel::new(id));
                 self.shared.state.lock().open_channel(key, &self.vhost);
                 self.outbox.method(
@@ -467,6 +497,7 @@ impl Connection {
             outbox: &self.outbox,
             vhost: &self.vhost,
             user: &self.user,
+            access: &self.shared.access,
             max_message_size: self.shared.config.limits.max_message_size,
         };
         // A bug that panics while serving this channel must not take the other connections

@@ -1,6 +1,7 @@
 //! The exchange class: declare, delete, bind and unbind (exchange-to-exchange bindings).
 
 use super::channel::{Channel, Ctx};
+use crate::core::access::{Perm, Resource};
 use crate::core::error::{AmqpError, AmqpResult, Code};
 use crate::core::exchange::Destination;
 use crate::core::topology::ExchangeDeclare;
@@ -13,6 +14,7 @@ impl Channel {
         m: exchange::AMQPMethod,
     ) -> AmqpResult<()> {
         use exchange::AMQPMethod as X;
+        self.permit_exchange_method(ctx, &m)?;
         let mut state = ctx.state.lock();
         let (nowait, ok) = match m {
             X::Declare(d) => {
@@ -67,5 +69,44 @@ impl Channel {
         drop(state);
         self.reply(ctx, nowait, AMQPClass::Exchange(ok));
         Ok(())
+    }
+
+    /// The permissions an exchange method needs (see `access.rs`).
+    fn permit_exchange_method(
+        &mut self,
+        ctx: &Ctx<'_>,
+        m: &exchange::AMQPMethod,
+    ) -> AmqpResult<()> {
+        use exchange::AMQPMethod as X;
+        match m {
+            X::Declare(d) if !d.passive => {
+                self.permit_exchange_declare(ctx, d.exchange.as_str(), &d.arguments)
+            }
+            // The default exchange and amq.* ones are refused by the core first, as RabbitMQ
+            // checks those before the permission.
+            X::Delete(d)
+                if !d.exchange.as_str().is_empty() && !d.exchange.as_str().starts_with("amq.") =>
+            {
+                self.permit(
+                    ctx,
+                    Resource::Exchange,
+                    d.exchange.as_str(),
+                    Perm::Configure,
+                )
+            }
+            X::Bind(b) => self.permit_binding(
+                ctx,
+                b.source.as_str(),
+                &Destination::Exchange(b.destination.to_string()),
+                b.routing_key.as_str(),
+            ),
+            X::Unbind(b) => self.permit_binding(
+                ctx,
+                b.source.as_str(),
+                &Destination::Exchange(b.destination.to_string()),
+                b.routing_key.as_str(),
+            ),
+            _ => Ok(()),
+        }
     }
 }

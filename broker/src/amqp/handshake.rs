@@ -3,19 +3,25 @@
 
 use super::channel::reply_text;
 use super::frame::{self, next_frame, RawFrame, FRAME_MIN_SIZE, PROTOCOL_HEADER};
+use crate::core::access::{AuthUser, Closer};
 use crate::core::error::{AmqpError, Code};
+use crate::core::message::ConnId;
 use crate::shared::Shared;
 use crate::tls::TlsPeer;
 use amq_protocol::protocol::{connection, parse_class, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{BufMut, BytesMut};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub(super) struct Handshake {
     pub(super) blocked_capable: bool,
     pub(super) user: String,
+    /// Channels open on the connection, counted against the user's channel limit.
+    pub(super) channels: Arc<AtomicUsize>,
     pub(super) vhost: String,
     pub(super) frame_max: u32,
     pub(super) channel_max: u16,
@@ -163,28 +169,56 @@ fn mechanisms(peer: &Peer) -> &'static str {
     }
 }
 
-/// Checks a start-ok's credentials: the user who logs in, or why not (for the log).
+/// Checks a start-ok's credentials: the user who logs in, or why not (for the log). EXTERNAL
+/// logs in the user its verified certificate names, without a password (RabbitMQ's
+/// `rabbit_auth_mechanism_ssl`, with its refusal texts).
 fn authenticate(
     shared: &Shared,
     mechanism: &str,
     response: &[u8],
     peer: &Peer,
-) -> Result<String, String> {
+) -> Result<AuthUser, String> {
     if mechanism == "EXTERNAL" {
         let tls = peer.tls.as_ref().ok_or("not a TLS-enabled connection")?;
         let name = tls.cert_name.clone()?;
-        return if shared.config.login_by_certificate(&name, peer.addr.ip()) {
-            Ok(name)
-        } else {
-            Err(format!("user '{name}' - invalid credentials"))
-        };
+        return shared.access.authenticate_by_name(&name, peer.addr.ip());
     }
-    let (user, pass) = credentials(mechanism, response).ok_or("malformed credentials")?;
-    if shared.config.authenticate(&user, &pass, peer.addr.ip()) {
-        Ok(user)
-    } else {
-        Err(format!("user '{user}' - invalid credentials"))
+    match credentials(mechanism, response) {
+        Some((user, pass)) => shared.access.authenticate(&user, &pass, peer.addr.ip()),
+        None => Err("invalid credentials format".to_string()),
     }
+}
+
+/// How the connection is known to the access layer once open: its id and how a vhost or user
+/// deletion closes it.
+pub(super) struct Track {
+    pub(super) id: ConnId,
+    pub(super) close: Closer,
+}
+
+/// How long RabbitMQ makes a client whose login failed wait before it closes the socket
+/// (`?SILENT_CLOSE_DELAY` in rabbit_reader), so failed logins cannot be retried quickly.
+const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
+
+/// A refused login, as RabbitMQ answers it: connection.close 403 with a text that names only
+/// the mechanism (when the client announced `authentication_failure_close`; otherwise nothing
+/// is sent), then the socket is held for [`SILENT_CLOSE_DELAY`] before it is closed.
+async fn refuse_login(stream: &mut impl Io, mechanism: &str, failure_close: bool) {
+    if failure_close {
+        let err = AmqpError::new(
+            Code::AccessRefused,
+            format!(
+                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            ),
+        )
+        .on(10, 11);
+        let _ = write_frames(stream, |out| {
+            frame::write_method(out, 0, close_method(&err))
+        })
+        .await;
+        let _ = stream.flush().await;
+    }
+    tokio::time::sleep(SILENT_CLOSE_DELAY).await;
 }
 
 pub(super) async fn handshake(
@@ -192,6 +226,7 @@ pub(super) async fn handshake(
     stream: &mut impl Io,
     buf: &mut BytesMut,
     peer: &Peer,
+    track: Track,
 ) -> std::io::Result<Option<Handshake>> {
     while buf.len() < 8 {
         if stream.read_buf(buf).await? == 0 {
@@ -232,22 +267,11 @@ pub(super) async fn handshake(
         _ => false,
     };
     let failure_close = capability("authentication_failure_close");
-    let user = authenticate(shared, mechanism, start_ok.response.as_bytes(), peer);
-    let user = match user {
+    let user = match authenticate(shared, mechanism, start_ok.response.as_bytes(), peer) {
         Ok(user) => user,
         Err(why) => {
-            tracing::warn!(peer = %peer.addr, mechanism, reason = %why, "login refused");
-            let err = AmqpError::new(
-            Code::AccessRefused,
-            format!(
-                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-            ),
-        )
-        .on(10, 11);
-            if failure_close {
-                close_handshake(stream, err).await;
-            }
-            // Without the capability, RabbitMQ just closes the socket.
+            tracing::warn!(peer = %peer.addr, mechanism, "{mechanism} login refused: {why}");
+            refuse_login(stream, mechanism, failure_close).await;
             return Ok(None);
         }
     };
@@ -265,17 +289,22 @@ pub(super) async fn handshake(
         return Ok(None);
     };
     let vhost = open.virtual_host.to_string();
-    let known = shared.state.lock().has_vhost(&vhost);
-    if !known {
-        let err = AmqpError::new(Code::NotAllowed, format!("vhost {vhost} not found")).on(10, 40);
-        close_handshake(stream, err).await;
+    let channels = Arc::new(AtomicUsize::new(0));
+    if let Err(err) =
+        shared
+            .access
+            .open_connection(track.id, &user.name, &vhost, channels.clone(), track.close)
+    {
+        tracing::error!(peer = %peer.addr, user = %user.name, vhost, "{}", err.text);
+        close_handshake(stream, err.on(10, 40)).await;
         return Ok(None);
     }
     let open_ok = AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {}));
     write_frames(stream, |out| frame::write_method(out, 0, open_ok)).await?;
     Ok(Some(Handshake {
         blocked_capable,
-        user,
+        user: user.name,
+        channels,
         vhost,
         frame_max,
         channel_max,

@@ -3,10 +3,11 @@
 //!
 //! Data flows one way: socket -> `frame` -> `connection` (channel multiplexing, heartbeats,
 //! close) -> `channel` (method ordering, content assembly, confirms, transactions) -> the
-//! class handlers -> the core, whose events come back through `outbox` -> `writer` -> socket.
+//! class handlers (permission checks in `access`) -> the core, whose events come back through `outbox` -> `writer` -> socket.
 //! Handlers take the core's state and an outbox, never a socket, so their sequences are unit
 //! tested in memory (`tests.rs`).
 
+pub(crate) mod access;
 pub(crate) mod basic;
 pub(crate) mod channel;
 pub(crate) mod connection;

@@ -5,6 +5,7 @@
 use super::channel::{unexpected, Channel, Ctx};
 use super::frame;
 use super::outbox::Out;
+use crate::core::access::{Perm, Resource};
 use crate::core::delivery::REPLY_TO;
 use crate::core::error::{AmqpError, AmqpResult, Code};
 use crate::core::fieldtable::value_string;
@@ -119,8 +120,14 @@ impl Channel {
             ))));
         }
         let exchange = p.publish.exchange.as_str();
+        self.permit(ctx, Resource::Exchange, exchange, Perm::Write)
+            .map_err(fail)?;
         let mut state = ctx.state.lock();
         state.check_publish(ctx.vhost, exchange).map_err(fail)?;
+        let is_topic = state.exchange_is_topic(ctx.vhost, exchange);
+        let routing_key = p.publish.routing_key.as_str();
+        self.permit_topic(ctx, is_topic, exchange, routing_key, Perm::Write)
+            .map_err(fail)?;
         let reply_name = state.reply_name(self.key(ctx));
         let (header, cc) =
             checked_header(ctx, header, view, headers, reply_name, p.body_size).map_err(fail)?;

@@ -6,6 +6,8 @@
 use super::channel::{Channel, Ctx};
 use super::frame::{self, next_frame};
 use super::outbox::{Out, Outbox};
+use crate::core::access::seed::{self, Seed};
+use crate::core::access::{Access, Registry};
 use crate::core::error::{AmqpResult, Code};
 use crate::core::message::{ChannelKey, ConnId};
 use crate::core::props::encode_header_payload;
@@ -26,6 +28,7 @@ const CONN: ConnId = 1;
 /// One connection's channels against a fresh core, with the outbox's receiving end.
 struct Pair {
     state: StateLock,
+    access: Access,
     outbox: Outbox,
     rx: UnboundedReceiver<Out>,
     channels: std::collections::HashMap<u16, Channel>,
@@ -36,8 +39,11 @@ impl Pair {
         let state = StateLock::new(State::new());
         let (outbox, rx, _) = Outbox::new(true);
         state.lock().add_connection(CONN, Arc::new(outbox.clone()));
+        let mut registry = Registry::default();
+        seed::apply(&mut registry, &Seed::default(), true);
         Pair {
             state,
+            access: Access::new(registry, None),
             outbox,
             rx,
             channels: Default::default(),
@@ -62,6 +68,7 @@ impl Pair {
             outbox: &self.outbox,
             vhost: "/",
             user: "guest",
+            access: &self.access,
             max_message_size: 1 << 20,
         };
         let ch = self.channels.get_mut(&id).expect("open channel");

@@ -34,6 +34,11 @@ struct Args {
     /// "max_message_size": 134217728}.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A RabbitMQ definitions file (JSON, as `GET /api/definitions` exports it) imported at
+    /// every start, like RabbitMQ's `load_definitions`: users with their password hashes,
+    /// vhosts, permissions, topic permissions, vhost limits, exchanges, queues and bindings.
+    #[arg(long)]
+    definitions: Option<PathBuf>,
     /// Threads serving connections. The broker's state sits behind one lock, so extra threads
     /// only parallelise framing and socket work; one thread measured fastest on 2 cores (see
     /// BENCHMARKS.md). Raise it on machines with many cores and many busy connections.
@@ -253,6 +258,9 @@ async fn serve(args: Args) -> ExitCode {
     }
     for v in config.vhosts {
         builder = builder.vhost(v);
+    }
+    if let Some(file) = args.definitions {
+        builder = builder.definitions(file);
     }
     builder = match args.tls.apply(builder) {
         Ok(b) => b,

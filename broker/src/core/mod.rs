@@ -15,9 +15,12 @@
 //!   (routing within one exchange), `store`
 //!   (durable definitions and persistent messages), `pager` (messages beyond the memory
 //!   budget), `deadletter` (x-death), `queue` (one queue's messages and consumers).
+//! - `access` (users, vhosts, permissions, limits and their checks; uses only `error`,
+//!   `message`, `store` and, for vhost creation and deletion, `state`).
 //! - `vhost`, `session` (a session's delivery state), `definitions`, then `state` (the lock
 //!   and the data) with its operations: `topology`, `lifecycle`, `delivery`, `settle`.
 
+pub(crate) mod access;
 pub(crate) mod args;
 pub(crate) mod deadletter;
 pub(crate) mod definitions;

@@ -221,11 +221,6 @@ impl State {
         id
     }
 
-    /// Whether a vhost exists.
-    pub(crate) fn has_vhost(&self, name: &str) -> bool {
-        self.vhosts.contains_key(name)
-    }
-
     /// Adds a vhost if missing.
     pub(crate) fn add_vhost(&mut self, name: &str) {
         self.vhosts

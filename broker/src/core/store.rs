@@ -473,21 +473,24 @@ impl Store {
 
     /// Atomically replaces the durable definitions.
     pub(crate) fn save_definitions(&self, defs: &serde_json::Value) {
-        let tmp = self.definitions.with_extension("json.tmp");
-        let result = (|| -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(serde_json::to_string_pretty(defs)?.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.definitions)?;
-            if let Some(dir) = self.definitions.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
+        if let Err(e) = write_json_atomically(&self.definitions, defs) {
             tracing::error!(error = %e, "cannot save definitions");
         }
     }
+}
+
+/// Atomically replaces a JSON file: written to a temporary file, synced, renamed over the old
+/// one, and the directory synced, so a crash leaves either the old or the new text.
+pub(crate) fn write_json_atomically(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(serde_json::to_string_pretty(value)?.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl Drop for Store {

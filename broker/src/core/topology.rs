@@ -567,3 +567,55 @@ impl State {
         }
     }
 }
+
+impl State {
+    /// Whether a queue exists in a vhost.
+    pub(crate) fn has_queue(&self, vhost: &str, name: &str) -> bool {
+        self.vhosts
+            .get(vhost)
+            .is_some_and(|v| v.queues.contains_key(name))
+    }
+
+    /// Whether an exchange exists in a vhost ("" always does).
+    pub(crate) fn has_exchange(&self, vhost: &str, name: &str) -> bool {
+        name.is_empty()
+            || self
+                .vhosts
+                .get(vhost)
+                .is_some_and(|v| v.exchanges.contains_key(name))
+    }
+
+    /// Whether an exchange exists and is a topic exchange (topic permissions apply to it).
+    pub(crate) fn exchange_is_topic(&self, vhost: &str, name: &str) -> bool {
+        self.vhosts
+            .get(vhost)
+            .and_then(|v| v.exchanges.get(name))
+            .is_some_and(|x| x.kind == ExchangeKind::Topic)
+    }
+
+    /// How many queues a vhost has.
+    pub(crate) fn queue_count(&self, vhost: &str) -> usize {
+        self.vhosts.get(vhost).map_or(0, |v| v.queues.len())
+    }
+
+    /// The names of every vhost.
+    pub(crate) fn vhost_names(&self) -> Vec<String> {
+        self.vhosts.keys().cloned().collect()
+    }
+
+    /// Deletes a vhost and everything in it: its queues (consumers cancelled, messages and
+    /// their stored copies dropped), exchanges and bindings. Its connections must be closed
+    /// first (`Access::delete_vhost` does that). Returns whether it existed.
+    pub(crate) fn delete_vhost(&mut self, name: &str) -> bool {
+        let queues: Vec<String> = match self.vhosts.get(name) {
+            Some(v) => v.queues.keys().cloned().collect(),
+            None => return false,
+        };
+        for q in queues {
+            self.delete_queue_inner(name, &q);
+        }
+        self.vhosts.remove(name);
+        self.save_definitions();
+        true
+    }
+}
