@@ -52,7 +52,7 @@ pub fn field_table(data: &[u8]) {
     }
     if let Ok((_, table)) = amq_protocol::types::parsing::parse_field_table(data) {
         let _ = crate::core::args::validate_queue_args("q", "/", &table);
-        for (_, v) in table.inner() {
+        for v in table.inner().values() {
             let _ = crate::core::fieldtable::value_string(v);
             let _ = crate::core::fieldtable::value_int(v);
         }
