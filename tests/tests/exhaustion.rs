@@ -22,7 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warren_broker::{Broker, BrokerHandle, Limits};
 use warren_tests::{
-    close, compat_test, frame_bytes, method_payload, unique, RawConn, RawEvent, Target, WAIT,
+    close, compat_test, frame_bytes, method_payload, round_trip, unique, RawConn, RawEvent, Target,
+    WAIT,
 };
 
 /// A broker of the test's own with a short handshake timeout and these many connection slots.
@@ -63,36 +64,7 @@ async fn assert_serves(url: &str, what: &str) {
     .await
     .unwrap_or_else(|_| panic!("{what}: connect timed out"))
     .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
-    ch.basic_publish(
-        "".into(),
-        q.name().clone(),
-        BasicPublishOptions::default(),
-        b"alive",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish");
-    let got = ch
-        .basic_get(q.name().clone(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("get");
-    assert_eq!(
-        got.map(|m| m.delivery.data.clone()).as_deref(),
-        Some(&b"alive"[..]),
-        "{what}"
-    );
+    round_trip(&conn, what).await;
     close(conn).await;
 }
 

@@ -10,15 +10,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use rcgen::DnType;
 use warren_broker::{Broker, BrokerHandle, CertLoginFrom, TlsConfig};
 use warren_examples::{Calc, CalculatorClient, CalculatorServer};
 use warren_tests::pki::{CertPem, Pki};
-use warren_tests::{amqp_error, close, unique, WAIT};
+use warren_tests::{amqp_error, close, round_trip, unique, WAIT};
 
 /// A Warren with an AMQPS listener using `pki`'s server certificate; `tune` sets peer
 /// verification. Users: guest (loopback) plus `users` (name, password).
@@ -65,40 +63,6 @@ async fn lapin_tls(
     )
     .await
     .unwrap_or_else(|_| panic!("{url}: connect timed out"))
-}
-
-/// Declares a server-named queue, publishes to it and gets the message back.
-async fn round_trip(conn: &Connection, what: &str) {
-    let ch = conn
-        .create_channel()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: channel: {e}"));
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{what}: declare: {e}"));
-    ch.basic_publish(
-        "".into(),
-        q.name().clone(),
-        BasicPublishOptions::default(),
-        b"over tls",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{what}: publish: {e}"));
-    let got = ch
-        .basic_get(q.name().clone(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap_or_else(|e| panic!("{what}: get: {e}"))
-        .map(|m| m.delivery.data.clone());
-    assert_eq!(got.as_deref(), Some(&b"over tls"[..]), "{what}: round trip");
 }
 
 /// Asserts that a connection attempt was refused at login: 403 ACCESS_REFUSED for `mechanism`.
