@@ -4,10 +4,10 @@
 # needs (the flags `cargo fuzz build -s none` passes), then runs each binary. A crash fails the
 # run and leaves its input in fuzz/artifacts/TARGET/ (see docs/operations.md, Fuzzing).
 #
-#   fuzz/ci.sh [SECONDS_PER_TARGET]     (default 20)
+#   fuzz/ci.sh [SECONDS_PER_TARGET]     (default 15)
 set -euo pipefail
 cd "$(dirname "$0")"
-seconds=${1:-20}
+seconds=${1:-15}
 targets=(frames channels content_header field_table definitions)
 host=$(rustc -vV | sed -n 's/^host: //p')
 # --target keeps these flags off build scripts and proc macros, as cargo-fuzz does.
