@@ -1,16 +1,18 @@
 //! The embeddable broker: configuration, the accept loop, and graceful shutdown.
 
+use crate::amqp::handshake::Peer;
 use crate::config::{Config, Limits};
 use crate::core::access::seed::{self, Seed};
 use crate::core::access::{Access, Registry};
 use crate::core::state::{State, StateLock};
 use crate::shared::Shared;
+use crate::tls::{TlsConfig, TlsError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -41,6 +43,9 @@ pub enum BrokerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS listener's certificate, key or CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Entry point: `Broker::builder()`.
@@ -68,6 +73,7 @@ impl Broker {
             web_mqtt_listen: None,
             stomp_listen: None,
             web_stomp_listen: None,
+            tls: None,
         }
     }
 }
@@ -87,6 +93,7 @@ pub struct BrokerBuilder {
     web_mqtt_listen: Option<SocketAddr>,
     stomp_listen: Option<SocketAddr>,
     web_stomp_listen: Option<SocketAddr>,
+    tls: Option<(SocketAddr, TlsConfig)>,
 }
 
 impl BrokerBuilder {
@@ -195,6 +202,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Also accepts AMQP over TLS (AMQPS, RabbitMQ's port 5671) on `addr`, with these
+    /// certificates; port 0 picks a free port ([`BrokerHandle::tls_local_addr`]).
+    pub fn tls_listen(mut self, addr: SocketAddr, config: TlsConfig) -> Self {
+        self.tls = Some((addr, config));
+        self
+    }
+
     /// Replaces the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -218,6 +232,11 @@ impl BrokerBuilder {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let tls = match self.tls {
+            Some((addr, config)) => Some(TlsListener::bind(addr, config).await?),
+            None => None,
+        };
+        let tls_local_addr = tls.as_ref().map(|t| t.local_addr);
         let mut state = State::new();
         state.warn_on_durable_without_storage(self.warn_durable_without_storage);
         state.set_paging(
@@ -279,7 +298,7 @@ impl BrokerBuilder {
                 crate::mqtt::listen(l, kind, shared.clone(), mqtt.clone(), stop_rx.clone());
             listeners.spawn(listen);
         }
-        listeners.spawn(accept_loop(listener, shared.clone(), stop_rx.clone()));
+        listeners.spawn(accept_loop(listener, tls, shared.clone(), stop_rx.clone()));
         let stomp_addr = stomp.as_ref().map(|(_, a)| *a);
         if let Some((l, addr)) = stomp {
             tracing::info!(%addr, "STOMP listener ready");
@@ -299,7 +318,7 @@ impl BrokerBuilder {
             ));
         }
         let task = tokio::spawn(async move { while listeners.join_next().await.is_some() {} });
-        tracing::info!(%local_addr, "warren-broker ready");
+        tracing::info!(%local_addr, ?tls_local_addr, "warren-broker ready");
         Ok(BrokerHandle {
             shared: shared.clone(),
             local_addr,
@@ -309,6 +328,7 @@ impl BrokerBuilder {
             web_mqtt_addr: mqtt_addrs[1],
             stomp_addr,
             web_stomp_addr,
+            tls_local_addr,
             stop: stop_tx,
             task: Arc::new(Mutex::new(Some(task))),
         })
@@ -411,13 +431,72 @@ fn boot_access(
     access
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// The AMQPS listener: its socket, and the TLS settings every accepted socket goes through.
+struct TlsListener {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    config: Arc<TlsConfig>,
+}
+
+impl TlsListener {
+    async fn bind(addr: SocketAddr, config: TlsConfig) -> Result<Self, BrokerError> {
+        let acceptor = config.acceptor()?;
+        let bind_err = |source| BrokerError::Bind { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        Ok(TlsListener {
+            listener,
+            local_addr,
+            acceptor,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Accepts on the TLS listener, or never when there is none.
+async fn accept_tls(tls: Option<&TlsListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match tls {
+        Some(tls) => tls.listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The socket of a successful accept; a failed one (e.g. out of file descriptors) is logged and
+/// paced, so the loop does not spin.
+async fn accepted(
+    result: std::io::Result<(TcpStream, SocketAddr)>,
+) -> Option<(TcpStream, SocketAddr)> {
+    match result {
+        Ok((stream, addr)) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, addr))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// Accepts on both listeners while a connection slot is free (`max_connections`; sockets beyond
+/// it wait in the listen backlog), and ticks expiry and the resource alarms meanwhile.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsListener>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let limit = Arc::new(tokio::sync::Semaphore::new(
         shared.config.limits.max_connections,
     ));
+    // A slot taken ahead of the next accept: waiting for one never stops the ticker or shutdown.
+    let mut slot = None;
     let mut conns = JoinSet::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     loop {
+        let open = slot.is_some();
         tokio::select! {
             _ = stop.changed() => break,
             _ = ticker.tick() => {
@@ -425,27 +504,42 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 shared.check_alarms();
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = limit.clone().acquire_owned().await else { break };
+            permit = limit.clone().acquire_owned(), if !open => match permit {
+                Ok(permit) => slot = Some(permit),
+                Err(_) => break,
+            },
+            result = listener.accept(), if open => {
+                let Some((stream, addr)) = accepted(result).await else { continue };
+                let permit = slot.take();
                 let id = shared.next_conn_id();
-                let shared = shared.clone();
-                let stop = stop.clone();
+                let (shared, stop) = (shared.clone(), stop.clone());
                 conns.spawn(async move {
+                    let peer = Peer { addr, tls: None };
                     crate::amqp::connection::serve(shared, stream, peer, id, stop).await;
+                    drop(permit);
+                });
+            }
+            result = accept_tls(tls.as_ref()), if open => {
+                let Some((stream, addr)) = accepted(result).await else { continue };
+                let Some(tls) = tls.as_ref() else { continue };
+                let permit = slot.take();
+                let id = shared.next_conn_id();
+                let (shared, stop) = (shared.clone(), stop.clone());
+                let (acceptor, config) = (tls.acceptor.clone(), tls.config.clone());
+                conns.spawn(async move {
+                    if let Some((stream, tls)) =
+                        crate::tls::accept(&acceptor, &config, stream, addr).await
+                    {
+                        let peer = Peer { addr, tls: Some(tls) };
+                        crate::amqp::connection::serve(shared, stream, peer, id, stop).await;
+                    }
                     drop(permit);
                 });
             }
         }
     }
     drop(listener);
+    drop(tls);
     // Connections were told to close (connection.close 320); give them a bounded time.
     let drain = async { while conns.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), drain)
@@ -454,6 +548,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     {
         conns.abort_all();
     }
+}
+
+fn url(scheme: &str, addr: SocketAddr) -> String {
+    let ip = addr.ip();
+    let host = match (scheme, ip.is_unspecified() || ip.is_loopback()) {
+        ("amqps", true) => "localhost".to_string(),
+        (_, true) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        _ if ip.is_ipv6() => format!("[{ip}]"),
+        _ => ip.to_string(),
+    };
+    format!("{scheme}://guest:guest@{host}:{}/%2f", addr.port())
 }
 
 /// A running broker.
@@ -467,6 +572,7 @@ pub struct BrokerHandle {
     web_mqtt_addr: Option<SocketAddr>,
     stomp_addr: Option<SocketAddr>,
     web_stomp_addr: Option<SocketAddr>,
+    tls_local_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -475,6 +581,7 @@ impl std::fmt::Debug for BrokerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerHandle")
             .field("local_addr", &self.local_addr)
+            .field("tls_local_addr", &self.tls_local_addr)
             .finish()
     }
 }
@@ -518,15 +625,22 @@ impl BrokerHandle {
         self.web_stomp_addr
     }
 
+    /// The AMQPS listener's address, when [`BrokerBuilder::tls_listen`] was given.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
+    }
+
     /// An `amqp://` URL for the default user and vhost, e.g.
     /// `amqp://guest:guest@127.0.0.1:40123/%2f`.
     pub fn amqp_url(&self) -> String {
-        let host = if self.local_addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            self.local_addr.ip().to_string()
-        };
-        format!("amqp://guest:guest@{host}:{}/%2f", self.local_addr.port())
+        url("amqp", self.local_addr)
+    }
+
+    /// An `amqps://` URL of the TLS listener for the default user and vhost, e.g.
+    /// `amqps://guest:guest@localhost:40124/%2f` (the host named `localhost` for certificate
+    /// checks when the listener is on a loopback or unspecified address).
+    pub fn amqps_url(&self) -> Option<String> {
+        self.tls_local_addr.map(|addr| url("amqps", addr))
     }
 
     /// Changes the memory high watermark at run time (as `rabbitmqctl

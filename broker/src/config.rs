@@ -1,6 +1,8 @@
 //! Configuration: the limits negotiated with clients and enforced on their input. A leaf: it
 //! depends on nothing else in the broker. (Users live in `core::access`.)
 
+use std::time::Duration;
+
 /// Limits negotiated with clients and enforced on their input.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -23,6 +25,9 @@ pub struct Limits {
     /// Ready messages may hold this many bytes in memory (all queues together); messages
     /// queued beyond it are paged out to disk until delivered.
     pub queue_memory_budget: usize,
+    /// A connection must finish the AMQP handshake (protocol header to `connection.open-ok`)
+    /// within this time or its socket is closed; RabbitMQ's `handshake_timeout`, 10 s.
+    pub handshake_timeout: Duration,
 }
 
 fn total_memory() -> u64 {
@@ -55,6 +60,7 @@ impl Default for Limits {
             memory_high_watermark: total_memory() / 10 * 4,
             disk_free_limit: 50_000_000,
             queue_memory_budget: 128 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

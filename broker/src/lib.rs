@@ -18,21 +18,27 @@
 //! that calls it, `mqtt` the MQTT 3.1.1 one (over TCP, and over WebSocket through `ws`);
 //! `http` is the management HTTP API (RabbitMQ's `/api`) and Prometheus endpoint; `broker`
 //! starts listeners and owns the lifecycle. Only [`Broker`], its
-//! builder and handle, [`Limits`] and [`BrokerError`] are public.
+//! builder and handle, [`Limits`], [`BrokerError`] and the TLS settings ([`TlsConfig`]) are
+//! public.
 #![deny(missing_docs)]
 
 mod amqp;
 mod broker;
 mod config;
 mod core;
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod mqtt;
 mod shared;
 mod stomp;
+mod tls;
+mod transport;
 mod ws;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::Limits;
+pub use tls::{CertLoginFrom, TlsConfig, TlsError};
 
 /// Internals for the crate's own benchmarks (`benches/`); not part of the API.
 #[doc(hidden)]

@@ -6,6 +6,9 @@
 //!
 //! On a RabbitMQ cluster, repeat `--url` for every node and add `--confirm`: the client moves to
 //! the next node when its node goes away (docs/scale-out.md).
+//!
+//! Over TLS: `--url amqps://guest:guest@localhost:5671/%2f --tls-ca ca.pem`, plus `--tls-cert
+//! client.pem --tls-key client.key` (or `--tls-pkcs12 client.p12`) for a client certificate.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -28,6 +31,9 @@ struct Args {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     urls: Vec<String>,
+
+    #[command(flatten)]
+    tls: warren_examples::TlsArgs,
 
     /// Load mode: make this many calls and print a summary.
     #[arg(long)]
@@ -84,6 +90,7 @@ async fn run(args: Args) -> Result<bool, warren_rpc::Error> {
             Codec::MsgPack
         })
         .confirm_calls(args.confirm)
+        .tls(args.tls.tls()?)
         .urls(args.urls.iter().skip(1).cloned())
         .connect(args.urls.first().map_or("", String::as_str))
         .await?;

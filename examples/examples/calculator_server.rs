@@ -6,6 +6,10 @@
 //! On a RabbitMQ cluster (docs/scale-out.md), give every node and a quorum queue:
 //! `--url amqp://guest:guest@127.0.0.1:5691/%2f --url amqp://guest:guest@127.0.0.1:5692/%2f
 //! --url amqp://guest:guest@127.0.0.1:5693/%2f --queue-type quorum`.
+//!
+//! Over TLS: `--url amqps://guest:guest@localhost:5671/%2f --tls-ca ca.pem` (add `--tls-cert
+//! client.pem --tls-key client.key` for a broker that asks for a client certificate, and
+//! `?auth_mechanism=external` to the URL to log in as the certificate).
 
 use std::time::Duration;
 
@@ -25,6 +29,9 @@ struct Args {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     urls: Vec<String>,
+
+    #[command(flatten)]
+    tls: warren_examples::TlsArgs,
 
     /// How many calls run at once (also the prefetch count).
     #[arg(long, default_value_t = 64)]
@@ -63,7 +70,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Server::builder()
         .concurrency(args.concurrency)
         .durable(args.durable)
-        .shutdown_grace(Duration::from_secs(10));
+        .shutdown_grace(Duration::from_secs(10))
+        .tls(args.tls.tls()?);
     if let Some(queue_type) = args.queue_type {
         builder = builder.queue_type(queue_type);
     }

@@ -7,6 +7,9 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+mod tls_args;
+
+pub use tls_args::TlsArgs;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 

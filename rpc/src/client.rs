@@ -252,6 +252,7 @@ pub struct ClientBuilder {
     confirm_calls: bool,
     layers: Layers<ClientService>,
     more_urls: Vec<String>,
+    tls: crate::Tls,
 }
 
 impl Default for ClientBuilder {
@@ -267,6 +268,7 @@ impl Default for ClientBuilder {
             confirm_calls: false,
             layers: Layers::default(),
             more_urls: Vec::new(),
+            tls: crate::Tls::default(),
         }
     }
 }
@@ -373,6 +375,13 @@ impl ClientBuilder {
         self
     }
 
+    /// TLS settings for `amqps://` URLs: a CA to trust besides the system's, a client
+    /// certificate ([`Tls`](crate::Tls)). Ignored for `amqp://` URLs.
+    pub fn tls(mut self, tls: crate::Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Connects to the broker at `url` (`amqp://user:pass@host:port/vhost`), or, when it does
     /// not answer, to the first of the builder's [`urls`](ClientBuilder::urls) that does.
     ///
@@ -381,7 +390,8 @@ impl ClientBuilder {
     /// `{connection_name}@{host}:{port}` after the node it is on.
     pub async fn connect(self, url: &str) -> Result<Client, Error> {
         let urls = node_urls(url, &self.more_urls);
-        let endpoint = Endpoint::new(&urls, &self.connection_name, heartbeat_secs(self.heartbeat))?;
+        let endpoint = Endpoint::new(&urls, &self.connection_name, heartbeat_secs(self.heartbeat))?
+            .with_tls(self.tls.clone());
         let connection = endpoint.connect().await?;
         let settings = SessionSettings {
             mode: self.reply_queue,

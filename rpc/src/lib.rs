@@ -125,6 +125,7 @@ mod retry;
 mod server;
 mod service;
 pub mod stream;
+mod tls;
 pub mod trace;
 pub mod wire;
 
@@ -139,6 +140,7 @@ pub use service::{
     Dispatch, Fault, MethodSpec, Outcome, Param, Request, Service, MAX_COLLECTED_ITEMS,
 };
 pub use stream::{ReplyStream, Stream};
+pub use tls::Tls;
 pub use trace::{SpanId, TraceContext, TraceId};
 pub use wire::Codec;
 

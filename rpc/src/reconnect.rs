@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::Error;
 use crate::retry::RetryPolicy;
+use crate::tls::Tls;
 
 /// How long one connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +64,8 @@ pub(crate) struct Endpoint {
     name: String,
     /// Index into `nodes` of the node to try first.
     preferred: AtomicUsize,
+    /// For `amqps://` nodes.
+    tls: Tls,
 }
 
 impl Endpoint {
@@ -95,7 +98,14 @@ impl Endpoint {
             nodes,
             name: name.to_owned(),
             preferred: AtomicUsize::new(0),
+            tls: Tls::default(),
         })
+    }
+
+    /// Uses these TLS settings for `amqps://` nodes.
+    pub(crate) fn with_tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Connects to the first node that answers, starting with the preferred one; each node gets
@@ -134,7 +144,12 @@ impl Endpoint {
             ConnectionProperties::default().with_connection_name(self.connection_name(node).into());
         match tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect_uri(node.uri.clone(), properties),
+            Connection::connect_uri_with_config(
+                node.uri.clone(),
+                properties,
+                self.tls.lapin(),
+                lapin::runtime::default_runtime().map_err(Error::connection)?,
+            ),
         )
         .await
         {

@@ -74,6 +74,7 @@ pub struct ServerBuilder {
     layers: Layers<ServerService>,
     version: Option<String>,
     more_urls: Vec<String>,
+    tls: crate::Tls,
     delivery_limit: Option<u32>,
 }
 
@@ -107,6 +108,7 @@ impl Default for ServerBuilder {
             layers: Layers::default(),
             version: None,
             more_urls: Vec::new(),
+            tls: crate::Tls::default(),
             delivery_limit: None,
         }
     }
@@ -189,6 +191,13 @@ impl ServerBuilder {
         self
     }
 
+    /// TLS settings for `amqps://` URLs: a CA to trust besides the system's, a client
+    /// certificate ([`Tls`](crate::Tls)). Ignored for `amqp://` URLs.
+    pub fn tls(mut self, tls: crate::Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// The connection name shown in the broker's management tools, followed by
     /// `@{host}:{port}` of the node the server is on (`warren-server` unless set).
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
@@ -260,7 +269,8 @@ impl ServerBuilder {
             &crate::client::node_urls(url, &self.more_urls),
             &self.connection_name,
             crate::client::heartbeat_secs(self.heartbeat),
-        )?;
+        )?
+        .with_tls(self.tls.clone());
         let quorum = self.queue_type.as_deref() == Some(QUORUM);
         let delivery_limit =
             quorum.then(|| self.delivery_limit.unwrap_or(DEFAULT_QUORUM_DELIVERY_LIMIT));

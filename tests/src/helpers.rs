@@ -352,3 +352,40 @@ pub fn reply_text(full: &str) -> String {
     }
     format!("{}...", &full[..end])
 }
+
+/// Declares a server-named queue, publishes to it and gets the message back.
+pub async fn round_trip(conn: &Connection, what: &str) {
+    let ch = conn
+        .create_channel()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: channel: {e}"));
+    let q = ch
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: declare: {e}"));
+    ch.basic_publish(
+        "".into(),
+        q.name().clone(),
+        lapin::options::BasicPublishOptions::default(),
+        b"over tls",
+        lapin::BasicProperties::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: publish: {e}"));
+    let got = ch
+        .basic_get(
+            q.name().clone(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: get: {e}"))
+        .map(|m| m.delivery.data.clone());
+    assert_eq!(got.as_deref(), Some(&b"over tls"[..]), "{what}: round trip");
+}

@@ -33,6 +33,7 @@
 //! - [`fields`]: field tables and strings.
 //! - [`browser`]: headless Chromium over the DevTools protocol, for the dashboard test.
 //! - [`proxy`]: a TCP proxy that breaks connections on purpose.
+//! - [`pki`]: certificates made at test time, for the TLS tests.
 //! - [`rpc_support`]: services, servers and clients for the warren-rpc tests.
 //!
 //! Their items are re-exported here, so a test imports `warren_tests::{close, Target, ...}`.
@@ -44,6 +45,7 @@ use std::time::Duration;
 pub mod browser;
 pub mod fields;
 pub mod helpers;
+pub mod pki;
 pub mod proxy;
 pub mod raw;
 pub mod rpc_support;
@@ -53,7 +55,7 @@ pub use fields::{long_str, short, table, table_str};
 pub use helpers::{
     amqp_error, close, close_watch, consume, declare_exclusive, drain, expect_error,
     expect_error_prefix, expect_no_delivery, expect_queue_gone, fill, get, get_body, next_delivery,
-    publish, publish_confirmed, publish_with, reply_text, take_n, unique, CloseWatch,
+    publish, publish_confirmed, publish_with, reply_text, round_trip, take_n, unique, CloseWatch,
 };
 pub use raw::{
     client_properties, close_of, encode, frame_bytes, frame_bytes_with_end, method_payload, plain,

@@ -7,27 +7,24 @@
 
 use super::channel::{close_in_state, release_tx, reply_text, Channel, Ctx};
 use super::frame::{self, next_frame, RawFrame};
-use super::handshake::{close_method, handshake, Track};
+use super::handshake::{close_method, handshake, Peer, Track};
 use super::outbox::{Out, Outbox};
 use super::writer::{write_loop, Backlog};
 use crate::core::error::{AmqpError, Code};
 use crate::core::message::{ChannelKey, ConnId};
 use crate::core::stats::ConnInfo;
 use crate::shared::Shared;
+use crate::transport::Transport;
 use amq_protocol::protocol::{channel, connection, parse_class, AMQPClass};
 use bytes::BytesMut;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
-/// How long a client has to complete the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we wait for connection.close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -39,15 +36,14 @@ enum Stop {
     Done,
 }
 
-/// Serves one accepted socket until it closes.
-pub(crate) async fn serve(
+/// Serves one accepted stream (TCP, or TLS over TCP) until it closes.
+pub(crate) async fn serve<S: Transport>(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: S,
+    peer: Peer,
     conn_id: ConnId,
     shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // A vhost or user deletion, or the management API, asks the connection to close through
     // this.
@@ -60,19 +56,29 @@ pub(crate) async fn serve(
             forced_tx.send_replace(Some(why.to_string()));
         }),
     };
+    // The whole handshake, from the first byte to open-ok, within RabbitMQ's
+    // `handshake_timeout`: a socket that never finishes it is dropped, so idle sockets cannot
+    // pile up (each holds this buffer and a task).
     let hs = match timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake(&shared, &mut stream, &mut buf, peer, track),
+        shared.config.limits.handshake_timeout,
+        handshake(&shared, &mut stream, &mut buf, &peer, track),
     )
     .await
     {
         Ok(Ok(Some(hs))) => hs,
-        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            shared.access.close_connection(conn_id);
+            let _ = stream.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            tracing::info!(peer = %peer.addr, "closing connection: handshake timeout");
             shared.access.close_connection(conn_id);
             let _ = stream.shutdown().await;
             return;
         }
     };
+    let peer = peer.addr;
     tracing::debug!(%peer, user = %hs.user, vhost = %hs.vhost, "connection open");
     let (outbox, rx, queued) = Outbox::new(hs.cancel_notify);
     {
@@ -95,7 +101,7 @@ pub(crate) async fn serve(
             },
         );
     }
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = stream.split();
     let writer = tokio::spawn(write_loop(
         write_half,
         rx,
@@ -166,7 +172,7 @@ struct Connection {
 impl Connection {
     async fn run(
         &mut self,
-        mut reader: tokio::net::tcp::OwnedReadHalf,
+        mut reader: impl AsyncRead + Unpin,
         mut buf: BytesMut,
         heartbeat: u16,
         mut shutdown: watch::Receiver<bool>,
@@ -310,9 +316,18 @@ impl Connection {
             return Err(Stop::Done);
         }
         let method = if f.kind == frame::FRAME_METHOD {
-            match parse_class(&f.payload[..]) {
-                Ok((_, m)) => Some(m),
-                Err(_) => {
+            let decoded = if frame::method_tables_within(&f.payload) {
+                parse_class(&f.payload[..]).ok().map(|(_, m)| m)
+            } else {
+                tracing::warn!(
+                    conn = self.id,
+                    "field tables nested too deep; refusing the frame"
+                );
+                None
+            };
+            match decoded {
+                Some(m) => Some(m),
+                None => {
                     let ids = if f.payload.len() >= 4 {
                         (
                             u16::from_be_bytes([f.payload[0], f.payload[1]]),

@@ -255,6 +255,46 @@ pub(crate) fn header_body_size(payload: &[u8]) -> Option<u64> {
 /// The frame-max value every connection starts with, before tuning (the spec's minimum).
 pub(crate) const FRAME_MIN_SIZE: u32 = 4096;
 
+/// Whether the field tables of a method frame's payload nest within
+/// [`MAX_TABLE_DEPTH`](crate::core::fieldtable::MAX_TABLE_DEPTH), checked before the payload is
+/// decoded (the decoder recurses per level). Only the methods a client sends with a table are
+/// looked at; where the table starts is found by skipping the arguments before it.
+pub(crate) fn method_tables_within(payload: &[u8]) -> bool {
+    use crate::core::fieldtable::{table_nesting_within, MAX_TABLE_DEPTH};
+    if payload.len() < 4 {
+        return true;
+    }
+    let ids = (
+        u16::from_be_bytes([payload[0], payload[1]]),
+        u16::from_be_bytes([payload[2], payload[3]]),
+    );
+    // What precedes the table: 's' a short string, '2' a reserved u16, 'b' an octet of bits.
+    let before: &[u8] = match ids {
+        (10, 11) => b"",                 // connection.start-ok: client-properties first
+        (40, 10) => b"2ssb",             // exchange.declare
+        (40, 30) | (40, 40) => b"2sssb", // exchange.bind / unbind
+        (50, 10) => b"2sb",              // queue.declare
+        (50, 20) => b"2sssb",            // queue.bind
+        (50, 50) => b"2sss",             // queue.unbind
+        (60, 20) => b"2ssb",             // basic.consume
+        _ => return true,
+    };
+    let mut pos = 4;
+    for field in before {
+        pos += match field {
+            b's' => match payload.get(pos) {
+                Some(&len) => 1 + len as usize,
+                None => return true,
+            },
+            b'2' => 2,
+            _ => 1,
+        };
+    }
+    payload
+        .get(pos..)
+        .is_none_or(|table| table_nesting_within(table, MAX_TABLE_DEPTH))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

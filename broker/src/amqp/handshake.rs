@@ -3,10 +3,11 @@
 
 use super::channel::reply_text;
 use super::frame::{self, next_frame, RawFrame, FRAME_MIN_SIZE, PROTOCOL_HEADER};
-use crate::core::access::Closer;
+use crate::core::access::{AuthUser, Closer};
 use crate::core::error::{AmqpError, Code};
 use crate::core::message::ConnId;
 use crate::shared::Shared;
+use crate::tls::TlsPeer;
 use amq_protocol::protocol::{connection, parse_class, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{BufMut, BytesMut};
@@ -14,8 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub(super) struct Handshake {
     pub(super) blocked_capable: bool,
@@ -63,13 +63,18 @@ fn server_properties() -> FieldTable {
     props
 }
 
-async fn write_frames(stream: &mut TcpStream, f: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
+/// A stream the handshake runs over (TCP or TLS).
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
+async fn write_frames(stream: &mut impl Io, f: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
     let mut out = Vec::new();
     f(&mut out);
-    stream.write_all(&out).await
+    stream.write_all(&out).await?;
+    stream.flush().await
 }
 
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<RawFrame>, ()> {
+async fn read_frame(stream: &mut impl Io, buf: &mut BytesMut) -> Result<Option<RawFrame>, ()> {
     loop {
         match next_frame(buf, FRAME_MIN_SIZE) {
             Ok(Some(f)) => return Ok(Some(f)),
@@ -83,15 +88,18 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Option
     }
 }
 
-async fn read_method(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<AMQPClass> {
+async fn read_method(stream: &mut impl Io, buf: &mut BytesMut) -> Option<AMQPClass> {
     let f = read_frame(stream, buf).await.ok()??;
     if f.kind != frame::FRAME_METHOD || f.channel != 0 {
+        return None;
+    }
+    if !frame::method_tables_within(&f.payload) {
         return None;
     }
     parse_class(&f.payload[..]).ok().map(|(_, m)| m)
 }
 
-async fn close_handshake(stream: &mut TcpStream, err: AmqpError) {
+async fn close_handshake(stream: &mut impl Io, err: AmqpError) {
     let _ = write_frames(stream, |out| {
         frame::write_method(out, 0, close_method(&err));
     })
@@ -128,6 +136,12 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
             let mut framed = Vec::with_capacity(response.len() + 4);
             framed.put_u32(response.len() as u32);
             framed.extend_from_slice(response);
+            if !crate::core::fieldtable::table_nesting_within(
+                &framed,
+                crate::core::fieldtable::MAX_TABLE_DEPTH,
+            ) {
+                return None;
+            }
             let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
             let get = |k: &str| match table.inner().get(k)? {
                 AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
@@ -137,6 +151,42 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
             Some((get("LOGIN")?, get("PASSWORD")?))
         }
         _ => None,
+    }
+}
+
+/// Who is connecting: the address, and over TLS what the certificate says.
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) tls: Option<TlsPeer>,
+}
+
+/// The mechanisms offered in connection.start: EXTERNAL too on a listener that verifies client
+/// certificates (as RabbitMQ with `rabbitmq_auth_mechanism_ssl` enabled, which offers it on every
+/// TLS connection and refuses a peer without a certificate when it picks it).
+fn mechanisms(peer: &Peer) -> &'static str {
+    match &peer.tls {
+        Some(tls) if tls.external => "PLAIN AMQPLAIN EXTERNAL",
+        _ => "PLAIN AMQPLAIN",
+    }
+}
+
+/// Checks a start-ok's credentials: the user who logs in, or why not (for the log). EXTERNAL
+/// logs in the user its verified certificate names, without a password (RabbitMQ's
+/// `rabbit_auth_mechanism_ssl`, with its refusal texts).
+fn authenticate(
+    shared: &Shared,
+    mechanism: &str,
+    response: &[u8],
+    peer: &Peer,
+) -> Result<AuthUser, String> {
+    if mechanism == "EXTERNAL" {
+        let tls = peer.tls.as_ref().ok_or("not a TLS-enabled connection")?;
+        let name = tls.cert_name.clone()?;
+        return shared.access.authenticate_by_name(&name, peer.addr.ip());
+    }
+    match credentials(mechanism, response) {
+        Some((user, pass)) => shared.access.authenticate(&user, &pass, peer.addr.ip()),
+        None => Err("invalid credentials format".to_string()),
     }
 }
 
@@ -154,7 +204,7 @@ const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 /// A refused login, as RabbitMQ answers it: connection.close 403 with a text that names only
 /// the mechanism (when the client announced `authentication_failure_close`; otherwise nothing
 /// is sent), then the socket is held for [`SILENT_CLOSE_DELAY`] before it is closed.
-async fn refuse_login(stream: &mut TcpStream, mechanism: &str, failure_close: bool) {
+async fn refuse_login(stream: &mut impl Io, mechanism: &str, failure_close: bool) {
     if failure_close {
         let err = AmqpError::new(
             Code::AccessRefused,
@@ -174,9 +224,9 @@ async fn refuse_login(stream: &mut TcpStream, mechanism: &str, failure_close: bo
 
 pub(super) async fn handshake(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut impl Io,
     buf: &mut BytesMut,
-    peer: SocketAddr,
+    peer: &Peer,
     track: Track,
 ) -> std::io::Result<Option<Handshake>> {
     while buf.len() < 8 {
@@ -187,6 +237,7 @@ pub(super) async fn handshake(
     if &buf[..8] != PROTOCOL_HEADER {
         // Like RabbitMQ: answer with the protocol header we speak, then close.
         stream.write_all(PROTOCOL_HEADER).await?;
+        stream.flush().await?;
         return Ok(None);
     }
     let _ = buf.split_to(8);
@@ -194,7 +245,7 @@ pub(super) async fn handshake(
         version_major: 0,
         version_minor: 9,
         server_properties: server_properties(),
-        mechanisms: LongString::from("PLAIN AMQPLAIN"),
+        mechanisms: LongString::from(mechanisms(peer)),
         locales: LongString::from("en_US"),
     }));
     write_frames(stream, |out| frame::write_method(out, 0, start)).await?;
@@ -205,12 +256,11 @@ pub(super) async fn handshake(
         return Ok(None);
     };
     let mechanism = start_ok.mechanism.as_str();
-    if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+    if !mechanisms(peer).split(' ').any(|m| m == mechanism) {
         // Before the connection is open RabbitMQ reports this only in its log.
-        tracing::warn!(%peer, mechanism, "unknown authentication mechanism");
+        tracing::warn!(peer = %peer.addr, mechanism, "unknown authentication mechanism");
         return Ok(None);
     }
-    let creds = credentials(mechanism, start_ok.response.as_bytes());
     let capability = |name: &str| match start_ok.client_properties.inner().get("capabilities") {
         Some(AMQPValue::FieldTable(caps)) => {
             matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
@@ -218,14 +268,10 @@ pub(super) async fn handshake(
         _ => false,
     };
     let failure_close = capability("authentication_failure_close");
-    let login = match creds {
-        Some((u, p)) => shared.access.authenticate(&u, &p, peer.ip()),
-        None => Err("invalid credentials format".to_string()),
-    };
-    let user = match login {
+    let user = match authenticate(shared, mechanism, start_ok.response.as_bytes(), peer) {
         Ok(user) => user,
         Err(why) => {
-            tracing::warn!(%peer, mechanism, "{mechanism} login refused: {why}");
+            tracing::warn!(peer = %peer.addr, mechanism, "{mechanism} login refused: {why}");
             refuse_login(stream, mechanism, failure_close).await;
             return Ok(None);
         }
@@ -233,7 +279,8 @@ pub(super) async fn handshake(
     let cancel_notify = capability("consumer_cancel_notify");
     let blocked_capable = capability("connection.blocked");
 
-    let Some((frame_max, channel_max, heartbeat)) = tune(shared, stream, buf, peer).await? else {
+    let Some((frame_max, channel_max, heartbeat)) = tune(shared, stream, buf, peer.addr).await?
+    else {
         return Ok(None);
     };
 
@@ -249,7 +296,7 @@ pub(super) async fn handshake(
             .access
             .open_connection(track.id, &user.name, &vhost, channels.clone(), track.close)
     {
-        tracing::error!(%peer, user = %user.name, vhost, "{}", err.text);
+        tracing::error!(peer = %peer.addr, user = %user.name, vhost, "{}", err.text);
         close_handshake(stream, err.on(10, 40)).await;
         return Ok(None);
     }
@@ -272,7 +319,7 @@ pub(super) async fn handshake(
 /// None when the client's answer is out of range (RabbitMQ then drops the socket).
 async fn tune(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut impl Io,
     buf: &mut BytesMut,
     peer: SocketAddr,
 ) -> std::io::Result<Option<(u32, u16, u16)>> {

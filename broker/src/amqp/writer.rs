@@ -15,8 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -166,8 +165,8 @@ pub(super) struct Backlog {
     pub(super) drained: Arc<tokio::sync::Notify>,
 }
 
-pub(super) async fn write_loop(
-    mut wr: OwnedWriteHalf,
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
     backlog: Backlog,
     frame_max: u32,
@@ -187,7 +186,7 @@ pub(super) async fn write_loop(
                     m = rx.recv() => m,
                     _ = tokio::time::sleep_until(last_write + iv) => {
                         frame::write_heartbeat(&mut out);
-                        if wr.write_all(&out).await.is_err() {
+                        if write_out(&mut wr, &out).await.is_err() {
                             return;
                         }
                         out.clear();
@@ -231,7 +230,7 @@ pub(super) async fn write_loop(
             next = rx.try_recv().ok();
         }
         confirms.flush(&mut out);
-        if wr.write_all(&out).await.is_err() {
+        if write_out(&mut wr, &out).await.is_err() {
             // The peer is gone; the reader side notices and cleans up. Keep draining so
             // senders never block and queued counts stay right.
             queued.fetch_sub(weight, Ordering::Relaxed);
@@ -262,6 +261,12 @@ pub(super) async fn write_loop(
             return;
         }
     }
+}
+
+/// Writes a batch and flushes it: a no-op for TCP, while TLS may hold records until flushed.
+async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &[u8]) -> std::io::Result<()> {
+    wr.write_all(out).await?;
+    wr.flush().await
 }
 
 #[cfg(test)]

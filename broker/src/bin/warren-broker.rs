@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use warren_broker::{Broker, Limits};
+use warren_broker::{Broker, BrokerBuilder, CertLoginFrom, Limits, TlsConfig};
 
 /// An AMQP 0-9-1 broker compatible with RabbitMQ clients.
 #[derive(Debug, Parser)]
@@ -72,6 +72,60 @@ struct Args {
     /// 15674). Off unless given.
     #[arg(long)]
     web_stomp_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// The AMQPS listener (RabbitMQ's `listeners.ssl` and `ssl_options`).
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// Also accept AMQP over TLS on this address (RabbitMQ's port is 5671). Needs --tls-cert
+    /// and --tls-key.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+    /// The server's certificate chain, PEM (its own certificate first).
+    #[arg(long, requires = "tls_listen")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1), unencrypted.
+    #[arg(long, requires = "tls_listen")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[arg(long, requires = "tls_listen")]
+    tls_ca: Option<PathBuf>,
+    /// Ask clients for a certificate and verify it against --tls-ca; verified clients may log
+    /// in with the EXTERNAL mechanism.
+    #[arg(long, requires = "tls_ca")]
+    tls_verify_peer: bool,
+    /// Refuse clients that present no certificate (with --tls-verify-peer).
+    #[arg(long, requires = "tls_verify_peer")]
+    tls_fail_if_no_peer_cert: bool,
+    /// Which part of a client certificate is the EXTERNAL user name: the whole subject
+    /// (`distinguished_name`, e.g. "CN=app,O=Example") or its common name (`common_name`).
+    #[arg(long, default_value = "distinguished_name", value_parser = ["distinguished_name", "common_name"])]
+    tls_cert_login_from: String,
+}
+
+impl TlsArgs {
+    /// Adds the TLS listener to the builder when asked for.
+    fn apply(&self, builder: BrokerBuilder) -> Result<BrokerBuilder, String> {
+        let (Some(addr), Some(cert), Some(key)) = (self.tls_listen, &self.tls_cert, &self.tls_key)
+        else {
+            return Ok(builder);
+        };
+        let mut tls = TlsConfig::from_files(cert, key).map_err(|e| e.to_string())?;
+        if let Some(ca) = &self.tls_ca {
+            tls = tls.ca_file(ca).map_err(|e| e.to_string())?;
+        }
+        let login_from = match self.tls_cert_login_from.as_str() {
+            "common_name" => CertLoginFrom::CommonName,
+            _ => CertLoginFrom::DistinguishedName,
+        };
+        let tls = tls
+            .verify_peer(self.tls_verify_peer)
+            .fail_if_no_peer_cert(self.tls_fail_if_no_peer_cert)
+            .cert_login_from(login_from);
+        Ok(builder.tls_listen(addr, tls))
+    }
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -85,6 +139,8 @@ struct ConfigFile {
     frame_max: Option<u32>,
     channel_max: Option<u16>,
     max_message_size: Option<u64>,
+    /// Milliseconds, as RabbitMQ's `handshake_timeout`.
+    handshake_timeout: Option<u64>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -208,6 +264,9 @@ async fn serve(args: Args) -> ExitCode {
     if let Some(v) = config.max_message_size {
         limits.max_message_size = v;
     }
+    if let Some(ms) = config.handshake_timeout {
+        limits.handshake_timeout = std::time::Duration::from_millis(ms);
+    }
     let mut builder = Broker::builder().listen(args.listen).limits(limits);
     if !args.no_management {
         builder = builder.management(args.management_listen);
@@ -249,6 +308,13 @@ async fn serve(args: Args) -> ExitCode {
     if let Some(file) = args.definitions {
         builder = builder.definitions(file);
     }
+    builder = match args.tls.apply(builder) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("warren-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut signals = match StopSignals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -271,6 +337,9 @@ async fn serve(args: Args) -> ExitCode {
     }
     if let Some(addr) = broker.web_mqtt_local_addr() {
         tracing::info!(%addr, "Web-MQTT listener ready (path /ws)");
+    }
+    if let Some(addr) = broker.tls_local_addr() {
+        println!("warren-broker amqps on {addr}");
     }
     println!("warren-broker ready on {}", broker.local_addr());
     if let Some(addr) = broker.stomp_addr() {
@@ -355,6 +424,45 @@ mod tests {
             both.web_mqtt_listen,
             Some("127.0.0.1:15675".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn tls_flags_need_their_companions() {
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from([&["warren-broker"][..], extra].concat()).map(|a| a.tls)
+        };
+        assert!(parse(&["--tls-listen", "127.0.0.1:5671"]).is_err());
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(
+            parse(&[
+                "--tls-listen",
+                "127.0.0.1:5671",
+                "--tls-cert",
+                "c",
+                "--tls-key",
+                "k",
+                "--tls-verify-peer"
+            ])
+            .is_err(),
+            "verify_peer without a CA"
+        );
+        let ok = parse(&[
+            "--tls-listen",
+            "127.0.0.1:5671",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--tls-ca",
+            "ca",
+            "--tls-verify-peer",
+            "--tls-fail-if-no-peer-cert",
+            "--tls-cert-login-from",
+            "common_name",
+        ])
+        .expect("parses");
+        assert!(ok.tls_verify_peer && ok.tls_fail_if_no_peer_cert);
+        assert_eq!(ok.tls_cert_login_from, "common_name");
     }
 
     #[test]

@@ -204,3 +204,131 @@ pub(crate) fn from_json(v: &Value) -> Option<FieldTable> {
     }
     Some(t)
 }
+
+/// How deep field tables and arrays may nest inside one another in anything a peer sends.
+///
+/// amq-protocol's decoder recurses once per level, and a frame of `frame_max` bytes can nest
+/// ~25,000 levels (5 bytes each), enough to overflow a thread's stack and abort the whole
+/// broker. RabbitMQ (Erlang, growable process heaps) has no limit; real headers nest a few
+/// levels (`x-death`: 4), so deeper input is refused as undecodable before it is decoded.
+pub(crate) const MAX_TABLE_DEPTH: usize = 64;
+
+/// Whether the encoded field table at the start of `bytes` (its 4-byte length first) nests
+/// tables and arrays at most `max` deep. Walks without recursion; malformed input that is not
+/// too deep counts as within (the decoder then refuses it with its own error).
+pub(crate) fn table_nesting_within(bytes: &[u8], max: usize) -> bool {
+    // Open containers, innermost last: (end offset, is an array).
+    let mut open: Vec<(usize, bool)> = Vec::new();
+    let Some(end) = container_end(bytes, 0) else {
+        return true;
+    };
+    open.push((end, false));
+    let mut pos = 4;
+    while let Some(&(end, array)) = open.last() {
+        if pos >= end {
+            open.pop();
+            pos = end;
+            continue;
+        }
+        if !array {
+            // A key: short string.
+            let Some(&len) = bytes.get(pos) else {
+                return true;
+            };
+            pos += 1 + len as usize;
+        }
+        let Some(&kind) = bytes.get(pos) else {
+            return true;
+        };
+        pos += 1;
+        let fixed = match kind {
+            b't' | b'b' | b'B' => 1,
+            b's' | b'U' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'l' | b'L' | b'd' | b'T' => 8,
+            b'D' => 5,
+            b'V' => 0,
+            b'S' | b'x' => match container_end(bytes, pos) {
+                Some(e) => e - pos,
+                None => return true,
+            },
+            b'F' | b'A' => {
+                let Some(e) = container_end(bytes, pos) else {
+                    return true;
+                };
+                if open.len() >= max {
+                    return false;
+                }
+                open.push((e.min(end), kind == b'A'));
+                pos += 4;
+                continue;
+            }
+            _ => return true,
+        };
+        pos += fixed;
+    }
+    true
+}
+
+/// The end offset of the length-prefixed value at `pos` (4-byte big-endian length, then that
+/// many bytes), if its length field is there.
+fn container_end(bytes: &[u8], pos: usize) -> Option<usize> {
+    let len = u32::from_be_bytes(bytes.get(pos..pos + 4)?.try_into().ok()?) as usize;
+    pos.checked_add(4)?.checked_add(len)
+}
+
+#[cfg(test)]
+mod nesting_tests {
+    use super::*;
+
+    /// A table nesting `depth` tables (`depth` = 1: one empty table).
+    fn nested(depth: usize, array: bool) -> Vec<u8> {
+        let mut inner: Vec<u8> = Vec::new();
+        for _ in 1..depth {
+            let mut t = Vec::new();
+            if !array {
+                t.extend_from_slice(&[1, b'k']);
+            }
+            t.push(if array { b'A' } else { b'F' });
+            t.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+            t.extend_from_slice(&inner);
+            inner = t;
+        }
+        let mut out = Vec::new();
+        if array {
+            // The top level is always a table: one entry holding the arrays.
+            let mut entry = vec![1, b'a', b'A'];
+            entry.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+            entry.extend_from_slice(&inner);
+            inner = entry;
+        }
+        out.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+        out.extend_from_slice(&inner);
+        out
+    }
+
+    #[test]
+    fn depth_is_counted_through_tables_and_arrays() {
+        assert!(table_nesting_within(&nested(64, false), 64));
+        assert!(!table_nesting_within(&nested(65, false), 64));
+        assert!(table_nesting_within(&nested(63, true), 64));
+        assert!(!table_nesting_within(&nested(66, true), 64));
+        assert!(!table_nesting_within(&nested(20_000, false), 64));
+    }
+
+    #[test]
+    fn ordinary_and_malformed_tables_are_within() {
+        let mut t = amq_protocol::types::FieldTable::default();
+        t.insert("x-max-length".into(), AMQPValue::LongInt(5));
+        t.insert("name".into(), AMQPValue::LongString("v".into()));
+        let bytes = amq_protocol::types::generation::gen_field_table(&t)(
+            amq_protocol::frame::WriteContext::from(Vec::new()),
+        )
+        .unwrap()
+        .write;
+        assert!(table_nesting_within(&bytes, 1));
+        assert!(table_nesting_within(&[], 64));
+        assert!(table_nesting_within(&[0, 0, 0, 9, 1], 64));
+        assert!(table_nesting_within(&[0, 0, 0, 3, 1, b'k', b'F'], 64));
+    }
+}

@@ -82,6 +82,13 @@ impl PropsView {
             if end > h.len() {
                 return None;
             }
+            // A table nested too deep for the decoder is refused like a malformed header.
+            if !crate::core::fieldtable::table_nesting_within(
+                &h[pos..end],
+                crate::core::fieldtable::MAX_TABLE_DEPTH,
+            ) {
+                return None;
+            }
             v.headers = Some(pos..end);
             pos = end;
         }

@@ -500,7 +500,7 @@ impl State {
     }
 
     /// Restores the durable definitions written by `definitions::snapshot`.
-    pub(super) fn restore_definitions(&mut self, defs: &Value) {
+    pub(crate) fn restore_definitions(&mut self, defs: &Value) {
         let Some(vhosts) = defs.get("vhosts").and_then(Value::as_object) else {
             return;
         };

@@ -192,7 +192,6 @@ impl Access {
     /// Authenticates by name only, for a peer whose identity something else proved (a
     /// verified client certificate: the EXTERNAL mechanism). The user must exist; the
     /// loopback-users rule still applies.
-    #[allow(dead_code)] // until the TLS listener's EXTERNAL mechanism calls it
     pub(crate) fn authenticate_by_name(
         &self,
         user: &str,

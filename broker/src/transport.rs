@@ -1,0 +1,42 @@
+//! The byte streams a connection is served over: a plain TCP socket, or TLS over one. Front-ends
+//! are generic over [`Transport`], so the plain path keeps tokio's lock-free `into_split` and
+//! pays nothing for TLS existing.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// A stream a connection reads and writes: split into halves for its reader and writer tasks.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The reading half.
+    type Read: AsyncRead + Unpin + Send + 'static;
+    /// The writing half.
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    /// Splits the stream for two tasks.
+    fn split(self) -> (Self::Read, Self::Write);
+    /// The local end's address (the listener's side), for the management API.
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr>;
+}
+
+impl Transport for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        TcpStream::local_addr(self)
+    }
+}
+
+/// TLS: one session state shared by both directions, so the halves share it through tokio's
+/// `split` (a lock taken per read or write call, not per frame).
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.get_ref().0.local_addr()
+    }
+}
