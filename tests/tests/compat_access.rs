@@ -510,10 +510,16 @@ access_test! {
         raw.consume(1, "q", "c", false).await;
         side.delete_vhost(&v).await;
         let close = raw.expect_connection_close_only().await;
-        assert_eq!(
-            (close.code, close.text.as_str()),
-            (320, format!("CONNECTION_FORCED - vhost '{v}' is down").as_str()),
-            "{t}: connection of a deleted vhost"
+        // RabbitMQ 3.10 sends "is down" when the vhost's supervisor stops first and "is
+        // deleted" when the deletion reaches the connection first (a race inside RabbitMQ);
+        // Warren sends "is down".
+        let down = format!("CONNECTION_FORCED - vhost '{v}' is down");
+        let deleted = format!("CONNECTION_FORCED - vhost '{v}' is deleted");
+        assert!(
+            close.code == 320 && (close.text == down || close.text == deleted),
+            "{t}: connection of a deleted vhost: {} {}",
+            close.code,
+            close.text
         );
         let err = side.connect(&u, "pw", &v).await.expect_err("vhost gone");
         assert_eq!(amqp_error(&err), Some((530, format!("NOT_ALLOWED - vhost {v} not found"))), "{t}");
