@@ -191,7 +191,10 @@ pub fn stomp_frame(data: &[u8]) {
     for part in [first, second] {
         buf.extend_from_slice(part);
         loop {
-            match decoder.next(&mut buf, crate::stomp::connection::MAX_FRAME_UNAUTHENTICATED) {
+            match decoder.next(
+                &mut buf,
+                crate::stomp::connection::MAX_FRAME_UNAUTHENTICATED,
+            ) {
                 Ok(Some(frame)) => {
                     let _ = frame.int_header("content-length");
                     let _ = frame.bool_header("persistent");
@@ -290,6 +293,13 @@ fn management_binding(state: &StateLock, bytes: &bytes::Bytes) {
             args: Default::default(),
         };
         let _ = st.queue_declare("/", 0, q);
-        let _ = st.bind("/", 0, "amq.direct", Destination::Queue("q".into()), &key, args);
+        let _ = st.bind(
+            "/",
+            0,
+            "amq.direct",
+            Destination::Queue("q".into()),
+            &key,
+            args,
+        );
     }
 }

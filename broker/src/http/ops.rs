@@ -337,7 +337,9 @@ async fn list_between(
 }
 
 /// A binding POST's body as its routing key and arguments, or RabbitMQ's 400.
-pub(crate) fn binding_request(bytes: &Bytes) -> ApiResult<(String, amq_protocol::types::FieldTable)> {
+pub(crate) fn binding_request(
+    bytes: &Bytes,
+) -> ApiResult<(String, amq_protocol::types::FieldTable)> {
     let m = body(bytes)?;
     let key = text(&m, "routing_key")?.unwrap_or_default().to_string();
     Ok((key, arguments(&m)?))
