@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-15}
-targets=(frames channels content_header field_table definitions)
+targets=(frames channels content_header field_table definitions mqtt_packet stomp_frame management_json)
 host=$(rustc -vV | sed -n 's/^host: //p')
 # --target keeps these flags off build scripts and proc macros, as cargo-fuzz does.
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

@@ -163,3 +163,143 @@ pub fn channels(data: &[u8]) {
     }
     st.remove_connection(CONN);
 }
+
+/// The largest MQTT payload the `mqtt_packet` target accepts: small, so that inputs reach the
+/// size checks.
+const MQTT_MAX_PAYLOAD: usize = 4096;
+
+/// Splits `data` into MQTT packets as the connection does (the protocol checks, then the
+/// decoder) until more bytes are needed or the stream is refused, and encodes each packet
+/// again as a delivery would.
+pub fn mqtt_packet(data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    while let Ok(Some(packet)) = crate::mqtt::codec::next_packet(&mut buf, MQTT_MAX_PAYLOAD) {
+        crate::mqtt::codec::encode(&packet, &mut BytesMut::new());
+    }
+}
+
+/// Feeds `data[1..]` to one STOMP streaming decoder in two reads, split where the first byte
+/// says (0 = all in the second read, 255 = all in the first), as the connection does after
+/// each read before CONNECT; reads each frame's headers as the session does.
+pub fn stomp_frame(data: &[u8]) {
+    let Some((&at, rest)) = data.split_first() else {
+        return;
+    };
+    let (first, second) = rest.split_at(rest.len() * usize::from(at) / 255);
+    let mut decoder = crate::stomp::frame::Decoder::default();
+    let mut buf = BytesMut::new();
+    for part in [first, second] {
+        buf.extend_from_slice(part);
+        loop {
+            match decoder.next(
+                &mut buf,
+                crate::stomp::connection::MAX_FRAME_UNAUTHENTICATED,
+            ) {
+                Ok(Some(frame)) => {
+                    let _ = frame.int_header("content-length");
+                    let _ = frame.bool_header("persistent");
+                    let mut out = Vec::new();
+                    crate::stomp::frame::encode(&frame, &mut out);
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Takes `data[1..]` as the JSON body of one management API PUT/POST, chosen by the first byte
+/// (`'0'` queue, `'1'` exchange, `'2'` binding, `'3'` publish, `'4'` get, `'5'` vhost, `'6'`
+/// user, `'7'` permission, `'8'` topic permission, `'9'` limit, `':'` definitions import),
+/// parsed and validated by the handler's own function and, where that succeeds, applied to a
+/// fresh broker as the handler does.
+pub fn management_json(data: &[u8]) {
+    use crate::http::{admin, definitions, ops};
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    let bytes = bytes::Bytes::copy_from_slice(body);
+    let state = StateLock::new(State::new());
+    let access = fresh_access();
+    match which.wrapping_sub(b'0') % 11 {
+        0 => {
+            if let Ok(d) = ops::queue_request("q", &bytes) {
+                let _ = state.lock().queue_declare("/", 0, d);
+            }
+        }
+        1 => {
+            if let Ok(d) = ops::exchange_request("x", &bytes) {
+                let _ = state.lock().exchange_declare("/", d);
+            }
+        }
+        2 => management_binding(&state, &bytes),
+        3 => {
+            if let Ok((key, payload, props)) = ops::publish_request(&bytes) {
+                let msg = crate::core::message::Message::with_properties(
+                    "amq.direct".into(),
+                    key,
+                    &props,
+                    payload.into(),
+                );
+                let _ = state.lock().publish("/", Arc::new(msg));
+            }
+        }
+        4 => {
+            let _ = ops::get_request(&bytes);
+        }
+        5 => {
+            if let Ok(info) = admin::vhost_request("v", &bytes) {
+                let _ = access.put_vhost(&state, info);
+            }
+        }
+        6 => {
+            if let Ok(spec) = admin::user_request("u".into(), false, &bytes) {
+                let _ = access.put_user(spec);
+            }
+        }
+        7 => {
+            if let Ok([c, w, r]) = admin::patterns(&bytes, ["configure", "write", "read"]) {
+                let _ = access.set_permission("guest", "/", &c, &w, &r);
+            }
+        }
+        8 => {
+            if let Ok([x, w, r]) = admin::patterns(&bytes, ["exchange", "write", "read"]) {
+                let _ = access.set_topic_permission("guest", "/", &x, &w, &r);
+            }
+        }
+        9 => {
+            let _ = admin::limit_value(&bytes);
+        }
+        _ => {
+            if let Ok(defs) = definitions::parse(&bytes) {
+                let _ = crate::core::definitions::import(&state, &access, &defs);
+            }
+        }
+    }
+}
+
+/// A binding POST's body applied as the handler does, from `amq.direct` to a queue `q`.
+fn management_binding(state: &StateLock, bytes: &bytes::Bytes) {
+    use crate::core::exchange::Destination;
+    use crate::core::topology::QueueDeclare;
+    if let Ok((key, args)) = crate::http::ops::binding_request(bytes) {
+        let mut st = state.lock();
+        let q = QueueDeclare {
+            name: "q".into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            args: Default::default(),
+        };
+        let _ = st.queue_declare("/", 0, q);
+        let _ = st.bind(
+            "/",
+            0,
+            "amq.direct",
+            Destination::Queue("q".into()),
+            &key,
+            args,
+        );
+    }
+}

@@ -57,3 +57,18 @@ fn field_table() {
 fn definitions() {
     run("definitions", warren_broker::fuzz::definitions);
 }
+
+#[test]
+fn mqtt_packet() {
+    run("mqtt_packet", warren_broker::fuzz::mqtt_packet);
+}
+
+#[test]
+fn stomp_frame() {
+    run("stomp_frame", warren_broker::fuzz::stomp_frame);
+}
+
+#[test]
+fn management_json() {
+    run("management_json", warren_broker::fuzz::management_json);
+}

@@ -134,6 +134,22 @@ async fn show_vhost(
     Ok(Json(vhost_json(&st, &info)).into_response())
 }
 
+/// A vhost PUT's name and body as the vhost it asks for, or RabbitMQ's 400.
+pub(crate) fn vhost_request(vhost: &str, bytes: &Bytes) -> ApiResult<VhostInfo> {
+    if vhost.len() > 255 || vhost.is_empty() {
+        return Err(ApiError::bad_request("vhost name must be 1 to 255 bytes"));
+    }
+    let m = body(bytes)?;
+    let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+    Ok(VhostInfo {
+        name: vhost.to_string(),
+        description: text("description").unwrap_or_default(),
+        tags: crate::core::access::json::tags_from(m.get("tags")),
+        default_queue_type: text("default_queue_type"),
+        ..Default::default()
+    })
+}
+
 async fn put_vhost(
     State(st): State<AppState>,
     c: Caller,
@@ -141,18 +157,7 @@ async fn put_vhost(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     c.require_admin()?;
-    if vhost.len() > 255 || vhost.is_empty() {
-        return Err(ApiError::bad_request("vhost name must be 1 to 255 bytes"));
-    }
-    let m = body(&bytes)?;
-    let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
-    let info = VhostInfo {
-        name: vhost.clone(),
-        description: text("description").unwrap_or_default(),
-        tags: crate::core::access::json::tags_from(m.get("tags")),
-        default_queue_type: text("default_queue_type"),
-        ..Default::default()
-    };
+    let info = vhost_request(&vhost, &bytes)?;
     let created = st
         .shared
         .access
@@ -203,14 +208,10 @@ async fn show_user(
     Ok(Json(user_json(&u)).into_response())
 }
 
-async fn put_user(
-    State(st): State<AppState>,
-    c: Caller,
-    Path(user): Path<String>,
-    bytes: Bytes,
-) -> ApiResult<Response> {
-    c.require_admin()?;
-    let m = body(&bytes)?;
+/// A user PUT's name and body as the user it asks for (`exists`: whether the user exists
+/// already), or RabbitMQ's 400.
+pub(crate) fn user_request(user: String, exists: bool, bytes: &Bytes) -> ApiResult<UserSpec> {
+    let m = body(bytes)?;
     let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
     // As RabbitMQ: password, or password_hash (+ hashing_algorithm); neither keeps an
     // existing user's password and creates a new user without one.
@@ -218,14 +219,25 @@ async fn put_user(
         (Some(p), _) => PasswordSpec::Clear(p),
         (None, Some(h)) if h.is_empty() => PasswordSpec::None,
         (None, Some(h)) => PasswordSpec::Hash(h, text("hashing_algorithm")),
-        (None, None) if st.shared.access.user(&user).is_some() => PasswordSpec::Keep,
+        (None, None) if exists => PasswordSpec::Keep,
         (None, None) => return Err(ApiError::bad_request("[{key_missing,password_hash}]")),
     };
-    let spec = UserSpec {
+    Ok(UserSpec {
         name: user,
         password,
         tags: crate::core::access::json::tags_from(m.get("tags")),
-    };
+    })
+}
+
+async fn put_user(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(user): Path<String>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    c.require_admin()?;
+    let exists = st.shared.access.user(&user).is_some();
+    let spec = user_request(user, exists, &bytes)?;
     let created = st.shared.access.put_user(spec).map_err(access_error)?;
     Ok(if created {
         StatusCode::CREATED
@@ -320,6 +332,17 @@ fn pattern<'a>(m: &'a Map<String, Value>, key: &str) -> ApiResult<&'a str> {
         .ok_or_else(|| ApiError::bad_request(format!("[{{key_missing,{key}}}]")))
 }
 
+/// A (topic) permission PUT's body as its three patterns under `keys`, or RabbitMQ's 400.
+pub(crate) fn patterns(bytes: &Bytes, keys: [&str; 3]) -> ApiResult<[String; 3]> {
+    let m = body(bytes)?;
+    let [a, b, c] = keys;
+    Ok([
+        pattern(&m, a)?.to_string(),
+        pattern(&m, b)?.to_string(),
+        pattern(&m, c)?.to_string(),
+    ])
+}
+
 async fn put_permission(
     State(st): State<AppState>,
     c: Caller,
@@ -327,18 +350,13 @@ async fn put_permission(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     c.require_admin()?;
-    let m = body(&bytes)?;
+    let [cf, w, r] = patterns(&bytes, ["configure", "write", "read"])?;
     let existed = permission_list(&st)
         .iter()
         .any(|p| p["vhost"] == vhost.as_str() && p["user"] == user.as_str());
-    let (cf, w, r) = (
-        pattern(&m, "configure")?,
-        pattern(&m, "write")?,
-        pattern(&m, "read")?,
-    );
     st.shared
         .access
-        .set_permission(&user, &vhost, cf, w, r)
+        .set_permission(&user, &vhost, &cf, &w, &r)
         .map_err(|e| match e {
             // RabbitMQ: a missing user or vhost in a permission PUT is a 400.
             AccessError::NotFound(reason) => ApiError::bad_request(reason),
@@ -410,15 +428,10 @@ async fn put_topic_permission(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     c.require_admin()?;
-    let m = body(&bytes)?;
-    let (x, w, r) = (
-        pattern(&m, "exchange")?,
-        pattern(&m, "write")?,
-        pattern(&m, "read")?,
-    );
+    let [x, w, r] = patterns(&bytes, ["exchange", "write", "read"])?;
     st.shared
         .access
-        .set_topic_permission(&user, &vhost, x, w, r)
+        .set_topic_permission(&user, &vhost, &x, &w, &r)
         .map_err(|e| match e {
             AccessError::NotFound(reason) => ApiError::bad_request(reason),
             other => access_error(other),
@@ -468,7 +481,7 @@ async fn vhost_limits_of(
 }
 
 /// A limit's value from `{"value": n}`; negative means no limit, as RabbitMQ.
-fn limit_value(bytes: &Bytes) -> ApiResult<Option<u64>> {
+pub(crate) fn limit_value(bytes: &Bytes) -> ApiResult<Option<u64>> {
     let m = body(bytes)?;
     match m.get("value").and_then(Value::as_i64) {
         Some(n) if n < 0 => Ok(None),

@@ -67,7 +67,8 @@ async fn export_vhost(
     Ok(Json(out))
 }
 
-fn parse(bytes: &Bytes) -> ApiResult<Value> {
+/// A definitions import POST's body, or RabbitMQ's 400 `not_json`.
+pub(crate) fn parse(bytes: &Bytes) -> ApiResult<Value> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(v @ Value::Object(_)) => Ok(v),
         _ => Err(ApiError::bad_request("not_json")),

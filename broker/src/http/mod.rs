@@ -15,13 +15,13 @@
 //! module below and add one `.merge(yourmodule::routes())` line in [`router`]. Paths under
 //! `/api` are this module's; anything else (e.g. `/`, `/js/...`) is free.
 
-mod admin;
+pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod dashboard;
-mod definitions;
+pub(crate) mod definitions;
 pub(crate) mod error;
 pub(crate) mod json;
-mod ops;
+pub(crate) mod ops;
 mod overview;
 pub(crate) mod prometheus;
 mod query;

@@ -145,6 +145,20 @@ async fn show_queue(
     found.map(|v| q.one(v)).ok_or_else(ApiError::not_found)
 }
 
+/// A queue PUT's name and body as the declaration it asks for, or RabbitMQ's 400.
+pub(crate) fn queue_request(name: &str, bytes: &Bytes) -> ApiResult<QueueDeclare> {
+    check_name("queue", name)?;
+    let m = body(bytes)?;
+    Ok(QueueDeclare {
+        name: name.to_string(),
+        passive: false,
+        durable: flag(&m, "durable", false)?,
+        exclusive: false,
+        auto_delete: flag(&m, "auto_delete", false)?,
+        args: arguments(&m)?,
+    })
+}
+
 async fn put_queue(
     State(st): State<AppState>,
     c: Caller,
@@ -152,16 +166,7 @@ async fn put_queue(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     check_vhost_for_put(&st, &c, &vhost)?;
-    check_name("queue", &name)?;
-    let m = body(&bytes)?;
-    let d = QueueDeclare {
-        name: name.clone(),
-        passive: false,
-        durable: flag(&m, "durable", false)?,
-        exclusive: false,
-        auto_delete: flag(&m, "auto_delete", false)?,
-        args: arguments(&m)?,
-    };
+    let d = queue_request(&name, &bytes)?;
     let mut s = st.shared.state.lock();
     let existed = s.queue_infos(Some(&vhost)).iter().any(|q| q.name == name);
     s.queue_declare(&vhost, API_CONN, d)
@@ -219,6 +224,27 @@ async fn show_exchange(
     found.map(|v| q.one(v)).ok_or_else(ApiError::not_found)
 }
 
+/// An exchange PUT's name and body as the declaration it asks for, or RabbitMQ's 400.
+pub(crate) fn exchange_request(name: &str, bytes: &Bytes) -> ApiResult<ExchangeDeclare> {
+    check_name("exchange", name)?;
+    let m = body(bytes)?;
+    let kind = text(&m, "type")?.unwrap_or("direct");
+    if crate::core::exchange::ExchangeKind::parse(kind).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "invalid exchange type '{kind}'"
+        )));
+    }
+    Ok(ExchangeDeclare {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        passive: false,
+        durable: flag(&m, "durable", false)?,
+        auto_delete: flag(&m, "auto_delete", false)?,
+        internal: flag(&m, "internal", false)?,
+        args: arguments(&m)?,
+    })
+}
+
 async fn put_exchange(
     State(st): State<AppState>,
     c: Caller,
@@ -226,23 +252,7 @@ async fn put_exchange(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     check_vhost_for_put(&st, &c, &vhost)?;
-    check_name("exchange", &name)?;
-    let m = body(&bytes)?;
-    let kind = text(&m, "type")?.unwrap_or("direct");
-    if crate::core::exchange::ExchangeKind::parse(kind).is_none() {
-        return Err(ApiError::bad_request(format!(
-            "invalid exchange type '{kind}'"
-        )));
-    }
-    let d = ExchangeDeclare {
-        name: name.clone(),
-        kind: kind.to_string(),
-        passive: false,
-        durable: flag(&m, "durable", false)?,
-        auto_delete: flag(&m, "auto_delete", false)?,
-        internal: flag(&m, "internal", false)?,
-        args: arguments(&m)?,
-    };
+    let d = exchange_request(&name, &bytes)?;
     let mut s = st.shared.state.lock();
     let existed = s
         .exchange_infos(Some(&vhost))
@@ -326,6 +336,15 @@ async fn list_between(
     q.respond(found.iter().map(views::binding).collect())
 }
 
+/// A binding POST's body as its routing key and arguments, or RabbitMQ's 400.
+pub(crate) fn binding_request(
+    bytes: &Bytes,
+) -> ApiResult<(String, amq_protocol::types::FieldTable)> {
+    let m = body(bytes)?;
+    let key = text(&m, "routing_key")?.unwrap_or_default().to_string();
+    Ok((key, arguments(&m)?))
+}
+
 async fn create_binding(
     State(st): State<AppState>,
     c: Caller,
@@ -335,9 +354,7 @@ async fn create_binding(
     let d = destination(&kind, dest.clone())?;
     let source = exchange_name(&source);
     between(&st, &c, &vhost, &source, &kind, &dest)?;
-    let m = body(&bytes)?;
-    let key = text(&m, "routing_key")?.unwrap_or_default().to_string();
-    let args = arguments(&m)?;
+    let (key, args) = binding_request(&bytes)?;
     st.shared
         .state
         .lock()
@@ -511,15 +528,9 @@ fn properties_json(p: &AMQPProperties) -> Value {
     Value::Object(m)
 }
 
-async fn publish(
-    State(st): State<AppState>,
-    c: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-    bytes: Bytes,
-) -> ApiResult<Response> {
-    check_vhost(&st, &c, &vhost)?;
-    let exchange = exchange_name(&name);
-    let m = body(&bytes)?;
+/// A publish POST's body as routing key, payload and properties, or RabbitMQ's 400.
+pub(crate) fn publish_request(bytes: &Bytes) -> ApiResult<(String, Vec<u8>, AMQPProperties)> {
+    let m = body(bytes)?;
     let key = text(&m, "routing_key")?
         .ok_or_else(|| ApiError::bad_request("[{key_missing,routing_key}]"))?;
     let payload =
@@ -535,7 +546,18 @@ async fn publish(
             )))
         }
     };
-    let props = properties(m.get("properties"))?;
+    Ok((key.to_string(), payload, properties(m.get("properties"))?))
+}
+
+async fn publish(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    let exchange = exchange_name(&name);
+    let (key, payload, props) = publish_request(&bytes)?;
     let mut s = st.shared.state.lock();
     if !s
         .exchange_infos(Some(&vhost))
@@ -546,7 +568,7 @@ async fn publish(
     }
     s.check_publish(&vhost, &exchange)
         .map_err(|e| ApiError::from_amqp(&e))?;
-    let msg = Message::with_properties(exchange, key.to_string(), &props, payload.into());
+    let msg = Message::with_properties(exchange, key, &props, payload.into());
     let routed = s.publish(&vhost, Arc::new(msg));
     Ok(Json(json!({"routed": !routed.is_unroutable()})).into_response())
 }
@@ -581,14 +603,21 @@ fn encode_payload(body: &[u8], encoding: &str, truncate: Option<usize>) -> (Valu
     }
 }
 
-async fn get_messages(
-    State(st): State<AppState>,
-    c: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-    bytes: Bytes,
-) -> ApiResult<Response> {
-    check_vhost(&st, &c, &vhost)?;
-    let m = body(&bytes)?;
+/// What a get POST asks for.
+pub(crate) struct GetRequest {
+    /// How many messages at most.
+    pub(crate) count: u64,
+    /// Whether they go back to the queue (`ack_requeue_true`, `reject_requeue_true`).
+    pub(crate) requeue: bool,
+    /// `auto` or `base64`.
+    pub(crate) encoding: String,
+    /// Payload bytes kept per message, if limited.
+    pub(crate) truncate: Option<usize>,
+}
+
+/// A get POST's body as what it asks for, or RabbitMQ's 400.
+pub(crate) fn get_request(bytes: &Bytes) -> ApiResult<GetRequest> {
+    let m = body(bytes)?;
     let count = match m.get("count") {
         Some(Value::Number(n)) => n.as_u64(),
         Some(Value::String(s)) => s.parse().ok(),
@@ -602,7 +631,7 @@ async fn get_messages(
         "ack_requeue_false" | "reject_requeue_false" => false,
         other => return Err(ApiError::bad_request(format!("Invalid ackmode: {other}"))),
     };
-    let encoding = text(&m, "encoding")?.unwrap_or("auto");
+    let encoding = text(&m, "encoding")?.unwrap_or("auto").to_string();
     if encoding != "auto" && encoding != "base64" {
         return Err(ApiError::bad_request(format!(
             "Unsupported encoding: {encoding}"
@@ -616,6 +645,27 @@ async fn get_messages(
                 as usize,
         ),
     };
+    Ok(GetRequest {
+        count,
+        requeue,
+        encoding,
+        truncate,
+    })
+}
+
+async fn get_messages(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    check_vhost(&st, &c, &vhost)?;
+    let GetRequest {
+        count,
+        requeue,
+        encoding,
+        truncate,
+    } = get_request(&bytes)?;
     let sink = Arc::new(Collect::default());
     let key = ChannelKey {
         conn: request_conn(),
@@ -656,7 +706,7 @@ async fn get_messages(
                 msg,
                 ..
             } => {
-                let (payload, enc) = encode_payload(&msg.body, encoding, truncate);
+                let (payload, enc) = encode_payload(&msg.body, &encoding, truncate);
                 Some(json!({
                     "payload_bytes": msg.body.len(),
                     "redelivered": redelivered,

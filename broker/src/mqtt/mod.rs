@@ -7,7 +7,7 @@
 //! the retained store), `login` (credentials and vhost), `registry` (client ids), `session`
 //! (the protocol on the core, no I/O), `connection` (the task that moves the bytes).
 
-mod codec;
+pub(crate) mod codec;
 mod connection;
 mod login;
 mod registry;
