@@ -168,7 +168,7 @@ async fn put_queue(
     check_vhost_for_put(&st, &c, &vhost)?;
     let d = queue_request(&name, &bytes)?;
     let mut s = st.shared.state.lock();
-    let existed = s.queue_infos(Some(&vhost)).iter().any(|q| q.name == name);
+    let existed = s.has_queue(&vhost, &name);
     s.queue_declare(&vhost, API_CONN, d)
         .map_err(|e| ApiError::from_amqp(&e))?;
     Ok(if existed {
@@ -186,7 +186,7 @@ async fn delete_queue(
 ) -> ApiResult<Response> {
     check_vhost(&st, &c, &vhost)?;
     let mut s = st.shared.state.lock();
-    if !s.queue_infos(Some(&vhost)).iter().any(|q| q.name == name) {
+    if !s.has_queue(&vhost, &name) {
         return Err(ApiError::not_found());
     }
     let if_unused = raw.get("if-unused").is_some_and(|v| v == "true");
@@ -254,10 +254,7 @@ async fn put_exchange(
     check_vhost_for_put(&st, &c, &vhost)?;
     let d = exchange_request(&name, &bytes)?;
     let mut s = st.shared.state.lock();
-    let existed = s
-        .exchange_infos(Some(&vhost))
-        .iter()
-        .any(|x| x.name == name);
+    let existed = s.has_exchange(&vhost, &name);
     s.exchange_declare(&vhost, d)
         .map_err(|e| ApiError::from_amqp(&e))?;
     Ok(if existed {
@@ -276,11 +273,7 @@ async fn delete_exchange(
     check_vhost(&st, &c, &vhost)?;
     let name = exchange_name(&name);
     let mut s = st.shared.state.lock();
-    if !s
-        .exchange_infos(Some(&vhost))
-        .iter()
-        .any(|x| x.name == name)
-    {
+    if !s.has_exchange(&vhost, &name) {
         return Err(ApiError::not_found());
     }
     let if_unused = raw.get("if-unused").is_some_and(|v| v == "true");
@@ -308,13 +301,10 @@ fn between(
     check_vhost(st, c, vhost)?;
     let s = st.shared.state.lock();
     let dtype = if kind == "q" { "queue" } else { "exchange" };
-    let src_ok = source.is_empty()
-        || s.exchange_infos(Some(vhost))
-            .iter()
-            .any(|x| x.name == source);
+    let src_ok = s.has_exchange(vhost, source);
     let dest_ok = match kind {
-        "q" => s.queue_infos(Some(vhost)).iter().any(|q| q.name == dest),
-        _ => s.exchange_infos(Some(vhost)).iter().any(|x| x.name == dest),
+        "q" => s.has_queue(vhost, dest),
+        _ => s.has_exchange(vhost, dest),
     };
     if !src_ok || !dest_ok {
         return Err(ApiError::not_found());
@@ -559,11 +549,7 @@ async fn publish(
     let exchange = exchange_name(&name);
     let (key, payload, props) = publish_request(&bytes)?;
     let mut s = st.shared.state.lock();
-    if !s
-        .exchange_infos(Some(&vhost))
-        .iter()
-        .any(|x| x.name == exchange)
-    {
+    if !s.has_exchange(&vhost, &exchange) {
         return Err(ApiError::not_found());
     }
     s.check_publish(&vhost, &exchange)

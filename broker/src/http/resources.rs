@@ -146,14 +146,7 @@ async fn bindings_in(
 }
 
 fn exchange_exists(st: &AppState, vhost: &str, name: &str) -> ApiResult<()> {
-    let found = st
-        .shared
-        .state
-        .lock()
-        .exchange_infos(Some(vhost))
-        .iter()
-        .any(|x| x.name == name);
-    if found {
+    if st.shared.state.lock().has_exchange(vhost, name) {
         Ok(())
     } else {
         Err(ApiError::not_found())
