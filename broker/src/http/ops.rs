@@ -230,8 +230,10 @@ pub(crate) fn exchange_request(name: &str, bytes: &Bytes) -> ApiResult<ExchangeD
     let m = body(bytes)?;
     let kind = text(&m, "type")?.unwrap_or("direct");
     if crate::core::exchange::ExchangeKind::parse(kind).is_none() {
+        // RabbitMQ says "invalid" only for a type name that happens to be an
+        // existing Erlang atom; a name it has never seen (the usual case) is "unknown".
         return Err(ApiError::bad_request(format!(
-            "invalid exchange type '{kind}'"
+            "unknown exchange type '{kind}'"
         )));
     }
     Ok(ExchangeDeclare {
