@@ -110,11 +110,17 @@ impl Side {
     }
 
     fn user(&self, name: &str, password: &str) {
+        self.tagged_user(name, password, "");
+    }
+
+    /// A user with tags (comma-separated, as the management API takes them).
+    fn tagged_user(&self, name: &str, password: &str, tags: &str) {
+        let list: Vec<&str> = tags.split(',').filter(|t| !t.is_empty()).collect();
         self.admin(
-            json!({"users": [{"name": name, "password": password, "tags": []}]}),
+            json!({"users": [{"name": name, "password": password, "tags": list}]}),
             "PUT",
             &format!("/api/users/{}", enc(name)),
-            json!({"password": password, "tags": ""}),
+            json!({"password": password, "tags": tags}),
         );
         self.made.lock().unwrap().0.push(name.to_owned());
     }
@@ -281,6 +287,16 @@ async fn close_watch(ch: &Channel) -> lapin::Result<lapin::Consumer> {
 
 /// Publishes on a fresh confirm-mode channel: Ok once confirmed, or the channel's close reason.
 async fn publish(conn: &Connection, exchange: &str, key: &str) -> lapin::Result<()> {
+    publish_with(conn, exchange, key, BasicProperties::default()).await
+}
+
+/// [`publish`] with the given properties.
+async fn publish_with(
+    conn: &Connection,
+    exchange: &str,
+    key: &str,
+    props: BasicProperties,
+) -> lapin::Result<()> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     // A consumer on a queue the user may read hears the channel.close, whatever races it.
@@ -291,7 +307,7 @@ async fn publish(conn: &Connection, exchange: &str, key: &str) -> lapin::Result<
             key.into(),
             BasicPublishOptions::default(),
             b"m",
-            BasicProperties::default(),
+            props,
         )
         .await?;
     tokio::select! {
@@ -587,6 +603,29 @@ access_test! {
             "NOT_ALLOWED - number of channels opened for user '{u}' has reached the maximum allowed user limit of (1)"
         ))), "{t}: user channel limit");
         close(conn).await;
+    }
+
+    async fn only_an_impersonator_sets_another_user_id(side: Side) {
+        let t = &side.t;
+        let v = unique("vh");
+        side.vhost(&v);
+        let (plain, imp) = (unique("u"), unique("imp"));
+        side.user(&plain, "pw");
+        side.tagged_user(&imp, "pw", "impersonator");
+        for u in [&plain, &imp] {
+            side.permit(u, &v, ".*", ".*", ".*");
+        }
+        let forged = || BasicProperties::default().with_user_id("someone-else".into());
+        let conn = side.open(&plain, "pw", &v).await;
+        let err = publish_with(&conn, "", "nowhere", forged()).await.expect_err("a plain user may not forge user-id");
+        close(conn).await;
+        assert_eq!(amqp_error(&err), Some((406, format!(
+            "PRECONDITION_FAILED - user_id property set to 'someone-else' but authenticated user was '{plain}'"
+        ))), "{t}: plain user");
+        let conn = side.open(&imp, "pw", &v).await;
+        publish_with(&conn, "", "nowhere", forged()).await.expect("an impersonator may set any user-id");
+        close(conn).await;
+        side.delete_vhost(&v).await;
     }
 }
 

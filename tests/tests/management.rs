@@ -285,6 +285,11 @@ per_node! {
         assert_eq!((s, v["reason"].clone()), (400, json!("not_json")), "{}", n.kind);
         let (s, v) = put("{\"durable\": \"yes\"}");
         assert_eq!((s, v["reason"].clone()), (400, json!(["not_boolean", "yes"])), "{}", n.kind);
+        assert_eq!(put("{}").0, 201, "{}", n.kind);
+        let (s, v) = put("{\"durable\": true}");
+        let text = format!("inequivalent arg 'durable' for queue '{q}' in vhost '/': received 'true' but current is 'false'");
+        assert_eq!((s, v["reason"].clone()), (400, json!(text)), "{}", n.kind);
+        assert_eq!(http(n, "DELETE", &format!("queues/%2F/{q}"), None).0, 204, "{}", n.kind);
         let long = "a".repeat(300);
         let (s, v) = http(n, "PUT", &format!("queues/%2F/{long}"), Some("{}"));
         assert_eq!(s, 400, "{}: {v}", n.kind);
@@ -741,5 +746,65 @@ per_node! {
         for v in [&vh, &other] {
             assert_eq!(http(n, "DELETE", &format!("vhosts/{v}"), None).0, 204, "{}", n.kind);
         }
+    }
+}
+
+per_node! {
+    fn permission_patterns_apply_over_http(n: &Node) {
+        // RabbitMQ's management plugin acts through an internal channel, so the user's
+        // configure/write/read patterns apply as over AMQP; each refusal has its own answer.
+        let vh = unique("mgmt-perm-vh");
+        let (ro, nr) = (unique("ro-user"), unique("noread-user"));
+        assert_eq!(http(n, "PUT", &format!("vhosts/{vh}"), Some("{}")).0, 201, "{}", n.kind);
+        for (u, perms) in [
+            (&ro, r#"{"configure":"^$","write":"^$","read":".*"}"#),
+            (&nr, r#"{"configure":".*","write":".*","read":"^$"}"#),
+        ] {
+            let body = json!({"password": "pw", "tags": "management"}).to_string();
+            assert_eq!(http(n, "PUT", &format!("users/{u}"), Some(&body)).0, 201, "{}", n.kind);
+            assert_eq!(http(n, "PUT", &format!("permissions/{vh}/{u}"), Some(perms)).0, 201, "{}", n.kind);
+        }
+        let as_user = |u: &str, method: &str, path: &str, body: Option<&str>| {
+            http_as(n, method, path, body, Some((u, "pw")), &[])
+        };
+        let refused = (401, json!("not_authorised"), json!("Access refused."));
+        let short = |(s, v): (u16, Value)| (s, v["error"].clone(), v["reason"].clone());
+        let q = unique("perm-q");
+        let qpath = format!("queues/{vh}/{q}");
+        assert_eq!(short(as_user(&ro, "PUT", &qpath, Some("{}"))), refused, "{}: declare without configure", n.kind);
+        assert_eq!(as_user(&nr, "PUT", &qpath, Some("{}")).0, 201, "{}", n.kind);
+        assert_eq!(short(as_user(&ro, "DELETE", &qpath, None)), refused, "{}: delete without configure", n.kind);
+        assert_eq!(short(as_user(&ro, "PUT", &format!("exchanges/{vh}/{}", unique("perm-x")), Some("{}"))), refused, "{}", n.kind);
+        // Binding: write on the queue and read on the exchange.
+        let bind = format!("bindings/{vh}/e/amq.direct/q/{q}");
+        assert_eq!(short(as_user(&ro, "POST", &bind, Some(r#"{"routing_key":"k"}"#))), refused, "{}: bind without write", n.kind);
+        assert_eq!(short(as_user(&nr, "POST", &bind, Some(r#"{"routing_key":"k"}"#))), refused, "{}: bind without read", n.kind);
+        assert_eq!(http(n, "POST", &bind, Some(r#"{"routing_key":"k"}"#)).0, 201, "{}", n.kind);
+        assert_eq!(short(as_user(&ro, "DELETE", &format!("{bind}/k"), None)), refused, "{}: unbind", n.kind);
+        // Publish without write: the internal channel's close text, as 400.
+        let msg = json!({"properties": {}, "routing_key": q, "payload": "x", "payload_encoding": "string"}).to_string();
+        let (s, v) = as_user(&ro, "POST", &format!("exchanges/{vh}/amq.default/publish"), Some(&msg));
+        let text = format!("403 ACCESS_REFUSED - access to exchange 'amq.default' in vhost '{vh}' refused for user '{ro}'");
+        assert_eq!((s, v["reason"].clone()), (400, json!(text)), "{}", n.kind);
+        let (s, v) = as_user(&nr, "POST", &format!("exchanges/{vh}/amq.default/publish"), Some(&msg));
+        assert_eq!((s, v["routed"].clone()), (200, json!(true)), "{}", n.kind);
+        // A user-id that is not the publisher's: 406 from the channel.
+        let forged = json!({"properties": {"user_id": "someone-else"}, "routing_key": q, "payload": "x", "payload_encoding": "string"}).to_string();
+        let (s, v) = as_user(&nr, "POST", &format!("exchanges/{vh}/amq.default/publish"), Some(&forged));
+        let text = format!("406 PRECONDITION_FAILED - user_id property set to 'someone-else' but authenticated user was '{nr}'");
+        assert_eq!((s, v["reason"].clone()), (400, json!(text)), "{}", n.kind);
+        // Get and purge need read.
+        let get = r#"{"count":1,"ackmode":"ack_requeue_true","encoding":"auto"}"#;
+        let (s, v) = as_user(&nr, "POST", &format!("{qpath}/get"), Some(get));
+        let text = format!("ACCESS_REFUSED - access to queue '{q}' in vhost '{vh}' refused for user '{nr}'");
+        assert_eq!((s, v["reason"].clone()), (401, json!(text)), "{}", n.kind);
+        assert_eq!(short(as_user(&nr, "DELETE", &format!("{qpath}/contents"), None)), refused, "{}: purge", n.kind);
+        let (s, v) = as_user(&ro, "POST", &format!("{qpath}/get"), Some(get));
+        assert_eq!((s, v[0]["payload"].clone()), (200, json!("x")), "{}", n.kind);
+        assert_eq!(as_user(&ro, "DELETE", &format!("{qpath}/contents"), None).0, 204, "{}", n.kind);
+        for u in [&ro, &nr] {
+            http(n, "DELETE", &format!("users/{u}"), None);
+        }
+        assert_eq!(http(n, "DELETE", &format!("vhosts/{vh}"), None).0, 204, "{}", n.kind);
     }
 }

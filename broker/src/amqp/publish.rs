@@ -259,12 +259,7 @@ fn checked_header(
         }
     }
     if let Some(uid) = PropsView::text(&header, &view.user_id) {
-        if uid != ctx.user {
-            return Err(AmqpError::precondition(format!(
-                "user_id property set to '{uid}' but authenticated user was '{}'",
-                ctx.user
-            )));
-        }
+        ctx.access.check_user_id(ctx.user, uid)?;
     }
     let Some(h) = &headers else {
         return Ok((header, Vec::new()));

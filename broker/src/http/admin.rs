@@ -163,6 +163,14 @@ async fn put_vhost(
         .access
         .put_vhost(&st.shared.state, info)
         .map_err(access_error)?;
+    if created {
+        // RabbitMQ's management plugin grants the user who creates a vhost full permissions
+        // in it (rabbit_mgmt_wm_vhost), so an administrator can use what it just made.
+        st.shared
+            .access
+            .set_permission(&c.name, &vhost, ".*", ".*", ".*")
+            .map_err(access_error)?;
+    }
     Ok(if created {
         StatusCode::CREATED
     } else {

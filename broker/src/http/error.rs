@@ -73,18 +73,26 @@ impl ApiError {
     /// An AMQP-level refusal turned into the status RabbitMQ's API gives for it: 404 for
     /// NOT_FOUND, 405 for RESOURCE_LOCKED (exclusive queues), 403-like 401 for ACCESS_REFUSED,
     /// 400 for PRECONDITION_FAILED and the rest.
+    /// 400 with a closed channel's text, code first ("403 ACCESS_REFUSED - ..."): what
+    /// RabbitMQ answers when its internal channel closes during a publish.
+    pub(crate) fn channel_closed(e: &crate::core::error::AmqpError) -> Self {
+        ApiError::bad_request(format!("{} {}", e.code as u16, e.text))
+    }
+
     pub(crate) fn from_amqp(e: &crate::core::error::AmqpError) -> Self {
         use crate::core::error::Code;
-        let reason = format!("{} - {}", e.code.name(), e.text);
+        // The text is "NAME - explanation": RabbitMQ keeps the name for a refusal and gives
+        // only the explanation for a bad request ("inequivalent arg 'durable' ...").
+        let explanation = e.text.split_once(" - ").map_or(e.text.as_str(), |(_, x)| x);
         match e.code {
             Code::NotFound => ApiError {
                 status: StatusCode::NOT_FOUND,
                 error: "not_found",
-                reason,
+                reason: explanation.to_string(),
                 reason_json: None,
             },
-            Code::AccessRefused => ApiError::not_authorized(reason),
-            _ => ApiError::bad_request(reason),
+            Code::AccessRefused => ApiError::not_authorized(e.text.clone()),
+            _ => ApiError::bad_request(explanation),
         }
     }
 }

@@ -9,6 +9,7 @@ use super::query::ListQuery;
 use super::resources::{check_vhost, connection_list, exchange_list, queue_list};
 use super::views;
 use super::AppState;
+use crate::core::access::{Perm, Resource};
 use crate::core::exchange::Destination;
 use crate::core::message::{ChannelKey, ConnId, Message};
 use crate::core::sink::{Event, Sink};
@@ -121,6 +122,65 @@ fn check_name(kind: &str, name: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// How RabbitMQ's management plugin answers an operation the caller's permission patterns
+/// refuse (its internal channel's 403, turned into HTTP differently per endpoint).
+#[derive(Clone, Copy)]
+enum Refused {
+    /// 401 "Access refused." (declare, delete, purge, bind, unbind).
+    Plain,
+    /// 401 with the channel's text (get).
+    Amqp,
+    /// 400 with the channel's close text, code first (publish).
+    Closed,
+}
+
+/// Checks `perm` on a queue or exchange for the caller, with the same patterns as AMQP.
+fn permit(
+    st: &AppState,
+    c: &Caller,
+    vhost: &str,
+    kind: Resource,
+    name: &str,
+    perm: Perm,
+    refused: Refused,
+) -> ApiResult<()> {
+    let checked = st
+        .shared
+        .access
+        .read()
+        .check_resource(&c.name, vhost, kind, name, perm);
+    checked.map_err(|e| match refused {
+        Refused::Plain => ApiError::not_authorized("Access refused."),
+        Refused::Amqp => ApiError::from_amqp(&e),
+        Refused::Closed => ApiError::channel_closed(&e),
+    })
+}
+
+/// A binding's permissions as `rabbit_channel:binding_action` checks them: write on the
+/// destination, read on the source exchange.
+fn permit_binding(
+    st: &AppState,
+    c: &Caller,
+    vhost: &str,
+    source: &str,
+    d: &Destination,
+) -> ApiResult<()> {
+    let (kind, name) = match d {
+        Destination::Queue(q) => (Resource::Queue, q.as_str()),
+        Destination::Exchange(x) => (Resource::Exchange, x.as_str()),
+    };
+    permit(st, c, vhost, kind, name, Perm::Write, Refused::Plain)?;
+    permit(
+        st,
+        c,
+        vhost,
+        Resource::Exchange,
+        source,
+        Perm::Read,
+        Refused::Plain,
+    )
+}
+
 /// A declaration into a missing vhost: RabbitMQ's 404 `vhost_not_found`.
 fn check_vhost_for_put(st: &AppState, c: &Caller, vhost: &str) -> ApiResult<()> {
     check_vhost(st, c, vhost).map_err(|e| match e.status {
@@ -167,6 +227,15 @@ async fn put_queue(
 ) -> ApiResult<Response> {
     check_vhost_for_put(&st, &c, &vhost)?;
     let d = queue_request(&name, &bytes)?;
+    permit(
+        &st,
+        &c,
+        &vhost,
+        Resource::Queue,
+        &name,
+        Perm::Configure,
+        Refused::Plain,
+    )?;
     let mut s = st.shared.state.lock();
     let existed = s.has_queue(&vhost, &name);
     s.queue_declare(&vhost, API_CONN, d)
@@ -185,10 +254,19 @@ async fn delete_queue(
     Query(raw): Query<super::query::RawQuery>,
 ) -> ApiResult<Response> {
     check_vhost(&st, &c, &vhost)?;
-    let mut s = st.shared.state.lock();
-    if !s.has_queue(&vhost, &name) {
+    if !st.shared.state.lock().has_queue(&vhost, &name) {
         return Err(ApiError::not_found());
     }
+    permit(
+        &st,
+        &c,
+        &vhost,
+        Resource::Queue,
+        &name,
+        Perm::Configure,
+        Refused::Plain,
+    )?;
+    let mut s = st.shared.state.lock();
     let if_unused = raw.get("if-unused").is_some_and(|v| v == "true");
     let if_empty = raw.get("if-empty").is_some_and(|v| v == "true");
     s.queue_delete(&vhost, API_CONN, &name, if_unused, if_empty)
@@ -202,6 +280,15 @@ async fn purge(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     check_vhost(&st, &c, &vhost)?;
+    permit(
+        &st,
+        &c,
+        &vhost,
+        Resource::Queue,
+        &name,
+        Perm::Read,
+        Refused::Plain,
+    )?;
     st.shared
         .state
         .lock()
@@ -255,6 +342,15 @@ async fn put_exchange(
 ) -> ApiResult<Response> {
     check_vhost_for_put(&st, &c, &vhost)?;
     let d = exchange_request(&name, &bytes)?;
+    permit(
+        &st,
+        &c,
+        &vhost,
+        Resource::Exchange,
+        &name,
+        Perm::Configure,
+        Refused::Plain,
+    )?;
     let mut s = st.shared.state.lock();
     let existed = s.has_exchange(&vhost, &name);
     s.exchange_declare(&vhost, d)
@@ -274,10 +370,19 @@ async fn delete_exchange(
 ) -> ApiResult<Response> {
     check_vhost(&st, &c, &vhost)?;
     let name = exchange_name(&name);
-    let mut s = st.shared.state.lock();
-    if !s.has_exchange(&vhost, &name) {
+    if !st.shared.state.lock().has_exchange(&vhost, &name) {
         return Err(ApiError::not_found());
     }
+    permit(
+        &st,
+        &c,
+        &vhost,
+        Resource::Exchange,
+        &name,
+        Perm::Configure,
+        Refused::Plain,
+    )?;
+    let mut s = st.shared.state.lock();
     let if_unused = raw.get("if-unused").is_some_and(|v| v == "true");
     s.exchange_delete(&vhost, &name, if_unused)
         .map_err(|e| ApiError::from_amqp(&e))?;
@@ -347,6 +452,7 @@ async fn create_binding(
     let source = exchange_name(&source);
     between(&st, &c, &vhost, &source, &kind, &dest)?;
     let (key, args) = binding_request(&bytes)?;
+    permit_binding(&st, &c, &vhost, &source, &d)?;
     st.shared
         .state
         .lock()
@@ -390,6 +496,7 @@ async fn delete_binding(
     let Some(b) = found.iter().find(|b| views::properties_key(b) == props) else {
         return Err(ApiError::not_found());
     };
+    permit_binding(&st, &c, &vhost, &source, &d)?;
     st.shared
         .state
         .lock()
@@ -550,10 +657,25 @@ async fn publish(
     check_vhost(&st, &c, &vhost)?;
     let exchange = exchange_name(&name);
     let (key, payload, props) = publish_request(&bytes)?;
-    let mut s = st.shared.state.lock();
-    if !s.has_exchange(&vhost, &exchange) {
+    if !st.shared.state.lock().has_exchange(&vhost, &exchange) {
         return Err(ApiError::not_found());
     }
+    permit(
+        &st,
+        &c,
+        &vhost,
+        Resource::Exchange,
+        &exchange,
+        Perm::Write,
+        Refused::Closed,
+    )?;
+    if let Some(uid) = props.user_id() {
+        st.shared
+            .access
+            .check_user_id(&c.name, uid.as_str())
+            .map_err(|e| ApiError::channel_closed(&e))?;
+    }
+    let mut s = st.shared.state.lock();
     s.check_publish(&vhost, &exchange)
         .map_err(|e| ApiError::from_amqp(&e))?;
     let msg = Message::with_properties(exchange, key, &props, payload.into());
@@ -654,6 +776,15 @@ async fn get_messages(
         encoding,
         truncate,
     } = get_request(&bytes)?;
+    permit(
+        &st,
+        &c,
+        &vhost,
+        Resource::Queue,
+        &name,
+        Perm::Read,
+        Refused::Amqp,
+    )?;
     let sink = Arc::new(Collect::default());
     let key = ChannelKey {
         conn: request_conn(),

@@ -72,13 +72,12 @@ impl Session {
                 .into());
             }
         }
-        let user = &self.login().user;
         match props.user_id() {
-            Some(uid) if uid.as_str() != user => Err(AmqpError::precondition(format!(
-                "user_id property set to '{uid}' but authenticated user was '{user}'"
-            ))
-            .into()),
-            _ => Ok(()),
+            Some(uid) => Ok(self
+                .shared
+                .access
+                .check_user_id(&self.login().user, uid.as_str())?),
+            None => Ok(()),
         }
     }
 

@@ -347,6 +347,24 @@ impl Access {
         self.read().users.get(name).cloned()
     }
 
+    /// A published message's `user-id` property against the publishing user: equal, or the
+    /// user has the `impersonator` tag (`rabbit_channel:check_user_id_header`); otherwise
+    /// RabbitMQ's 406 text.
+    pub(crate) fn check_user_id(&self, user: &str, claimed: &str) -> Result<(), AmqpError> {
+        if claimed == user
+            || self
+                .read()
+                .users
+                .get(user)
+                .is_some_and(|u| u.tags.iter().any(|t| t == "impersonator"))
+        {
+            return Ok(());
+        }
+        Err(AmqpError::precondition(format!(
+            "user_id property set to '{claimed}' but authenticated user was '{user}'"
+        )))
+    }
+
     /// Creates or replaces a user (limits are kept); returns whether it was created.
     pub(crate) fn put_user(&self, spec: UserSpec) -> Result<bool, AccessError> {
         self.change(|r| {
