@@ -248,6 +248,7 @@ impl BrokerBuilder {
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         };
         let mut registry = None;
+        let mut mqtt = crate::mqtt::MqttShared::default();
         if let Some(dir) = &self.data_dir {
             let (store, defs, recovered) =
                 crate::core::store::Store::open(dir).map_err(|source| BrokerError::DataDir {
@@ -258,6 +259,7 @@ impl BrokerBuilder {
             state.attach_store(Arc::new(store), defs, recovered);
             tracing::info!(dir = %dir.display(), messages = n, "recovered from data directory");
             registry = Access::load(dir).map_err(|e| data_dir_error(dir, e))?;
+            mqtt = crate::mqtt::MqttShared::open(dir).map_err(|e| data_dir_error(dir, e))?;
         }
         let access = boot_access(&mut state, registry, &self.seed, self.data_dir.as_deref());
         let watermark = self.limits.memory_high_watermark;
@@ -284,7 +286,7 @@ impl BrokerBuilder {
             &stop_rx,
         )
         .await?;
-        let mqtt = Arc::new(crate::mqtt::MqttShared::default());
+        let mqtt = Arc::new(mqtt);
         let mut listeners = JoinSet::new();
         let mut mqtt_addrs = [None, None];
         for (i, addr, kind) in [
@@ -331,6 +333,7 @@ impl BrokerBuilder {
             tls_local_addr,
             stop: stop_tx,
             task: Arc::new(Mutex::new(Some(task))),
+            mqtt,
         })
     }
 }
@@ -575,6 +578,8 @@ pub struct BrokerHandle {
     tls_local_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// What the MQTT connections share (its retained messages are flushed at shutdown).
+    mqtt: Arc<crate::mqtt::MqttShared>,
 }
 
 impl std::fmt::Debug for BrokerHandle {
@@ -698,6 +703,8 @@ impl BrokerHandle {
         if let Some(task) = task {
             let _ = task.await;
         }
+        let mqtt = self.mqtt.clone();
+        let _ = tokio::task::spawn_blocking(move || mqtt.flush()).await;
         let store = self.shared.state.lock().store().cloned();
         if let Some(store) = store {
             let (flushed, done) = tokio::sync::oneshot::channel();

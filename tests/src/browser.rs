@@ -1,4 +1,5 @@
-//! Headless Chromium for the dashboard's browser test, driven over the Chrome DevTools
+//! Headless Chromium for the browser tests (the dashboard, `tests/dashboard.rs`; the STOMP and
+//! MQTT browser libraries, `tests/browser_clients.rs`), driven over the Chrome DevTools
 //! Protocol: a page is loaded, JavaScript evaluated in it, elements clicked with real mouse
 //! events (`Input.dispatchMouseEvent` at the element's position, as a user's click), text typed
 //! with `Input.insertText`, and screenshots taken.

@@ -3,14 +3,15 @@
 //! RabbitMQ's MQTT plugin mappings onto the core: topics on `amq.topic`, one queue per client
 //! id and QoS, retained messages, wills, keep-alive, client id takeover.
 //!
-//! Modules: `codec` (packets on the wire, over `mqttbytes`), `topic` (topic translation and
-//! the retained store), `login` (credentials and vhost), `registry` (client ids), `session`
+//! Modules: `codec` (packets on the wire, over `mqttbytes`), `topic` (topic translation),
+//! `retained` (the retained messages, kept in the data directory when there is one), `login` (credentials and vhost), `registry` (client ids), `session`
 //! (the protocol on the core, no I/O), `connection` (the task that moves the bytes).
 
 pub(crate) mod codec;
 mod connection;
 mod login;
 mod registry;
+mod retained;
 mod session;
 mod topic;
 
@@ -41,7 +42,23 @@ const UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(crate) struct MqttShared {
     registry: registry::Registry,
-    retained: topic::RetainedStore,
+    retained: retained::RetainedStore,
+}
+
+impl MqttShared {
+    /// With the retained messages kept in (and loaded from) `data_dir`; `Default` keeps them in
+    /// memory only.
+    pub(crate) fn open(data_dir: &std::path::Path) -> Result<MqttShared, String> {
+        Ok(MqttShared {
+            registry: registry::Registry::default(),
+            retained: retained::RetainedStore::open(data_dir)?,
+        })
+    }
+
+    /// Blocks until every retained message change so far is on disk (a clean stop).
+    pub(crate) fn flush(&self) {
+        self.retained.flush();
+    }
 }
 
 /// Which protocol a listener speaks.

@@ -11,7 +11,8 @@
 
 use super::codec::qos;
 use super::connection::ToConn;
-use super::topic::{to_amqp, to_mqtt, Retained};
+use super::retained::Retained;
+use super::topic::{to_amqp, to_mqtt};
 use super::MqttShared;
 use crate::core::delivery::ConsumeOptions;
 use crate::core::error::AmqpError;
