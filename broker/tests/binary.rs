@@ -21,6 +21,9 @@ struct BrokerProcess {
     url: String,
     /// Everything it logged on stderr so far.
     log: Arc<Mutex<Vec<String>>>,
+    /// What it printed on stdout before its "ready" line (e.g. "warren-broker management on
+    /// https://127.0.0.1:40000").
+    announced: Vec<String>,
 }
 
 impl BrokerProcess {
@@ -54,12 +57,14 @@ impl BrokerProcess {
         }
         let stdout = child.stdout.take().expect("stdout");
         let mut addr = None;
+        let mut announced = Vec::new();
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("stdout line");
             if let Some(a) = line.strip_prefix("warren-broker ready on ") {
                 addr = Some(a.trim().to_owned());
                 break;
             }
+            announced.push(line);
         }
         let addr = addr.unwrap_or_else(|| {
             let status = child.wait().expect("wait");
@@ -72,7 +77,18 @@ impl BrokerProcess {
             child,
             url: format!("amqp://guest:guest@{addr}/%2f"),
             log,
+            announced,
         }
+    }
+
+    /// The URL the binary announced for `what` ("management", "prometheus").
+    fn announced_url(&self, what: &str) -> String {
+        let prefix = format!("warren-broker {what} on ");
+        self.announced
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {what} line in {:?}", self.announced))
+            .to_owned()
     }
 
     /// Sends SIGTERM with the `kill` command, as a service manager or container runtime does.
@@ -422,4 +438,79 @@ async fn definitions_flag_loads_users_vhosts_and_permissions_at_boot() {
         .expect_err("configure is limited to app.*");
     assert!(refused.to_string().contains("ACCESS_REFUSED"), "{refused}");
     let _ = conn.close(200, "bye".into()).await;
+}
+
+#[test]
+fn https_flags_serve_the_management_api_and_metrics_over_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let home = TempHome::new("https");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.distinguished_name.push(DnType::CommonName, "binary-test-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params");
+    let server = params.signed_by(&key, &ca, &ca_key).expect("server certificate");
+    let file = |name: &str, text: String| {
+        let path = home.0.join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("utf-8 path").to_owned()
+    };
+    let (ca_file, cert, key) = (
+        file("ca.pem", ca.pem()),
+        file("server.pem", server.pem()),
+        file("server.key", key.serialize_pem()),
+    );
+    let broker = BrokerProcess::start(
+        &home.0,
+        &[
+            "--memory-only",
+            "--management-tls-cert",
+            &cert,
+            "--management-tls-key",
+            &key,
+            "--prometheus-tls-cert",
+            &cert,
+            "--prometheus-tls-key",
+            &key,
+        ],
+    );
+    let mgmt = broker.announced_url("management");
+    let prom = broker.announced_url("prometheus");
+    assert!(mgmt.starts_with("https://") && prom.starts_with("https://"), "{mgmt} {prom}");
+    // warrenctl with the CA reaches the management API; /metrics answers over TLS.
+    let out = Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+        .args(["--url", &mgmt, "--cacert", &ca_file, "--json", "status"])
+        .env_remove("WARRENCTL_USER")
+        .env_remove("WARRENCTL_PASSWORD")
+        .output()
+        .expect("warrenctl runs");
+    assert!(
+        out.status.success(),
+        "warrenctl over HTTPS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.der().clone())
+        .expect("CA certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let agent = ureq::AgentBuilder::new()
+        .tls_config(Arc::new(config))
+        .timeout(Duration::from_secs(10))
+        .build();
+    let metrics = agent
+        .get(&format!("{prom}/metrics"))
+        .call()
+        .expect("GET /metrics over HTTPS")
+        .into_string()
+        .expect("text");
+    assert!(metrics.contains("rabbitmq_"), "{metrics}");
 }

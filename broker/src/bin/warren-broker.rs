@@ -391,6 +391,15 @@ async fn serve(args: Args) -> ExitCode {
     if let Some(addr) = broker.tls_local_addr() {
         println!("warren-broker amqps on {addr}");
     }
+    let scheme = |tls: &Option<PathBuf>| if tls.is_some() { "https" } else { "http" };
+    if let Some(addr) = broker.management_addr() {
+        let scheme = scheme(&args.https.management_tls_cert);
+        println!("warren-broker management on {scheme}://{addr}");
+    }
+    if let Some(addr) = broker.prometheus_addr() {
+        let scheme = scheme(&args.https.prometheus_tls_cert);
+        println!("warren-broker prometheus on {scheme}://{addr}");
+    }
     println!("warren-broker ready on {}", broker.local_addr());
     if let Some(addr) = broker.stomp_addr() {
         println!("warren-broker STOMP ready on {addr}");
