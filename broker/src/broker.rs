@@ -419,7 +419,12 @@ async fn start_http(
     }
     if let Some((listener, bound, serving)) = prom {
         let https = serving.tls.is_some();
-        tokio::spawn(crate::http::serve_prometheus(listener, state, serving, stop.clone()));
+        tokio::spawn(crate::http::serve_prometheus(
+            listener,
+            state,
+            serving,
+            stop.clone(),
+        ));
         tracing::info!(%bound, https, "prometheus endpoint ready");
     }
     Ok(addrs)

@@ -197,8 +197,12 @@ fn test_certificates() -> (String, String, String) {
     let ca = params.self_signed(&ca_key).expect("CA");
     let key = KeyPair::generate().expect("server key");
     let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-    params.distinguished_name.push(DnType::CommonName, "localhost");
-    let server = params.signed_by(&key, &ca, &ca_key).expect("server certificate");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let server = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
     (ca.pem(), server.pem(), key.serialize_pem())
 }
 
@@ -217,7 +221,10 @@ async fn warrenctl_over_https_with_a_private_ca() {
         .start()
         .await
         .expect("broker starts");
-    let url = format!("https://localhost:{}", broker.management_addr().unwrap().port());
+    let url = format!(
+        "https://localhost:{}",
+        broker.management_addr().unwrap().port()
+    );
     tokio::task::spawn_blocking(move || {
         let ca = ca_file.to_str().expect("path");
         // --cacert: the whole script over HTTPS.

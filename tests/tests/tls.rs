@@ -626,7 +626,9 @@ fn external_node() -> Option<(u16, PathBuf)> {
         println!("skipped the RabbitMQ variant: WARREN_TEST_EXTERNAL_URL is not set (scripts/external-node.sh start prints it)");
         return None;
     };
-    let rest = url.strip_prefix("amqps://localhost:").expect("amqps://localhost:PORT/...");
+    let rest = url
+        .strip_prefix("amqps://localhost:")
+        .expect("amqps://localhost:PORT/...");
     let (port, rest) = rest.split_once('/').expect("a path after the port");
     let port: u16 = port.parse().expect("port");
     let ca = rest
@@ -730,21 +732,25 @@ async fn management_and_prometheus_over_https() {
     let overview_url = format!("https://localhost:{mgmt}/api/overview");
     let metrics_url = format!("https://localhost:{prom}/metrics");
     let agent = https_agent(&pki.ca_pem);
+    // GET as guest: the status and body (panics when there is no HTTP answer).
     let get = |url: String| {
         let agent = agent.clone();
-        tokio::task::spawn_blocking(move || {
-            agent
-                .get(&url)
-                .set("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
-                .call()
-        })
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let resp = agent
+                    .get(&url)
+                    .set("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+                    .call()
+                    .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+                (resp.status(), resp.into_string().expect("body"))
+            })
+            .await
+            .expect("join")
+        }
     };
-    let overview: serde_json::Value = get(overview_url.clone())
-        .await
-        .expect("join")
-        .unwrap_or_else(|e| panic!("GET {overview_url}: {e}"))
-        .into_json()
-        .expect("JSON");
+    let (status, body) = get(overview_url.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let overview: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let protocols: Vec<&str> = overview["listeners"]
         .as_array()
         .expect("listeners")
@@ -755,12 +761,8 @@ async fn management_and_prometheus_over_https() {
         protocols.contains(&"https") && protocols.contains(&"https/prometheus"),
         "RabbitMQ's names for TLS listeners: {protocols:?}"
     );
-    let metrics = get(metrics_url.clone())
-        .await
-        .expect("join")
-        .unwrap_or_else(|e| panic!("GET {metrics_url}: {e}"))
-        .into_string()
-        .expect("text");
+    let (status, metrics) = get(metrics_url.clone()).await;
+    assert_eq!(status, 200, "{metrics}");
     assert!(metrics.contains("rabbitmq_"), "{metrics}");
 
     // Plain HTTP on the HTTPS ports: no HTTP answer, the connection closes, and HTTPS goes on.
@@ -779,20 +781,20 @@ async fn management_and_prometheus_over_https() {
     let other = Pki::new("another-ca");
     let stranger = https_agent(&other.ca_pem);
     let url = overview_url.clone();
-    let refused = tokio::task::spawn_blocking(move || stranger.get(&url).call())
-        .await
-        .expect("join");
+    let refused = tokio::task::spawn_blocking(move || match stranger.get(&url).call() {
+        Err(ureq::Error::Transport(t)) => Ok(t.to_string()),
+        Err(e) => Err(format!("an HTTP answer: {e}")),
+        Ok(r) => Err(format!("an HTTP answer: {}", r.status())),
+    })
+    .await
+    .expect("join");
     assert!(
-        matches!(refused, Err(ureq::Error::Transport(_))),
+        refused.is_ok(),
         "a client not trusting the CA must fail the handshake: {refused:?}"
     );
     for url in [overview_url, metrics_url] {
-        let status = get(url.clone())
-            .await
-            .expect("join")
-            .unwrap_or_else(|e| panic!("GET {url} after the refusals: {e}"))
-            .status();
-        assert_eq!(status, 200, "{url}");
+        let (status, body) = get(url.clone()).await;
+        assert_eq!(status, 200, "{url} after the refusals: {body}");
     }
     broker.shutdown().await;
 }

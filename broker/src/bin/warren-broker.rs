@@ -84,14 +84,24 @@ struct Args {
 struct HttpsArgs {
     /// Serve the management API over HTTPS with this certificate chain (PEM, its own
     /// certificate first). Needs --management-tls-key.
-    #[arg(long, value_name = "FILE", requires = "management_tls_key", conflicts_with = "no_management")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "management_tls_key",
+        conflicts_with = "no_management"
+    )]
     management_tls_cert: Option<PathBuf>,
     /// The management listener's private key (PEM: PKCS#8, PKCS#1 or SEC1), unencrypted.
     #[arg(long, value_name = "FILE", requires = "management_tls_cert")]
     management_tls_key: Option<PathBuf>,
     /// Serve the Prometheus endpoint over HTTPS with this certificate chain (PEM). Needs
     /// --prometheus-tls-key.
-    #[arg(long, value_name = "FILE", requires = "prometheus_tls_key", conflicts_with = "no_prometheus")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "prometheus_tls_key",
+        conflicts_with = "no_prometheus"
+    )]
     prometheus_tls_cert: Option<PathBuf>,
     /// The Prometheus listener's private key (PEM), unencrypted.
     #[arg(long, value_name = "FILE", requires = "prometheus_tls_cert")]
@@ -391,16 +401,20 @@ async fn serve(args: Args) -> ExitCode {
     if let Some(addr) = broker.tls_local_addr() {
         println!("warren-broker amqps on {addr}");
     }
+    println!("warren-broker ready on {}", broker.local_addr());
     let scheme = |tls: &Option<PathBuf>| if tls.is_some() { "https" } else { "http" };
     if let Some(addr) = broker.management_addr() {
         let scheme = scheme(&args.https.management_tls_cert);
-        println!("warren-broker management on {scheme}://{addr}");
+        announce(format_args!(
+            "warren-broker management on {scheme}://{addr}"
+        ));
     }
     if let Some(addr) = broker.prometheus_addr() {
         let scheme = scheme(&args.https.prometheus_tls_cert);
-        println!("warren-broker prometheus on {scheme}://{addr}");
+        announce(format_args!(
+            "warren-broker prometheus on {scheme}://{addr}"
+        ));
     }
-    println!("warren-broker ready on {}", broker.local_addr());
     if let Some(addr) = broker.stomp_addr() {
         println!("warren-broker STOMP ready on {addr}");
     }
@@ -415,6 +429,14 @@ async fn serve(args: Args) -> ExitCode {
     broker.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Prints a line on stdout after the "ready" line, ignoring a reader that went away: a script
+/// that read the ready line and closed the pipe must not make the broker fail.
+fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// `dir` made absolute against the working directory, for the log (unchanged if that fails).

@@ -247,7 +247,10 @@ mod tests {
         let start = Instant::now();
         assert_eq!(t.body_deadline(start, 0), start + Duration::from_secs(60));
         assert_eq!(t.body_deadline(start, 499), start + Duration::from_secs(60));
-        assert_eq!(t.body_deadline(start, 5_000), start + Duration::from_secs(70));
+        assert_eq!(
+            t.body_deadline(start, 5_000),
+            start + Duration::from_secs(70)
+        );
         let flat = HttpTimeouts {
             body_min_rate: 0,
             ..t
