@@ -69,6 +69,8 @@ impl Broker {
             limits: Limits::default(),
             management: None,
             prometheus: None,
+            management_tls: None,
+            prometheus_tls: None,
             mqtt_listen: None,
             web_mqtt_listen: None,
             stomp_listen: None,
@@ -89,6 +91,8 @@ pub struct BrokerBuilder {
     limits: Limits,
     management: Option<SocketAddr>,
     prometheus: Option<SocketAddr>,
+    management_tls: Option<TlsConfig>,
+    prometheus_tls: Option<TlsConfig>,
     mqtt_listen: Option<SocketAddr>,
     web_mqtt_listen: Option<SocketAddr>,
     stomp_listen: Option<SocketAddr>,
@@ -111,6 +115,22 @@ impl BrokerBuilder {
     /// 0.0.0.0:15672, as RabbitMQ's management plugin.
     pub fn management(mut self, addr: SocketAddr) -> Self {
         self.management = Some(addr);
+        self
+    }
+
+    /// Serves the management API over HTTPS only, with these certificates (RabbitMQ's
+    /// `management.ssl.*`); takes effect with [`BrokerBuilder::management`]. Client
+    /// certificates are asked for only when the configuration says
+    /// [`TlsConfig::verify_peer`].
+    pub fn management_tls(mut self, config: TlsConfig) -> Self {
+        self.management_tls = Some(config);
+        self
+    }
+
+    /// Serves the Prometheus endpoint over HTTPS only, with these certificates (RabbitMQ's
+    /// `prometheus.ssl.*`); takes effect with [`BrokerBuilder::prometheus`].
+    pub fn prometheus_tls(mut self, config: TlsConfig) -> Self {
+        self.prometheus_tls = Some(config);
         self
     }
 
@@ -278,14 +298,12 @@ impl BrokerBuilder {
             load_definitions(&shared, path)?;
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (management_addr, prometheus_addr) = start_http(
-            self.management,
-            self.prometheus,
-            local_addr,
-            &shared,
-            &stop_rx,
-        )
-        .await?;
+        let http = HttpListeners {
+            management: self.management.map(|a| (a, self.management_tls)),
+            prometheus: self.prometheus.map(|a| (a, self.prometheus_tls)),
+        };
+        let (management_addr, prometheus_addr) =
+            start_http(http, local_addr, &shared, &stop_rx).await?;
         let mqtt = Arc::new(mqtt);
         let mut listeners = JoinSet::new();
         let mut mqtt_addrs = [None, None];
@@ -345,44 +363,74 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BrokerError
     Ok((listener, bound))
 }
 
+/// The HTTP listeners asked for: each address, with its TLS settings when it is HTTPS.
+struct HttpListeners {
+    management: Option<(SocketAddr, Option<TlsConfig>)>,
+    prometheus: Option<(SocketAddr, Option<TlsConfig>)>,
+}
+
+/// A bound HTTP listener and how it serves.
+type BoundHttp = (TcpListener, SocketAddr, crate::http::Serving);
+
+/// Binds one HTTP listener; its TLS settings are checked first.
+async fn bind_http(
+    addr: SocketAddr,
+    tls: Option<TlsConfig>,
+    timeouts: crate::http::listener::HttpTimeouts,
+) -> Result<BoundHttp, BrokerError> {
+    let tls = tls.map(|t| t.http_acceptor()).transpose()?;
+    let (listener, bound) = bind(addr).await?;
+    Ok((listener, bound, crate::http::Serving { tls, timeouts }))
+}
+
 /// Binds the management and Prometheus listeners that were asked for and serves them until
 /// the broker stops; returns their bound addresses.
 async fn start_http(
-    management: Option<SocketAddr>,
-    prometheus: Option<SocketAddr>,
+    http: HttpListeners,
     amqp: SocketAddr,
     shared: &Arc<Shared>,
     stop: &watch::Receiver<bool>,
 ) -> Result<(Option<SocketAddr>, Option<SocketAddr>), BrokerError> {
-    let mgmt = match management {
-        Some(a) => Some(bind(a).await?),
+    let timeouts = crate::http::listener::HttpTimeouts::from_limits(&shared.config.limits);
+    let mgmt = match http.management {
+        Some((a, tls)) => Some(bind_http(a, tls, timeouts).await?),
         None => None,
     };
-    let prom = match prometheus {
-        Some(a) => Some(bind(a).await?),
+    let prom = match http.prometheus {
+        Some((a, tls)) => Some(bind_http(a, tls, timeouts).await?),
         None => None,
     };
-    let mgmt_addr = mgmt.as_ref().map(|m| m.1);
-    let prom_addr = prom.as_ref().map(|p| p.1);
+    let is_tls = |l: &Option<BoundHttp>| l.as_ref().is_some_and(|l| l.2.tls.is_some());
     let state = crate::http::AppState {
         shared: shared.clone(),
         node: Arc::new(crate::http::NodeInfo {
             name: crate::http::node_name(),
             amqp,
-            management: mgmt_addr,
-            prometheus: prom_addr,
+            management: mgmt.as_ref().map(|m| m.1),
+            prometheus: prom.as_ref().map(|p| p.1),
+            management_tls: is_tls(&mgmt),
+            prometheus_tls: is_tls(&prom),
             started: std::time::Instant::now(),
         }),
     };
-    if let Some((listener, bound)) = mgmt {
-        tokio::spawn(crate::http::serve(listener, state.clone(), stop.clone()));
-        tracing::info!(%bound, "management API ready");
+    let addrs = (state.node.management, state.node.prometheus);
+    if let Some((listener, bound, serving)) = mgmt {
+        let https = serving.tls.is_some();
+        let serve = crate::http::serve(listener, state.clone(), serving, stop.clone());
+        tokio::spawn(serve);
+        tracing::info!(%bound, https, "management API ready");
     }
-    if let Some((listener, bound)) = prom {
-        tokio::spawn(crate::http::serve_prometheus(listener, state, stop.clone()));
-        tracing::info!(%bound, "prometheus endpoint ready");
+    if let Some((listener, bound, serving)) = prom {
+        let https = serving.tls.is_some();
+        tokio::spawn(crate::http::serve_prometheus(
+            listener,
+            state,
+            serving,
+            stop.clone(),
+        ));
+        tracing::info!(%bound, https, "prometheus endpoint ready");
     }
-    Ok((mgmt_addr, prom_addr))
+    Ok(addrs)
 }
 
 /// Imports a definitions file at boot (`--definitions`).

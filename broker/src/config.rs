@@ -28,6 +28,20 @@ pub struct Limits {
     /// A connection must finish the AMQP handshake (protocol header to `connection.open-ok`)
     /// within this time or its socket is closed; RabbitMQ's `handshake_timeout`, 10 s.
     pub handshake_timeout: Duration,
+    /// On the management and Prometheus listeners, a client must send a request's line and
+    /// headers within this time of connecting, or of the previous response on a kept-alive
+    /// connection; otherwise its connection is closed, however slowly bytes keep coming (the
+    /// defence against slowloris). Cowboy's `request_timeout`, which RabbitMQ's HTTP
+    /// listeners use: 5 s.
+    pub http_request_timeout: Duration,
+    /// On the same listeners, a request body gets this long, plus one second for every
+    /// [`Limits::http_body_min_rate`] bytes received, to arrive in full; one that trickles
+    /// slower is answered 408 and its connection closed. Default 60 s (cowboy's
+    /// `idle_timeout`).
+    pub http_body_timeout: Duration,
+    /// Bytes per second a request body must average after [`Limits::http_body_timeout`]
+    /// (default 500, as Apache's `mod_reqtimeout`); 0 allows no extension at all.
+    pub http_body_min_rate: u64,
 }
 
 fn total_memory() -> u64 {
@@ -61,6 +75,9 @@ impl Default for Limits {
             disk_free_limit: 50_000_000,
             queue_memory_budget: 128 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            http_request_timeout: Duration::from_secs(5),
+            http_body_timeout: Duration::from_secs(60),
+            http_body_min_rate: 500,
         }
     }
 }

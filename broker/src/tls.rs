@@ -125,8 +125,21 @@ impl TlsConfig {
         self
     }
 
-    /// The acceptor for the listener, or why these settings cannot work.
+    /// The acceptor for the AMQPS listener, or why these settings cannot work.
     pub(crate) fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        Ok(TlsAcceptor::from(Arc::new(self.server_config(&[])?)))
+    }
+
+    /// The acceptor for an HTTPS listener (management, Prometheus): the same settings, with
+    /// ALPN offering HTTP/1.1, the only HTTP version those listeners speak.
+    pub(crate) fn http_acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        Ok(TlsAcceptor::from(Arc::new(
+            self.server_config(&[b"http/1.1"])?,
+        )))
+    }
+
+    /// The rustls configuration of these settings, with these ALPN protocols.
+    fn server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
         let certs = CertificateDer::pem_slice_iter(&self.cert_chain)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TlsError(format!("certificate chain: {e}")))?;
@@ -166,8 +179,8 @@ impl TlsConfig {
         let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| TlsError(format!("certificate and key: {e}")))?;
-        config.alpn_protocols.clear();
-        Ok(TlsAcceptor::from(Arc::new(config)))
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
     }
 
     /// Whether peers are verified, so `EXTERNAL` is offered.

@@ -21,6 +21,9 @@ struct BrokerProcess {
     url: String,
     /// Everything it logged on stderr so far.
     log: Arc<Mutex<Vec<String>>>,
+    /// Every line it printed on stdout so far (read by a thread of its own, so that the pipe
+    /// stays open), e.g. "warren-broker management on https://127.0.0.1:40000".
+    announced: Arc<Mutex<Vec<String>>>,
 }
 
 impl BrokerProcess {
@@ -53,14 +56,22 @@ impl BrokerProcess {
             });
         }
         let stdout = child.stdout.take().expect("stdout");
-        let mut addr = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("stdout line");
-            if let Some(a) = line.strip_prefix("warren-broker ready on ") {
-                addr = Some(a.trim().to_owned());
-                break;
-            }
+        let announced = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        {
+            let announced = Arc::clone(&announced);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(a) = line.strip_prefix("warren-broker ready on ") {
+                        let _ = ready_tx.send(a.trim().to_owned());
+                    }
+                    announced.lock().expect("stdout lock").push(line);
+                }
+            });
         }
+        // Ends with the pipe (the process exited) when no ready line came.
+        let addr = ready_rx.recv().ok();
         let addr = addr.unwrap_or_else(|| {
             let status = child.wait().expect("wait");
             panic!(
@@ -72,6 +83,22 @@ impl BrokerProcess {
             child,
             url: format!("amqp://guest:guest@{addr}/%2f"),
             log,
+            announced,
+        }
+    }
+
+    /// The URL the binary announced for `what` ("management", "prometheus") after its ready
+    /// line, waiting (bounded) for the stdout thread to catch up.
+    fn announced_url(&self, what: &str) -> String {
+        let prefix = format!("warren-broker {what} on ");
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.announced.lock().expect("stdout lock").clone();
+            if let Some(url) = lines.iter().find_map(|l| l.strip_prefix(&prefix)) {
+                return url.to_owned();
+            }
+            assert!(Instant::now() < give_up, "no {what} line in {lines:?}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -422,4 +449,84 @@ async fn definitions_flag_loads_users_vhosts_and_permissions_at_boot() {
         .expect_err("configure is limited to app.*");
     assert!(refused.to_string().contains("ACCESS_REFUSED"), "{refused}");
     let _ = conn.close(200, "bye".into()).await;
+}
+
+#[test]
+fn https_flags_serve_the_management_api_and_metrics_over_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let home = TempHome::new("https");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "binary-test-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params");
+    let server = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    let file = |name: &str, text: String| {
+        let path = home.0.join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("utf-8 path").to_owned()
+    };
+    let (ca_file, cert, key) = (
+        file("ca.pem", ca.pem()),
+        file("server.pem", server.pem()),
+        file("server.key", key.serialize_pem()),
+    );
+    let broker = BrokerProcess::start(
+        &home.0,
+        &[
+            "--memory-only",
+            "--management-tls-cert",
+            &cert,
+            "--management-tls-key",
+            &key,
+            "--prometheus-tls-cert",
+            &cert,
+            "--prometheus-tls-key",
+            &key,
+        ],
+    );
+    let mgmt = broker.announced_url("management");
+    let prom = broker.announced_url("prometheus");
+    assert!(
+        mgmt.starts_with("https://") && prom.starts_with("https://"),
+        "{mgmt} {prom}"
+    );
+    // warrenctl with the CA reaches the management API; /metrics answers over TLS.
+    let out = Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+        .args(["--url", &mgmt, "--cacert", &ca_file, "--json", "status"])
+        .env_remove("WARRENCTL_USER")
+        .env_remove("WARRENCTL_PASSWORD")
+        .output()
+        .expect("warrenctl runs");
+    assert!(
+        out.status.success(),
+        "warrenctl over HTTPS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("CA certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let agent = ureq::AgentBuilder::new()
+        .tls_config(Arc::new(config))
+        .timeout(Duration::from_secs(10))
+        .build();
+    let metrics = agent
+        .get(&format!("{prom}/metrics"))
+        .call()
+        .expect("GET /metrics over HTTPS")
+        .into_string()
+        .expect("text");
+    assert!(metrics.contains("rabbitmq_"), "{metrics}");
 }

@@ -12,6 +12,7 @@ fn ctl(url: &str, args: &[&str]) -> Output {
         .args(args)
         .env_remove("WARRENCTL_USER")
         .env_remove("WARRENCTL_PASSWORD")
+        .env_remove("WARRENCTL_CACERT")
         .output()
         .expect("warrenctl runs")
 }
@@ -181,4 +182,76 @@ async fn close_connection_reaches_the_client() {
         "{reason}"
     );
     broker.shutdown().await;
+}
+
+/// A CA and a server certificate for localhost it signed, made here (rcgen): the CA PEM, the
+/// server's certificate and key PEM.
+fn test_certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "warrenctl-test-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let server = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    (ca.pem(), server.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warrenctl_over_https_with_a_private_ca() {
+    let (ca, cert, key) = test_certificates();
+    let dir = std::env::temp_dir().join(unique("warrenctl-https"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca).expect("CA file");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let broker = warren_broker::Broker::builder()
+        .listen(any)
+        .management(any)
+        .management_tls(warren_broker::TlsConfig::new(cert, key))
+        .start()
+        .await
+        .expect("broker starts");
+    let url = format!(
+        "https://localhost:{}",
+        broker.management_addr().unwrap().port()
+    );
+    tokio::task::spawn_blocking(move || {
+        let ca = ca_file.to_str().expect("path");
+        // --cacert: the whole script over HTTPS.
+        let status = ok(&url, &["--cacert", ca, "status"]);
+        assert!(status.contains("RabbitMQ API version"), "{status}");
+        let queues = json(&url, &["--cacert", ca, "list", "queues"]);
+        assert!(queues.is_array(), "{queues}");
+        // The same CA from the environment.
+        let out = Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+            .args(["--url", &url, "status"])
+            .env("WARRENCTL_CACERT", ca)
+            .output()
+            .expect("warrenctl runs");
+        assert!(
+            out.status.success(),
+            "WARRENCTL_CACERT: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Without the CA the server is not trusted: exit 3, cannot reach the server.
+        let out = ctl(&url, &["status"]);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        // A --cacert that is no certificate is bad usage: exit 2.
+        let out = ctl(&url, &["--cacert", "/dev/null", "status"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,17 @@
 //! listener (127.0.0.1:5674, CA in /tmp/warren-refnode/tls, started by
 //! `../shared/refnode.sh start`; skipped when unreachable, except under CI).
 //!
-//! Every certificate is made by the test ([`warren_tests::pki`]).
+//! Certificate login compared with RabbitMQ: `external_on_warren` and `external_on_rabbitmq` run
+//! one scenario (a known user's certificate logs in, an unknown one is refused with 403, no
+//! certificate fails the TLS handshake) against Warren and against the node of
+//! `scripts/external-node.sh` (which has the rabbitmq_auth_mechanism_ssl plugin), whose URL
+//! `WARREN_TEST_EXTERNAL_URL` gives (CI starts it; skipped, saying so, when it is not up).
+//!
+//! HTTPS: the management API and the Prometheus endpoint over TLS, a plain-HTTP request to the
+//! HTTPS port, and a client that does not trust the server's CA.
+//!
+//! Every certificate is made by the test ([`warren_tests::pki`]; openssl with the CA
+//! `scripts/external-node.sh` made, for that node).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -445,10 +455,11 @@ async fn calculator_over_amqps_on_warren() {
     broker.shutdown().await;
 }
 
-/// A client certificate (X.509 v3, CN=warren-rpc-client) signed by the reference node's CA, made
-/// with openssl in `dir`: rustls, under lapin, refuses the node's own `client.pem`, which openssl
-/// made as a version 1 certificate (`UnsupportedCertVersion`).
-fn v3_client_cert(ca_dir: &std::path::Path, dir: &std::path::Path) -> (PathBuf, PathBuf) {
+/// A client certificate (X.509 v3, CN=`cn`) signed by the CA in `ca_dir` (`ca.pem`, `ca.key`: a
+/// RabbitMQ node's), made with openssl in `dir`: rustls, under lapin, refuses the reference
+/// node's own `client.pem`, which openssl made as a version 1 certificate
+/// (`UnsupportedCertVersion`).
+fn v3_client_cert(ca_dir: &std::path::Path, dir: &std::path::Path, cn: &str) -> (PathBuf, PathBuf) {
     let (cert, key, csr, ext) = (
         dir.join("client.pem"),
         dir.join("client.key"),
@@ -478,7 +489,7 @@ fn v3_client_cert(ca_dir: &std::path::Path, dir: &std::path::Path) -> (PathBuf, 
         &os("rsa:2048"),
         &os("-nodes"),
         &os("-subj"),
-        &os("/CN=warren-rpc-client"),
+        &os(&format!("/CN={cn}")),
         &os("-keyout"),
         key.as_os_str(),
         &os("-out"),
@@ -516,11 +527,274 @@ async fn calculator_over_amqps_on_rabbitmq() {
     calculator_over(&url, ca_only, "rabbitmq, PLAIN").await;
     let dir = std::env::temp_dir().join(unique("warren-refnode-client"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let (cert, key) = v3_client_cert(ca.parent().expect("tls dir"), &dir);
+    let (cert, key) = v3_client_cert(ca.parent().expect("tls dir"), &dir, "warren-rpc-client");
     let with_cert = warren_rpc::Tls::new()
         .ca_file(&ca)
         .and_then(|t| t.client_cert_files(&cert, &key))
         .expect("certificate files");
     calculator_over(&url, with_cert, "rabbitmq, client certificate, PLAIN").await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The user `scripts/external-node.sh` creates without a password (and the Warren variant
+/// imports the same way): only a certificate naming it logs it in.
+const EXTERNAL_USER: &str = "warren-external";
+
+/// The same definitions the script loads into its node: the user, no password, all of "/".
+fn external_definitions() -> String {
+    serde_json::json!({
+        "vhosts": [{"name": "/"}],
+        "users": [{"name": EXTERNAL_USER, "password_hash": "",
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+        "permissions": [{"user": EXTERNAL_USER, "vhost": "/",
+                         "configure": ".*", "write": ".*", "read": ".*"}],
+    })
+    .to_string()
+}
+
+/// A broker the EXTERNAL scenario runs against: its AMQPS port on localhost (peers verified,
+/// a certificate required, the login name taken from the common name), the CA (PEM) that
+/// signed its certificate, and a maker of client certificates with a given common name that it
+/// trusts.
+struct ExternalTarget<'a> {
+    name: &'static str,
+    port: u16,
+    ca_pem: String,
+    client: Box<dyn Fn(&str) -> CertPem + 'a>,
+}
+
+/// The scenario, with the same assertions on either broker.
+async fn external_scenario(t: &ExternalTarget<'_>) {
+    let name = t.name;
+    let url = format!("amqps://localhost:{}/%2f?auth_mechanism=external", t.port);
+    // A certificate naming an existing user (who has no password) logs in.
+    let known = (t.client)(EXTERNAL_USER);
+    let conn = lapin_tls(&url, Some(&t.ca_pem), Some(&known))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: EXTERNAL as {EXTERNAL_USER}: {e}"));
+    round_trip(&conn, &format!("{name}: EXTERNAL")).await;
+    close(conn).await;
+    // A certificate naming no user: refused at login, 403 ACCESS_REFUSED.
+    let stranger = (t.client)("warren-external-unknown");
+    assert_login_refused(
+        lapin_tls(&url, Some(&t.ca_pem), Some(&stranger)).await,
+        "EXTERNAL",
+        &format!("{name}: a certificate naming no user"),
+    );
+    // No certificate: fail_if_no_peer_cert refuses the TLS handshake, before any AMQP.
+    let err = lapin_tls(&url, Some(&t.ca_pem), None)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{name}: no client certificate must be refused"));
+    assert!(
+        amqp_error(&err).is_none(),
+        "{name}: without a certificate the TLS handshake fails, not the AMQP login: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_on_warren() {
+    let pki = Pki::new("warren-test-ca");
+    let broker = tls_broker(
+        &pki,
+        |t| {
+            t.verify_peer(true)
+                .fail_if_no_peer_cert(true)
+                .cert_login_from(CertLoginFrom::CommonName)
+        },
+        &[],
+    )
+    .await;
+    broker
+        .import_definitions(&external_definitions())
+        .expect("definitions import");
+    let target = ExternalTarget {
+        name: "warren",
+        port: broker.tls_local_addr().expect("TLS listener").port(),
+        ca_pem: pki.ca_pem.clone(),
+        client: Box::new(|cn| pki.client(&format!("client-{cn}"), &[(DnType::CommonName, cn)])),
+    };
+    external_scenario(&target).await;
+    broker.shutdown().await;
+}
+
+/// The AMQPS port and CA file of `scripts/external-node.sh`'s node, from
+/// `WARREN_TEST_EXTERNAL_URL` (`amqps://localhost:PORT/%2f?cacertfile=FILE`), or `None` (after
+/// saying why) when it is not set or the node does not answer.
+fn external_node() -> Option<(u16, PathBuf)> {
+    let Ok(url) = std::env::var("WARREN_TEST_EXTERNAL_URL") else {
+        println!("skipped the RabbitMQ variant: WARREN_TEST_EXTERNAL_URL is not set (scripts/external-node.sh start prints it)");
+        return None;
+    };
+    let rest = url
+        .strip_prefix("amqps://localhost:")
+        .expect("amqps://localhost:PORT/...");
+    let (port, rest) = rest.split_once('/').expect("a path after the port");
+    let port: u16 = port.parse().expect("port");
+    let ca = rest
+        .split_once("cacertfile=")
+        .map(|(_, f)| PathBuf::from(f.split('&').next().unwrap_or(f)))
+        .expect("cacertfile= in WARREN_TEST_EXTERNAL_URL");
+    if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !ca.exists() {
+        println!("skipped the RabbitMQ variant: the node of scripts/external-node.sh does not answer on {port} (or {} is missing)", ca.display());
+        return None;
+    }
+    Some((port, ca))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_on_rabbitmq() {
+    let Some((port, ca)) = external_node() else {
+        return;
+    };
+    let ca_dir = ca.parent().expect("tls dir").to_path_buf();
+    let dir = std::env::temp_dir().join(unique("warren-extnode-client"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let target = ExternalTarget {
+        name: "rabbitmq",
+        port,
+        ca_pem: std::fs::read_to_string(&ca).expect("CA"),
+        client: Box::new(|cn| {
+            let own = dir.join(cn);
+            std::fs::create_dir_all(&own).expect("client dir");
+            let (cert, key) = v3_client_cert(&ca_dir, &own, cn);
+            CertPem {
+                cert: std::fs::read_to_string(cert).expect("client certificate"),
+                key: std::fs::read_to_string(key).expect("client key"),
+            }
+        }),
+    };
+    external_scenario(&target).await;
+    drop(target);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An HTTP client trusting only `ca_pem`.
+fn https_agent(ca_pem: &str) -> ureq::Agent {
+    use ureq::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    ureq::AgentBuilder::new()
+        .tls_config(std::sync::Arc::new(config))
+        .timeout(WAIT)
+        .build()
+}
+
+/// What a plain-HTTP request to `addr` gets back before the server closes the connection
+/// (the bytes, at most 64 KiB), within a deadline.
+fn plain_http_reply(addr: std::net::SocketAddr) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.write_all(b"GET /api/overview HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\r\n")
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + 2 * WAIT;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HTTPS port neither answered nor closed a plain-HTTP request"
+        );
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) if got.len() < 65536 => got.extend_from_slice(&buf[..n]),
+            Ok(_) => break,
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_and_prometheus_over_https() {
+    let pki = Pki::new("warren-test-ca");
+    let tls = || TlsConfig::new(pki.server.cert.clone(), pki.server.key.clone());
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let broker = Broker::builder()
+        .listen(any)
+        .management(any)
+        .management_tls(tls())
+        .prometheus(any)
+        .prometheus_tls(tls())
+        .start()
+        .await
+        .expect("broker with HTTPS listeners");
+    let mgmt = broker.management_addr().expect("management").port();
+    let prom = broker.prometheus_addr().expect("prometheus").port();
+    let overview_url = format!("https://localhost:{mgmt}/api/overview");
+    let metrics_url = format!("https://localhost:{prom}/metrics");
+    let agent = https_agent(&pki.ca_pem);
+    // GET as guest: the status and body (panics when there is no HTTP answer).
+    let get = |url: String| {
+        let agent = agent.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let resp = agent
+                    .get(&url)
+                    .set("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+                    .call()
+                    .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+                (resp.status(), resp.into_string().expect("body"))
+            })
+            .await
+            .expect("join")
+        }
+    };
+    let (status, body) = get(overview_url.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let overview: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let protocols: Vec<&str> = overview["listeners"]
+        .as_array()
+        .expect("listeners")
+        .iter()
+        .filter_map(|l| l["protocol"].as_str())
+        .collect();
+    assert!(
+        protocols.contains(&"https") && protocols.contains(&"https/prometheus"),
+        "RabbitMQ's names for TLS listeners: {protocols:?}"
+    );
+    let (status, metrics) = get(metrics_url.clone()).await;
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("rabbitmq_"), "{metrics}");
+
+    // Plain HTTP on the HTTPS ports: no HTTP answer, the connection closes, and HTTPS goes on.
+    for port in [mgmt, prom] {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let reply = tokio::task::spawn_blocking(move || plain_http_reply(addr))
+            .await
+            .expect("join");
+        assert!(
+            !reply.starts_with(b"HTTP/"),
+            "port {port} answered plain HTTP: {}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    // A client that does not trust the server's CA gives up.
+    let other = Pki::new("another-ca");
+    let stranger = https_agent(&other.ca_pem);
+    let url = overview_url.clone();
+    let refused = tokio::task::spawn_blocking(move || match stranger.get(&url).call() {
+        Err(ureq::Error::Transport(t)) => Ok(t.to_string()),
+        Err(e) => Err(format!("an HTTP answer: {e}")),
+        Ok(r) => Err(format!("an HTTP answer: {}", r.status())),
+    })
+    .await
+    .expect("join");
+    assert!(
+        refused.is_ok(),
+        "a client not trusting the CA must fail the handshake: {refused:?}"
+    );
+    for url in [overview_url, metrics_url] {
+        let (status, body) = get(url.clone()).await;
+        assert_eq!(status, 200, "{url} after the refusals: {body}");
+    }
+    broker.shutdown().await;
 }

@@ -74,6 +74,54 @@ struct Args {
     web_stomp_listen: Option<SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    https: HttpsArgs,
+}
+
+/// HTTPS for the management and Prometheus listeners (RabbitMQ's `management.ssl.*` and
+/// `prometheus.ssl.*`): with a certificate and key, that listener speaks HTTPS only.
+#[derive(Debug, clap::Args)]
+struct HttpsArgs {
+    /// Serve the management API over HTTPS with this certificate chain (PEM, its own
+    /// certificate first). Needs --management-tls-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "management_tls_key",
+        conflicts_with = "no_management"
+    )]
+    management_tls_cert: Option<PathBuf>,
+    /// The management listener's private key (PEM: PKCS#8, PKCS#1 or SEC1), unencrypted.
+    #[arg(long, value_name = "FILE", requires = "management_tls_cert")]
+    management_tls_key: Option<PathBuf>,
+    /// Serve the Prometheus endpoint over HTTPS with this certificate chain (PEM). Needs
+    /// --prometheus-tls-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "prometheus_tls_key",
+        conflicts_with = "no_prometheus"
+    )]
+    prometheus_tls_cert: Option<PathBuf>,
+    /// The Prometheus listener's private key (PEM), unencrypted.
+    #[arg(long, value_name = "FILE", requires = "prometheus_tls_cert")]
+    prometheus_tls_key: Option<PathBuf>,
+}
+
+impl HttpsArgs {
+    /// Turns HTTPS on for the listeners given a certificate and key.
+    fn apply(&self, mut builder: BrokerBuilder) -> Result<BrokerBuilder, String> {
+        let load = |cert: &PathBuf, key: &PathBuf| {
+            TlsConfig::from_files(cert, key).map_err(|e| e.to_string())
+        };
+        if let (Some(cert), Some(key)) = (&self.management_tls_cert, &self.management_tls_key) {
+            builder = builder.management_tls(load(cert, key)?);
+        }
+        if let (Some(cert), Some(key)) = (&self.prometheus_tls_cert, &self.prometheus_tls_key) {
+            builder = builder.prometheus_tls(load(cert, key)?);
+        }
+        Ok(builder)
+    }
 }
 
 /// The AMQPS listener (RabbitMQ's `listeners.ssl` and `ssl_options`).
@@ -141,6 +189,12 @@ struct ConfigFile {
     max_message_size: Option<u64>,
     /// Milliseconds, as RabbitMQ's `handshake_timeout`.
     handshake_timeout: Option<u64>,
+    /// Milliseconds a management or Prometheus client has for a request's line and headers
+    /// (cowboy's `request_timeout`, 5000).
+    http_request_timeout: Option<u64>,
+    /// Milliseconds a request body has to arrive, before the extension for what arrived
+    /// (60000).
+    http_body_timeout: Option<u64>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -267,6 +321,12 @@ async fn serve(args: Args) -> ExitCode {
     if let Some(ms) = config.handshake_timeout {
         limits.handshake_timeout = std::time::Duration::from_millis(ms);
     }
+    if let Some(ms) = config.http_request_timeout {
+        limits.http_request_timeout = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = config.http_body_timeout {
+        limits.http_body_timeout = std::time::Duration::from_millis(ms);
+    }
     let mut builder = Broker::builder().listen(args.listen).limits(limits);
     if !args.no_management {
         builder = builder.management(args.management_listen);
@@ -308,7 +368,7 @@ async fn serve(args: Args) -> ExitCode {
     if let Some(file) = args.definitions {
         builder = builder.definitions(file);
     }
-    builder = match args.tls.apply(builder) {
+    builder = match args.tls.apply(builder).and_then(|b| args.https.apply(b)) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("warren-broker: {e}");
@@ -342,6 +402,19 @@ async fn serve(args: Args) -> ExitCode {
         println!("warren-broker amqps on {addr}");
     }
     println!("warren-broker ready on {}", broker.local_addr());
+    let scheme = |tls: &Option<PathBuf>| if tls.is_some() { "https" } else { "http" };
+    if let Some(addr) = broker.management_addr() {
+        let scheme = scheme(&args.https.management_tls_cert);
+        announce(format_args!(
+            "warren-broker management on {scheme}://{addr}"
+        ));
+    }
+    if let Some(addr) = broker.prometheus_addr() {
+        let scheme = scheme(&args.https.prometheus_tls_cert);
+        announce(format_args!(
+            "warren-broker prometheus on {scheme}://{addr}"
+        ));
+    }
     if let Some(addr) = broker.stomp_addr() {
         println!("warren-broker STOMP ready on {addr}");
     }
@@ -356,6 +429,14 @@ async fn serve(args: Args) -> ExitCode {
     broker.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Prints a line on stdout after the "ready" line, ignoring a reader that went away: a script
+/// that read the ready line and closed the pipe must not make the broker fail.
+fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// `dir` made absolute against the working directory, for the log (unchanged if that fails).
@@ -463,6 +544,39 @@ mod tests {
         .expect("parses");
         assert!(ok.tls_verify_peer && ok.tls_fail_if_no_peer_cert);
         assert_eq!(ok.tls_cert_login_from, "common_name");
+    }
+
+    #[test]
+    fn https_flags_come_in_pairs() {
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from([&["warren-broker"][..], extra].concat()).map(|a| a.https)
+        };
+        assert!(parse(&["--management-tls-cert", "c.pem"]).is_err());
+        assert!(parse(&["--prometheus-tls-key", "k.pem"]).is_err());
+        assert!(
+            parse(&[
+                "--no-management",
+                "--management-tls-cert",
+                "c",
+                "--management-tls-key",
+                "k"
+            ])
+            .is_err(),
+            "HTTPS for a listener that is off"
+        );
+        let both = parse(&[
+            "--management-tls-cert",
+            "mc",
+            "--management-tls-key",
+            "mk",
+            "--prometheus-tls-cert",
+            "pc",
+            "--prometheus-tls-key",
+            "pk",
+        ])
+        .expect("parses");
+        assert_eq!(both.management_tls_cert, Some(PathBuf::from("mc")));
+        assert_eq!(both.prometheus_tls_key, Some(PathBuf::from("pk")));
     }
 
     #[test]

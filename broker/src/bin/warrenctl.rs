@@ -23,6 +23,10 @@ struct Cli {
         default_value = "http://127.0.0.1:15672"
     )]
     url: String,
+    /// CA certificates (PEM) to trust for an https:// URL instead of the built-in roots, as
+    /// curl's --cacert: for a broker whose certificate a private CA signed.
+    #[arg(long, global = true, env = "WARRENCTL_CACERT", value_name = "FILE")]
+    cacert: Option<std::path::PathBuf>,
     /// User name.
     #[arg(
         long,
@@ -229,6 +233,27 @@ struct Api {
     agent: ureq::Agent,
 }
 
+/// A TLS client configuration trusting only the CA certificates in the PEM file `path`.
+fn trusting(path: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, Failure> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |e: String| Failure::Usage(format!("--cacert {}: {e}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in the file".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
 /// Percent-encodes one path segment (RabbitMQ's API names vhost "/" as %2F).
 fn seg(s: &str) -> String {
     let mut out = String::new();
@@ -243,17 +268,19 @@ fn seg(s: &str) -> String {
 }
 
 impl Api {
-    fn new(cli: &Cli) -> Api {
+    fn new(cli: &Cli) -> Result<Api, Failure> {
         use base64::Engine;
         let token = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", cli.user, cli.password));
-        Api {
+        let mut agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(30));
+        if let Some(path) = &cli.cacert {
+            agent = agent.tls_config(trusting(path)?);
+        }
+        Ok(Api {
             base: cli.url.trim_end_matches('/').to_string(),
             auth: format!("Basic {token}"),
-            agent: ureq::AgentBuilder::new()
-                .timeout(std::time::Duration::from_secs(30))
-                .build(),
-        }
+            agent: agent.build(),
+        })
     }
 
     /// Sends a request; the parsed JSON answer (Null for an empty body).
@@ -544,7 +571,7 @@ fn declare(cli: &Cli, api: &Api, what: &Declare) -> Result<(), Failure> {
 }
 
 fn run(cli: &Cli) -> Result<(), Failure> {
-    let api = Api::new(cli);
+    let api = Api::new(cli)?;
     let vh = seg(&cli.vhost);
     match &cli.command {
         Command::Status => status(cli, &api),

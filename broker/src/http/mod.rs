@@ -21,6 +21,7 @@ pub(crate) mod dashboard;
 pub(crate) mod definitions;
 pub(crate) mod error;
 pub(crate) mod json;
+pub(crate) mod listener;
 pub(crate) mod ops;
 mod overview;
 pub(crate) mod prometheus;
@@ -47,6 +48,10 @@ pub(crate) struct NodeInfo {
     pub(crate) management: Option<SocketAddr>,
     /// The Prometheus listener, when on.
     pub(crate) prometheus: Option<SocketAddr>,
+    /// Whether the management listener speaks HTTPS.
+    pub(crate) management_tls: bool,
+    /// Whether the Prometheus listener speaks HTTPS.
+    pub(crate) prometheus_tls: bool,
     /// When the broker started (uptime).
     pub(crate) started: Instant,
 }
@@ -99,27 +104,35 @@ pub(crate) fn node_name() -> String {
     format!("warren@{host}")
 }
 
+/// How one HTTP listener serves: over TLS or not, within which time limits.
+#[derive(Clone)]
+pub(crate) struct Serving {
+    /// HTTPS only, with this acceptor; plain HTTP when `None`.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Header and body time limits.
+    pub(crate) timeouts: listener::HttpTimeouts,
+}
+
 /// Serves the Prometheus endpoint on `listener` until `stop` turns true.
 pub(crate) async fn serve_prometheus(
     listener: TcpListener,
     state: AppState,
-    mut stop: watch::Receiver<bool>,
+    serving: Serving,
+    stop: watch::Receiver<bool>,
 ) {
     let app = prometheus::routes().with_state(state);
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::warn!(error = %e, "prometheus listener failed");
-    }
+    let Serving { tls, timeouts } = serving;
+    listener::serve(listener, app, tls, timeouts, stop, "prometheus").await;
 }
 
 /// Serves the API on `listener` until `stop` turns true; also takes the rate samples every 5
 /// seconds (RabbitMQ's default collect_statistics_interval).
-pub(crate) async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    serving: Serving,
+    stop: watch::Receiver<bool>,
+) {
     let shared = state.shared.clone();
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -128,17 +141,7 @@ pub(crate) async fn serve(listener: TcpListener, state: AppState, mut stop: watc
             shared.state.lock().sample_rates();
         }
     });
-    let app = router(state);
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    // The peer's address reaches the authentication (guest is refused from elsewhere).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::warn!(error = %e, "management listener failed");
-    }
+    let Serving { tls, timeouts } = serving;
+    listener::serve(listener, router(state), tls, timeouts, stop, "management").await;
     sampler.abort();
 }

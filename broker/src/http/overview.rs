@@ -56,8 +56,15 @@ fn exchange_types() -> Value {
 fn listeners(state: &AppState) -> Value {
     let n = &state.node;
     let mut out = vec![("amqp", n.amqp)];
-    out.extend(n.management.map(|m| ("http", m)));
-    out.extend(n.prometheus.map(|p| ("http/prometheus", p)));
+    // RabbitMQ's names: "https" and "https/prometheus" for the TLS listeners.
+    let mgmt = if n.management_tls { "https" } else { "http" };
+    let prom = if n.prometheus_tls {
+        "https/prometheus"
+    } else {
+        "http/prometheus"
+    };
+    out.extend(n.management.map(|m| (mgmt, m)));
+    out.extend(n.prometheus.map(|p| (prom, p)));
     json!(out
         .into_iter()
         .map(|(protocol, addr)| json!({
@@ -265,8 +272,13 @@ async fn protocol_listener(
     _caller: Caller,
     Path(proto): Path<String>,
 ) -> Response {
-    let known = ["amqp", "amqp091", "amqp0-9-1", "http", "management"];
-    if known.contains(&proto.as_str()) || (proto == "prometheus" && state.node.prometheus.is_some())
+    let known = ["amqp", "amqp091", "amqp0-9-1", "management"];
+    let n = &state.node;
+    // The listener answering this is the management one: "http" or, over TLS, "https".
+    let http = if n.management_tls { "https" } else { "http" };
+    if known.contains(&proto.as_str())
+        || proto == http
+        || (proto == "prometheus" && n.prometheus.is_some())
     {
         Json(json!({"status": "ok", "protocol": proto})).into_response()
     } else {
