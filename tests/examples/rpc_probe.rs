@@ -32,7 +32,9 @@ impl Probe for Adder {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "amqp://127.0.0.1:5672".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "amqp://127.0.0.1:5672".into());
     let calls: u64 = args.next().map_or(Ok(1000), |n| n.parse())?;
     let server = warren_rpc::Server::builder()
         .serve(&url, ProbeServer::new(Adder))

@@ -26,6 +26,13 @@ pub(crate) struct PermCache {
     granted: Vec<(Resource, String, Perm)>,
 }
 
+/// `a == b` without calling `memcmp` on two empty names (the default exchange, checked on
+/// every publish): glibc's AVX-512 `memcmp` of length 0 does a masked load from Rust's
+/// dangling pointer, a microcode assist that cost a tenth of the broker's time (perf).
+fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
+
 fn default_exchange() -> AmqpError {
     AmqpError::new(
         Code::AccessRefused,
@@ -59,7 +66,7 @@ impl Channel {
         if cache
             .granted
             .iter()
-            .any(|(k, n, p)| *k == kind && *p == perm && n == name)
+            .any(|(k, n, p)| *k == kind && *p == perm && same_name(n, name))
         {
             return Ok(());
         }

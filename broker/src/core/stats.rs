@@ -162,29 +162,53 @@ pub(crate) const CHURN: [(Churn, &str); 7] = [
 /// All counters of the broker.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    vhosts: HashMap<String, Counters>,
-    queues: HashMap<String, HashMap<String, Counters>>,
-    exchanges: HashMap<String, HashMap<String, Counters>>,
-    channels: HashMap<ChannelKey, Counters>,
+    vhosts: FastMap<String, Counters>,
+    queues: FastMap<String, FastMap<String, Counters>>,
+    exchanges: FastMap<String, FastMap<String, Counters>>,
+    channels: FastMap<ChannelKey, Counters>,
     churn: [u64; CHURN.len()],
     last_sample: Option<Instant>,
     /// Per queue: (messages, ready, unacked) at the last sample, and their rates of change.
     depths: HashMap<(String, String), ([u64; 3], [f64; 3])>,
 }
 
-fn bump<'a>(
-    map: &'a mut HashMap<String, HashMap<String, Counters>>,
+/// The default exchange's key in the exchange counters. Comparing two empty strings costs a
+/// libc `memcmp` of length 0 on Rust's dangling pointer, which glibc's AVX-512 variant does
+/// with a masked load from that unmapped address: a microcode assist of hundreds of cycles.
+/// Measured (perf, frame-level publish to the default exchange): a quarter of the broker's
+/// time. No client may name an exchange `amq.*`, so the key is free.
+fn exchange_key(name: &str) -> &str {
+    if name.is_empty() {
+        "amq.default"
+    } else {
+        name
+    }
+}
+
+/// A map with a fast seeded hasher: these maps are touched several times per message.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Adds to the counters of `name` in `vhost`: one lookup per level when both exist (the
+/// per-message case), creating them otherwise.
+fn bump(
+    map: &mut FastMap<String, FastMap<String, Counters>>,
     vhost: &str,
     name: &str,
-) -> &'a mut Counters {
-    if !map.contains_key(vhost) {
-        map.insert(vhost.to_string(), HashMap::new());
+    s: Stat,
+    n: u64,
+) {
+    if let Some(inner) = map.get_mut(vhost) {
+        match inner.get_mut(name) {
+            Some(c) => c.add(s, n),
+            None => inner.entry(name.to_string()).or_default().add(s, n),
+        }
+        return;
     }
-    let inner = map.get_mut(vhost).expect("inserted");
-    if !inner.contains_key(name) {
-        inner.insert(name.to_string(), Counters::default());
-    }
-    inner.get_mut(name).expect("inserted")
+    map.entry(vhost.to_string())
+        .or_default()
+        .entry(name.to_string())
+        .or_default()
+        .add(s, n);
 }
 
 impl Stats {
@@ -202,12 +226,12 @@ impl Stats {
 
     /// Counts for a queue.
     pub(crate) fn queue(&mut self, vhost: &str, queue: &str, s: Stat, n: u64) {
-        bump(&mut self.queues, vhost, queue).add(s, n);
+        bump(&mut self.queues, vhost, queue, s, n);
     }
 
     /// Counts for an exchange ("" is the default exchange, which RabbitMQ also counts).
     pub(crate) fn exchange(&mut self, vhost: &str, exchange: &str, s: Stat, n: u64) {
-        bump(&mut self.exchanges, vhost, exchange).add(s, n);
+        bump(&mut self.exchanges, vhost, exchange_key(exchange), s, n);
     }
 
     /// Counts for a channel.
@@ -278,7 +302,7 @@ impl Stats {
 
     /// An exchange's counters.
     pub(crate) fn of_exchange(&self, vhost: &str, exchange: &str) -> Option<&Counters> {
-        self.exchanges.get(vhost)?.get(exchange)
+        self.exchanges.get(vhost)?.get(exchange_key(exchange))
     }
 
     /// A channel's counters.

@@ -592,6 +592,11 @@ impl State {
 
     /// Whether an exchange exists and is a topic exchange (topic permissions apply to it).
     pub(crate) fn exchange_is_topic(&self, vhost: &str, name: &str) -> bool {
+        // The default exchange is direct; skipping the lookup also skips comparing two empty
+        // names (see `stats::exchange_key` for what that costs).
+        if name.is_empty() {
+            return false;
+        }
         self.vhosts
             .get(vhost)
             .and_then(|v| v.exchanges.get(name))
