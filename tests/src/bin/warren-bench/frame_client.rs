@@ -70,6 +70,28 @@ impl RawAmqp {
             .map_err(|e| e.to_string())
     }
 
+    /// Declares an exclusive queue on channel 1 (gone when this connection closes).
+    pub(crate) async fn declare_exclusive(&mut self, queue: &str) -> BoxResult<()> {
+        use amq_protocol::protocol::queue;
+        self.send(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: queue.into(),
+                passive: false,
+                durable: false,
+                exclusive: true,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        )
+        .await?;
+        match self.method().await? {
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)) => Ok(()),
+            other => Err(format!("expected queue.declare-ok, got {other:?}")),
+        }
+    }
+
     /// Starts a no-ack consumer of `queue` on channel 1.
     pub(crate) async fn consume(&mut self, queue: &str) -> BoxResult<()> {
         use amq_protocol::protocol::basic;

@@ -44,7 +44,7 @@ use report::{
     persistent_online_label, print_targets, rpc_label, si, tput_label, Results, Unit, FANOUT,
     PERSISTENT, RSS_IDLE, RSS_PER_CONN, TOPIC_10K, TOPIC_10K_DECLARE, TPUT_16, TPUT_1K,
 };
-use rpc::{raw_rpc, warren_rpc};
+use rpc::{frame_rpc, raw_rpc, warren_rpc};
 use throughput::{persistent, raw_persistent, throughput, Load, Online};
 
 /// What a scenario reports when it fails: a sentence for the table.
@@ -179,6 +179,13 @@ async fn one_run(env: &Env<'_>, order: &[Which], last: bool, results: &mut Resul
         }
     }
     if env.wants(Group::Rpc) {
+        eprintln!("  rpc: frame-level client");
+        for &w in order {
+            if let Err(e) = frame_rpc(results, w, env.url(w), a.seconds).await {
+                let label = rpc_label("frame-level client", "64 B", "p50 @1 caller");
+                results.note(w, &label, Unit::Micros, format!("failed: {e}"));
+            }
+        }
         eprintln!("  rpc: raw lapin");
         for &w in order {
             if let Err(e) = raw_rpc(results, w, env.url(w), a.seconds, a.raw_rpc_confirms).await {

@@ -18,6 +18,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::Which;
+use crate::frame_client::RawAmqp;
 use crate::lapin_client::{channel, close, connect, delete_queue, no_ack};
 use crate::report::{rpc_label, Results, Unit};
 use crate::BoxResult;
@@ -357,6 +358,82 @@ async fn rpc_suite(
             }
         }
     }
+}
+
+/// RPC round trips with the frame-level client at both ends: a request published to the
+/// server's queue with `reply-to`, answered by a pre-encoded reply to the caller's queue. No
+/// client library sits between the calls and the sockets (lapin hands every frame to and from
+/// an I/O thread of its own), so this is the broker's own share of an RPC's latency: the floor
+/// a client could reach on each broker.
+pub(crate) async fn frame_rpc(
+    results: &mut Results,
+    which: Which,
+    url: &str,
+    seconds: f64,
+) -> BoxResult<()> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (requests, replies) = (
+        format!("warren_bench_frame_rpc.{id}"),
+        format!("warren_bench_frame_reply.{id}"),
+    );
+    let mut server = RawAmqp::connect(url).await?;
+    server.declare_exclusive(&requests).await?;
+    server.consume(&requests).await?;
+    let mut client = RawAmqp::connect(url).await?;
+    client.declare_exclusive(&replies).await?;
+    client.consume(&replies).await?;
+    let body = [7u8; 64];
+    let reply = server.encode_publish("", &replies, &body, BasicProperties::default())?;
+    let request = client.encode_publish(
+        "",
+        &requests,
+        &body,
+        BasicProperties::default()
+            .with_reply_to(replies.as_str().into())
+            .with_correlation_id(id.as_str().into()),
+    )?;
+    // The server answers each request it counts; it runs until aborted.
+    let answering = tokio::spawn(async move {
+        while let Ok(n) = server.count_deliveries().await {
+            for _ in 0..n {
+                if server.write(&reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let until = Instant::now() + Duration::from_secs_f64(0.2 + seconds.min(3.0));
+    let mut samples = Vec::with_capacity(20_000);
+    let mut calls = 0u32;
+    let measured = async {
+        while Instant::now() < until && samples.len() < 20_000 {
+            let t = Instant::now();
+            client.write(&request).await?;
+            let mut got = 0;
+            while got == 0 {
+                got = client.count_deliveries().await?;
+            }
+            calls += 1;
+            // The first 200 calls warm up.
+            if calls > 200 {
+                samples.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        Ok::<(), String>(())
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(30), measured).await;
+    answering.abort();
+    client.close().await;
+    outcome.map_err(|_| "a frame-level call got no reply within 30 s".to_owned())??;
+    if samples.is_empty() {
+        return Err("no frame-level call measured".into());
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    let how = "frame-level client";
+    results.record(which, &rpc_label(how, "64 B", "p50 @1 caller"), Unit::Micros, at(0.5));
+    results.record(which, &rpc_label(how, "64 B", "p99 @1 caller"), Unit::Micros, at(0.99));
+    Ok(())
 }
 
 pub(crate) async fn raw_rpc(
