@@ -127,9 +127,9 @@ pub(crate) fn connection(c: &ConnInfo, channels: usize, node: &str) -> Value {
     json!({
         "name": name,
         "node": node,
-        "type": "network",
+        "type": if c.direct { "direct" } else { "network" },
         "protocol": c.protocol,
-        "auth_mechanism": "PLAIN",
+        "auth_mechanism": if c.direct { None } else { Some("PLAIN") },
         "user": c.user,
         "user_who_performed_action": c.user,
         "vhost": c.vhost,
@@ -149,7 +149,8 @@ pub(crate) fn connection(c: &ConnInfo, channels: usize, node: &str) -> Value {
         "channels": channels,
         "channel_max": c.tune.1,
         "frame_max": c.tune.0,
-        "timeout": c.tune.2,
+        // RabbitMQ's MQTT connections have no heartbeat timeout to report.
+        "timeout": if c.protocol.contains("MQTT") { None } else { Some(c.tune.2) },
         "connected_at": rfc3339_ms(c.connected_at),
         "client_properties": table(&c.client_properties),
         "user_provided_name": user_provided,

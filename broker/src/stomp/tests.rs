@@ -5,12 +5,12 @@
 
 use super::frame::{encode, Decoder, Frame};
 use super::outbox::{Out, Outbox, Receiver};
-use super::session::{Session, Step};
+use super::session::{Link, Session, Step};
 use crate::core::sink::Event;
 use crate::shared::Shared;
 use bytes::BytesMut;
 use rand::{Rng, SeedableRng};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 fn shared() -> Arc<Shared> {
@@ -20,15 +20,15 @@ fn shared() -> Arc<Shared> {
 fn session(shared: &Arc<Shared>) -> (Session, Receiver) {
     let (outbox, rx): (Outbox, Receiver) = Outbox::new();
     let conn = shared.next_conn_id();
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 61613);
+    let link = Link {
+        peer: loopback,
+        local: loopback,
+        web: false,
+        close: Arc::new(|_: &str| {}),
+    };
     (
-        Session::new(
-            shared.clone(),
-            conn,
-            loopback,
-            outbox,
-            "session-test".into(),
-        ),
+        Session::new(shared.clone(), conn, link, outbox, "session-test".into()),
         rx,
     )
 }
