@@ -360,9 +360,11 @@ impl Session {
         }
     }
 
+    /// SUBSCRIBE. RabbitMQ's parser lists the filters last first: it sets them up, and sends
+    /// their retained messages, in that order (its SUBACK lists them in the packet's).
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let mut granted = Vec::with_capacity(s.filters.len());
-        for f in &s.filters {
+        for f in s.filters.iter().rev() {
             let level = (f.qos as u8).min(1);
             let queue = Destination::Queue(self.ensure_queue(level)?);
             let key = to_amqp(&f.path);
@@ -381,9 +383,10 @@ impl Session {
                 .push(level);
             granted.push(SubscribeReasonCode::Success(qos(level)));
         }
+        granted.reverse();
         self.send(Packet::SubAck(SubAck::new(s.pkid, granted)));
         let mut id = s.pkid.max(self.next_id);
-        for f in &s.filters {
+        for f in s.filters.iter().rev() {
             id = self.send_retained(&f.path, f.qos as u8, id);
         }
         self.next_id = valid_id(id);

@@ -139,9 +139,7 @@ async fn read_loop<S: Source>(
             }
             Ok(()) = forced.changed() => {
                 let why = forced.borrow().clone().unwrap_or_default();
-                session
-                    .outbox
-                    .frame(error_frame("AMQP channel died", &channel_died(&why)));
+                session.last_words(error_frame("AMQP channel died", &channel_died(&why)));
                 return "closed by the broker";
             }
             _ = shutdown.changed() => {
@@ -164,9 +162,7 @@ fn handle(session: &mut Session, frame: super::frame::Frame) -> Step {
             conn = session.conn,
             "STOMP frame handler panicked; closing connection"
         );
-        session
-            .outbox
-            .frame(error_frame("Processing error", "Processing error"));
+        session.last_words(error_frame("Processing error", "Processing error"));
         Step::Close
     })
 }

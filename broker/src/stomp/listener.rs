@@ -163,8 +163,9 @@ impl Wire for WsWire {
         self.0.flush()
     }
 
+    /// As RabbitMQ's Web-STOMP: close code 1000, "STOMP died".
     fn close(&mut self) -> impl Future<Output = ()> + Send {
-        self.0.close()
+        self.0.close_with("STOMP died")
     }
 }
 

@@ -25,6 +25,12 @@
 //! `amq.gen-` name) and consumed; a `/topic/` SUBSCRIBE first passes the plugin's own topic
 //! read check. A refusal is an `access_refused` ERROR, and the connection closes.
 //!
+//! Over a WebSocket, RabbitMQ's Web-STOMP handler queues the frames a step sends as messages
+//! to itself and, when the step closes the session, closes the WebSocket (1000, `STOMP
+//! died`) before it gets to them: the frames of a closing step (an ERROR, its receipt, a
+//! DISCONNECT's receipt) never reach a Web-STOMP client, and Warren drops them too
+//! ([`Session::last_words`]).
+//!
 //! The connection is counted against the vhost's and the user's connection limits from
 //! CONNECT on, and listed by the management API as RabbitMQ lists it (`STOMP 1.2`, or
 //! `Web STOMP 1.2` over a WebSocket, with the negotiated version).
@@ -251,9 +257,9 @@ impl Session {
                 if let (false, Some(id)) = (waited, &receipt) {
                     self.outbox.frame(receipt_frame(id));
                 }
-                self.outbox.frame(error_frame(&name, &e.text));
+                self.last_words(error_frame(&name, &e.text));
                 if let (true, Some(id)) = (waited, &receipt) {
-                    self.outbox.frame(receipt_frame(id));
+                    self.last_words(receipt_frame(id));
                 }
                 return Step::Close;
             }
@@ -263,9 +269,20 @@ impl Session {
         if let Some(id) =
             receipt.filter(|_| !matches!(command.as_str(), "SEND" | "CONNECT" | "STOMP"))
         {
-            self.outbox.frame(receipt_frame(&id));
+            match step {
+                Step::Close => self.last_words(receipt_frame(&id)),
+                Step::Continue => self.outbox.frame(receipt_frame(&id)),
+            }
         }
         step
+    }
+
+    /// Sends a frame of a step that closes the session: not over a WebSocket, where
+    /// RabbitMQ's Web-STOMP closes before it sends them (see the module's documentation).
+    pub(crate) fn last_words(&self, frame: Frame) {
+        if !self.link.web {
+            self.outbox.frame(frame);
+        }
     }
 
     fn dispatch(&mut self, frame: &Frame) -> Result<Step, Failure> {

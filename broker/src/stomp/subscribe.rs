@@ -238,10 +238,14 @@ impl Session {
             self.shared.state.lock().qos(self.key(), n, false);
         }
         if self.subs.contains_key(&tag) {
-            self.outbox.frame(super::outbox::error_frame(
+            self.last_words(super::outbox::error_frame(
                 "Duplicated subscription identifier",
                 &format!("A subscription identified by '{tag}' already exists."),
             ));
+            // RabbitMQ stops the session "normally", which still sends the receipt.
+            if let Some(id) = frame.header("receipt") {
+                self.last_words(super::session::receipt_frame(id));
+            }
             return Err(Failure::Silent);
         }
         let tag: Arc<str> = tag.into();
