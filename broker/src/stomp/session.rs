@@ -27,8 +27,8 @@
 //!
 //! Over a WebSocket, RabbitMQ's Web-STOMP handler queues the frames a step sends as messages
 //! to itself and, when the step closes the session, closes the WebSocket (1000, `STOMP
-//! died`) before it gets to them: the frames of a closing step (an ERROR, its receipt, a
-//! DISCONNECT's receipt) never reach a Web-STOMP client, and Warren drops them too
+//! died`) before it gets to them: the last frames of a closing step (an ERROR, a receipt
+//! after it, a DISCONNECT's receipt) never reach a Web-STOMP client, and Warren drops them too
 //! ([`Session::last_words`]).
 //!
 //! The connection is counted against the vhost's and the user's connection limits from
