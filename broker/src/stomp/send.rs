@@ -59,7 +59,7 @@ impl Session {
         self.check_size(frame.body.len())?;
         self.permit(|p, who| p.publish(who, &msg.exchange, &msg.routing_key))?;
         self.check_properties(&props)?;
-        self.publish(msg, receipt)
+        self.publish(msg, receipt, true)
     }
 
     /// RabbitMQ's channel's first check on a published message: its size.
@@ -96,9 +96,17 @@ impl Session {
         Ok(())
     }
 
-    /// Publishes (the permissions checked), then sends the receipt once the message is safe.
-    fn publish(&mut self, msg: Arc<Message>, receipt: Option<String>) -> Result<(), Failure> {
-        self.permit(|p, who| p.publish(who, &msg.exchange, &msg.routing_key))?;
+    /// Publishes (after the permission checks, unless `checked` says they were made), then
+    /// sends the receipt once the message is safe.
+    fn publish(
+        &mut self,
+        msg: Arc<Message>,
+        receipt: Option<String>,
+        checked: bool,
+    ) -> Result<(), Failure> {
+        if !checked {
+            self.permit(|p, who| p.publish(who, &msg.exchange, &msg.routing_key))?;
+        }
         let vhost = &self.login().vhost;
         let mut state = self.shared.state.lock();
         state.check_publish(vhost, &msg.exchange)?;
@@ -198,7 +206,7 @@ impl Session {
         let actions = self.txs.remove(tx).ok_or_else(|| bad_transaction(tx))?;
         for action in actions {
             match action {
-                TxAction::Publish(msg, receipt) => self.publish(msg, receipt)?,
+                TxAction::Publish(msg, receipt) => self.publish(msg, receipt, false)?,
                 settle_action => {
                     let mut state = self.shared.state.lock();
                     settle(&mut state, self.key(), settle_action)?
