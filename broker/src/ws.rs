@@ -180,6 +180,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
     pub(crate) async fn close(&mut self) {
         let _ = self.inner.close().await;
     }
+
+    /// Sends a close frame with code 1000 (normal closure) and `reason`, then closes the
+    /// socket.
+    pub(crate) async fn close_with(&mut self, reason: &str) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: reason.to_string().into(),
+        };
+        let _ = self.inner.send(Message::Close(Some(frame))).await;
+        let _ = self.inner.close().await;
+    }
 }
 
 #[cfg(test)]

@@ -94,6 +94,7 @@ pub(crate) async fn serve<S: Transport>(
                 vhost: hs.vhost.clone(),
                 client_properties: hs.client_properties.clone(),
                 tune: (hs.frame_max, hs.channel_max, hs.heartbeat),
+                direct: false,
                 connected_at: std::time::SystemTime::now(),
                 close: Arc::new(move |reason: &str| {
                     api_close.send_replace(Some(reason.to_string()));

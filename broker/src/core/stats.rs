@@ -454,8 +454,11 @@ pub(crate) struct ConnInfo {
     /// The client's properties (AMQP's client-properties table; other protocols fill in
     /// what they know, e.g. an MQTT client id).
     pub(crate) client_properties: FieldTable,
-    /// Negotiated frame_max, channel_max, heartbeat (AMQP; 0 elsewhere).
+    /// Negotiated frame_max, channel_max, heartbeat (AMQP; MQTT and STOMP report 0, 1, 0).
     pub(crate) tune: (u32, u16, u16),
+    /// A connection of a plugin protocol (MQTT, STOMP), which RabbitMQ runs over a direct
+    /// AMQP connection and lists as `type: direct`, without an authentication mechanism.
+    pub(crate) direct: bool,
     /// When it was opened.
     pub(crate) connected_at: SystemTime,
     /// Closes it with a reason (RabbitMQ: connection.close 320 CONNECTION_FORCED with the

@@ -116,7 +116,9 @@ fn rfc3339_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A connection.
+/// A connection. A direct one (MQTT, STOMP) has the fields RabbitMQ lists for the direct
+/// connections of its plugins: no authentication mechanism, TLS details or user-provided
+/// name, no heartbeat timeout for MQTT, and MQTT's `variable_map` (its client id).
 pub(crate) fn connection(c: &ConnInfo, channels: usize, node: &str) -> Value {
     let name = c.name();
     let user_provided = c
@@ -124,10 +126,10 @@ pub(crate) fn connection(c: &ConnInfo, channels: usize, node: &str) -> Value {
         .inner()
         .get("connection_name")
         .map(super::json::value);
-    json!({
+    let mut v = json!({
         "name": name,
         "node": node,
-        "type": "network",
+        "type": if c.direct { "direct" } else { "network" },
         "protocol": c.protocol,
         "auth_mechanism": "PLAIN",
         "user": c.user,
@@ -153,7 +155,33 @@ pub(crate) fn connection(c: &ConnInfo, channels: usize, node: &str) -> Value {
         "connected_at": rfc3339_ms(c.connected_at),
         "client_properties": table(&c.client_properties),
         "user_provided_name": user_provided,
-    })
+    });
+    if c.direct {
+        let m = v.as_object_mut().expect("object");
+        for key in [
+            "auth_mechanism",
+            "peer_cert_subject",
+            "peer_cert_issuer",
+            "peer_cert_validity",
+            "ssl_protocol",
+            "ssl_key_exchange",
+            "ssl_cipher",
+            "ssl_hash",
+            "user_provided_name",
+        ] {
+            m.remove(key);
+        }
+        if c.protocol.contains("MQTT") {
+            m.remove("timeout");
+            if let Some(id) = c.client_properties.inner().get("client_id") {
+                m.insert(
+                    "variable_map".into(),
+                    json!({ "client_id": super::json::value(id) }),
+                );
+            }
+        }
+    }
+    v
 }
 
 /// A channel (`conn` is its connection, when described).

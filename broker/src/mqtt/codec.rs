@@ -90,6 +90,19 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, CodecError> {
     ))
 }
 
+/// The protocol level of the CONNECT at the front of `buf` (3 for MQTT 3.1, 4 for 3.1.1),
+/// once its name and level arrived; None for anything else. Read before [`next_packet`],
+/// which rewrites 3.1's CONNECT to the 3.1.1 form.
+pub(crate) fn connect_level(buf: &[u8]) -> Option<u8> {
+    let (header_len, _) = fixed_header(buf).ok()??;
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let body = buf.get(header_len..)?;
+    let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    body.get(2 + name_len).copied()
+}
+
 /// Checks a CONNECT's protocol name and level; rewrites MQTT 3.1's (`MQIsdp`, 3) to 3.1.1's
 /// (`MQTT`, 4) in place, since the rest of the packet is the same.
 fn rewrite_connect(
@@ -190,6 +203,8 @@ mod tests {
     fn reads_mqtt_3_1_and_3_1_1_connects_and_refuses_other_levels() {
         for (name, level) in [(&b"MQTT"[..], 4), (&b"MQIsdp"[..], 3)] {
             let mut b = connect(name, level);
+            assert_eq!(connect_level(&b), Some(level));
+            assert_eq!(connect_level(&b[..4]), None);
             b.put_slice(&[0xc0, 0]); // PINGREQ right behind it
             match next_packet(&mut b, 1024) {
                 Ok(Some(Packet::Connect(c))) => {

@@ -5,16 +5,26 @@
 //!
 //! As in RabbitMQ, the will is published when the client vanished (the socket closed or
 //! failed without DISCONNECT, or it was silent for 1.5 keep-alive intervals), not after a
-//! protocol error or a takeover. While a memory or disk alarm is on, no connection is read.
+//! protocol error, a refused operation, a takeover, or a close by the broker (its vhost or
+//! user deleted, the management API). While a memory or disk alarm is on, no connection is
+//! read.
+//!
+//! Once logged in, a connection is counted against the vhost's and the user's connection
+//! limits (`core::access`) and listed by the management API as RabbitMQ lists it: a direct
+//! connection named after its socket, protocol `MQTT 3.1.1` (`MQTT 3.1.0` for 3.1 clients,
+//! `Web MQTT ...` over WebSocket), one channel, client properties `product` and
+//! `client_id`.
 
-use super::codec::{next_packet, CodecError};
+use super::codec::{connect_level, next_packet, CodecError};
 use super::login::login;
 use super::session::{encoded, Close, Opening, Session};
 use super::MqttShared;
 use crate::core::message::ConnId;
 use crate::core::sink::{Event, Sink};
+use crate::core::stats::ConnInfo;
 use crate::shared::Shared;
 use crate::ws::{MessageKind, WsConnection, WsReader, WsWriter};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Bytes, BytesMut};
 use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use std::io;
@@ -147,8 +157,16 @@ pub(crate) struct Conn {
     pub(crate) mqtt: Arc<MqttShared>,
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
+    /// The broker's address the client connected to.
+    pub(crate) local: SocketAddr,
+    /// Whether the client came over WebSocket (Web-MQTT).
+    pub(crate) web: bool,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
+
+/// Asks a connection to close (a deleted vhost or user, the management API); the reason is
+/// for the log, since MQTT 3.1.1 has no way to tell the client.
+type Forced = watch::Receiver<Option<String>>;
 
 /// Serves one accepted client until its connection ends.
 pub(crate) async fn serve<S>(c: Conn, transport: Transport<S>)
@@ -165,8 +183,8 @@ where
     let max = usize::try_from(c.shared.config.limits.max_message_size).unwrap_or(usize::MAX);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let first = tokio::time::timeout(LOGIN_TIMEOUT, first_packet(&mut reader, &mut buf, max)).await;
-    let connect = match first {
-        Ok(Ok(Packet::Connect(connect))) => connect,
+    let (connect, level) = match first {
+        Ok(Ok((Packet::Connect(connect), level))) => (connect, level),
         Ok(Ok(other)) => {
             tracing::warn!(peer = %c.peer, ?other, "MQTT: the first packet is not CONNECT; closing");
             return writer.close().await;
@@ -189,7 +207,10 @@ where
         stalled: stalled.clone(),
     };
     let keep_alive = connect.keep_alive;
-    let Some((mut session, ticket)) = open(&c, connect, sink, tx, &mut writer).await else {
+    let (forced_tx, mut forced) = watch::channel(None::<String>);
+    let Some((mut session, ticket)) =
+        open(&c, connect, level, sink, tx, forced_tx, &mut writer).await
+    else {
         return writer.close().await;
     };
     tracing::info!(peer = %c.peer, client_id = session.client_id(), "MQTT connection open");
@@ -203,7 +224,9 @@ where
         stalled,
         keep_alive,
     };
-    let end = run.run(&mut reader, &mut writer, &ticket.kicked).await;
+    let end = run
+        .run(&mut reader, &mut writer, &ticket.kicked, &mut forced)
+        .await;
     if let End::Vanished = end {
         session.publish_will();
     }
@@ -212,18 +235,21 @@ where
     ticket.release();
     let _ = writer.write(std::mem::take(&mut session.out)).await;
     writer.close().await;
+    c.shared.access.close_connection(c.id);
     tracing::info!(peer = %c.peer, client_id = session.client_id(), "MQTT connection closed");
 }
 
-/// Reads until the first whole packet.
+/// Reads until the first whole packet; with it, the protocol level of a CONNECT (4 for
+/// anything else).
 async fn first_packet<S: AsyncRead + AsyncWrite + Unpin>(
     reader: &mut Reader<S>,
     buf: &mut BytesMut,
     max: usize,
-) -> Result<Packet, CodecError> {
+) -> Result<(Packet, u8), CodecError> {
     loop {
+        let level = connect_level(buf).unwrap_or(4);
         if let Some(p) = next_packet(buf, max)? {
-            return Ok(p);
+            return Ok((p, level));
         }
         match reader.read(buf).await {
             Ok(0) | Err(_) => return Err(CodecError::Malformed("connection closed".into())),
@@ -233,12 +259,15 @@ async fn first_packet<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// CONNECT: the client id, the login, the takeover of the id, the session on the core; answers
-/// CONNACK. None when refused (the refusal was written).
+/// CONNACK. None when refused (the refusal was written, and the connection is no longer
+/// counted). `level` is the CONNECT's protocol level; `forced` closes the connection.
 async fn open<S: AsyncRead + AsyncWrite + Unpin>(
     c: &Conn,
     connect: Connect,
+    level: u8,
     sink: MqttSink,
     tx: UnboundedSender<ToConn>,
+    forced: watch::Sender<Option<String>>,
     writer: &mut Writer<S>,
 ) -> Option<(Session, super::registry::Ticket)> {
     let refuse = |code| vec![encoded(&Packet::ConnAck(ConnAck::new(code, false)))];
@@ -250,7 +279,20 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin>(
         .login
         .as_ref()
         .map(|l| (l.username.as_str(), l.password.as_str()));
-    let who = match login(&c.shared, credentials, c.peer.ip()) {
+    let forced = Arc::new(forced);
+    let close = {
+        let forced = forced.clone();
+        move |why: &str| {
+            forced.send_replace(Some(why.to_string()));
+        }
+    };
+    let who = match login(
+        &c.shared,
+        credentials,
+        c.peer.ip(),
+        c.id,
+        Box::new(close.clone()),
+    ) {
         Ok(who) => who,
         Err(code) => {
             let _ = writer.write(refuse(code)).await;
@@ -263,11 +305,16 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin>(
         connect.client_id
     };
     let ticket = c.mqtt.registry.register(&client_id, c.id).await;
-    c.shared.state.lock().add_connection(c.id, Arc::new(sink));
+    {
+        let mut state = c.shared.state.lock();
+        state.add_connection(c.id, Arc::new(sink));
+        state.describe_connection(c.id, describe(c, &who, &client_id, level, Arc::new(close)));
+    }
     let opening = Opening {
         shared: c.shared.clone(),
         mqtt: c.mqtt.clone(),
         conn: c.id,
+        user: who.user,
         vhost: who.vhost,
         client_id: client_id.clone(),
         clean: connect.clean_session,
@@ -282,6 +329,7 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin>(
                 c.shared.state.lock().remove_connection(c.id);
                 c.mqtt.registry.unregister(&client_id, c.id);
                 ticket.release();
+                c.shared.access.close_connection(c.id);
                 return None;
             }
             Some((session, ticket))
@@ -290,9 +338,43 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin>(
             c.shared.state.lock().remove_connection(c.id);
             c.mqtt.registry.unregister(&client_id, c.id);
             ticket.release();
+            c.shared.access.close_connection(c.id);
             let _ = writer.write(refuse(code)).await;
             None
         }
+    }
+}
+
+/// The connection as the management API lists it (RabbitMQ's adapter info for MQTT).
+fn describe(
+    c: &Conn,
+    who: &super::login::LoggedIn,
+    client_id: &str,
+    level: u8,
+    close: Arc<dyn Fn(&str) + Send + Sync>,
+) -> ConnInfo {
+    let version = if level == 3 { "3.1.0" } else { "3.1.1" };
+    let name = if c.web { "Web MQTT" } else { "MQTT" };
+    let mut props = FieldTable::default();
+    props.insert(
+        "product".into(),
+        AMQPValue::LongString(LongString::from("MQTT client")),
+    );
+    props.insert(
+        "client_id".into(),
+        AMQPValue::LongString(LongString::from(client_id)),
+    );
+    ConnInfo {
+        protocol: format!("{name} {version}"),
+        peer: c.peer,
+        local: c.local,
+        user: who.user.clone(),
+        vhost: who.vhost.clone(),
+        client_properties: props,
+        tune: (0, 1, 0),
+        direct: true,
+        connected_at: std::time::SystemTime::now(),
+        close,
     }
 }
 
@@ -314,6 +396,7 @@ impl Running<'_> {
         reader: &mut Reader<S>,
         writer: &mut Writer<S>,
         kicked: &tokio::sync::Notify,
+        forced: &mut Forced,
     ) -> End {
         // A client silent for 1.5 keep-alive intervals is gone (MQTT 3.1.1, 3.1.2.10).
         let limit =
@@ -355,6 +438,11 @@ impl Running<'_> {
                 }
                 _ = alarm.changed() => last_read = Instant::now(),
                 _ = kicked.notified() => return End::Quiet,
+                Ok(()) = forced.changed() => {
+                    let why = forced.borrow().clone().unwrap_or_default();
+                    tracing::warn!(client_id = self.session.client_id(), %why, "MQTT connection closed by the broker");
+                    return End::Quiet;
+                }
                 _ = shutdown.changed() => return End::Quiet,
             }
         }

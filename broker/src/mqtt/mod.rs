@@ -94,6 +94,8 @@ pub(crate) async fn listen(
                     mqtt: mqtt.clone(),
                     id: shared.next_conn_id(),
                     peer,
+                    local: stream.local_addr().unwrap_or(peer),
+                    web: kind == Listener::WebSocket,
                     shutdown: stop.clone(),
                 };
                 conns.spawn(async move {

@@ -8,19 +8,35 @@
 //! prefetch of 10). A QoS 1 PUBLISH from the client is a persistent AMQP message acknowledged
 //! with PUBACK once the core took it (after the fsync when it was written to disk); a delivery
 //! on the QoS 1 queue is acknowledged to the core when the client's PUBACK arrives.
+//!
+//! Permissions are checked as RabbitMQ 3.10 checks them, since its plugin runs the session on
+//! an AMQP channel (`core::access::permits`, with the client id as `{client_id}` in topic
+//! permissions): SUBSCRIBE declares the queue (configure on it), consumes it (read on it) and
+//! binds it (write on it, read on `amq.topic`, topic read on the routing key); UNSUBSCRIBE
+//! unbinds (the same checks); PUBLISH first passes the plugin's own topic write check, then the
+//! channel's (write on `amq.topic`, topic write); CONNECT of a clean session deletes a kept
+//! queue (configure), of a kept one consumes it again (configure, read). A refusal closes the
+//! connection without a word (no SUBACK failure code: RabbitMQ 3.10 sends none), except where
+//! RabbitMQ's own plumbing does otherwise: a refused CONNECT setup answers CONNACK 3; a QoS 1
+//! PUBLISH refused by the channel gets no PUBACK and the connection goes on (RabbitMQ publishes
+//! it on a second, unlinked channel, which dies alone, and every later QoS 1 PUBLISH is lost
+//! with it); a retained PUBLISH (or will) refused by the channel is retained all the same (the
+//! plugin hands it to its retainer without waiting for the channel). The will passes the topic
+//! write check first and is not published at all when refused.
 
 use super::codec::qos;
 use super::connection::ToConn;
 use super::retained::Retained;
 use super::topic::{to_amqp, to_mqtt};
 use super::MqttShared;
+use crate::core::access::permits::{Permits, Who};
+use crate::core::access::{Perm, Resource, TopicVars};
 use crate::core::delivery::ConsumeOptions;
-use crate::core::error::AmqpError;
+use crate::core::error::{AmqpError, AmqpResult};
 use crate::core::exchange::Destination;
 use crate::core::fieldtable::value_int;
 use crate::core::message::{ChannelKey, ConnId, Message};
 use crate::core::sink::Event;
-use crate::core::state::State;
 use crate::core::topology::QueueDeclare;
 use crate::shared::Shared;
 use amq_protocol::protocol::basic::AMQPProperties;
@@ -65,10 +81,16 @@ pub(crate) struct Session {
     shared: Arc<Shared>,
     mqtt: Arc<MqttShared>,
     key: ChannelKey,
+    user: String,
     vhost: String,
     client_id: String,
     clean: bool,
     will: Option<LastWill>,
+    /// The session's permission cache (its AMQP channel's, in RabbitMQ).
+    perms: Permits,
+    /// A QoS 1 PUBLISH was refused by the channel: as RabbitMQ's dead publishing channel,
+    /// later QoS 1 PUBLISHes are lost (not routed, no PUBACK).
+    qos1_lost: bool,
     /// Topic filter -> the QoS of each queue it is bound to.
     subscriptions: HashMap<String, Vec<u8>>,
     /// Consumer tags on the QoS 0 and QoS 1 queues.
@@ -88,6 +110,7 @@ pub(crate) struct Opening {
     pub(crate) shared: Arc<Shared>,
     pub(crate) mqtt: Arc<MqttShared>,
     pub(crate) conn: ConnId,
+    pub(crate) user: String,
     pub(crate) vhost: String,
     pub(crate) client_id: String,
     pub(crate) clean: bool,
@@ -110,7 +133,8 @@ pub(crate) fn encoded(packet: &Packet) -> Bytes {
 impl Session {
     /// Sets the session up on the core (the connection's sink already registered) and answers
     /// CONNACK: a clean session drops the client's kept QoS 1 queue; otherwise an existing one
-    /// is consumed again and reported as session present.
+    /// is consumed again and reported as session present. When that is refused (permissions)
+    /// or fails, CONNACK 3, as RabbitMQ.
     pub(crate) fn open(o: Opening) -> Result<Session, ConnectReturnCode> {
         let key = ChannelKey {
             conn: o.conn,
@@ -120,10 +144,13 @@ impl Session {
             shared: o.shared,
             mqtt: o.mqtt,
             key,
+            user: o.user,
             vhost: o.vhost,
             client_id: o.client_id,
             clean: o.clean,
             will: o.will,
+            perms: Permits::default(),
+            qos1_lost: false,
             subscriptions: HashMap::new(),
             tags: [None, None],
             awaiting_ack: HashMap::new(),
@@ -132,15 +159,15 @@ impl Session {
             to_conn: o.to_conn,
             out: Vec::new(),
         };
-        let shared = s.shared.clone();
-        let mut state = shared.state.lock();
-        state.open_channel(key, &s.vhost);
-        state.qos(key, PREFETCH, false);
-        let present = s.session_present(&mut state).map_err(|e| {
+        {
+            let mut state = s.shared.state.lock();
+            state.open_channel(key, &s.vhost);
+            state.qos(key, PREFETCH, false);
+        }
+        let present = s.session_present().map_err(|e| {
             tracing::warn!(client_id = %s.client_id, text = %e.text, "MQTT cannot set up the session");
             ConnectReturnCode::ServiceUnavailable
         })?;
-        drop(state);
         s.send(Packet::ConnAck(ConnAck::new(
             ConnectReturnCode::Success,
             present,
@@ -148,22 +175,64 @@ impl Session {
         Ok(s)
     }
 
-    fn session_present(&mut self, state: &mut State) -> Result<bool, AmqpError> {
+    fn session_present(&mut self) -> AmqpResult<bool> {
         let q1 = queue_name(&self.client_id, 1);
-        let exists = state
+        let exists = self
+            .shared
+            .state
+            .lock()
             .queue_declare(&self.vhost, self.key.conn, passive(&q1))
             .is_ok();
         match (exists, self.clean) {
             (false, _) => Ok(false),
             (true, true) => {
-                state.queue_delete(&self.vhost, self.key.conn, &q1, false, false)?;
+                self.permit(|p, who| p.resource(who, Resource::Queue, &q1, Perm::Configure))?;
+                self.shared.state.lock().queue_delete(
+                    &self.vhost,
+                    self.key.conn,
+                    &q1,
+                    false,
+                    false,
+                )?;
                 Ok(false)
             }
             (true, false) => {
-                self.ensure_queue(state, 1)?;
+                self.ensure_queue(1)?;
                 Ok(true)
             }
         }
+    }
+
+    /// Runs a check of the session's channel (with its cache).
+    fn permit<T>(
+        &mut self,
+        check: impl FnOnce(&mut Permits, &Who<'_>) -> AmqpResult<T>,
+    ) -> AmqpResult<T> {
+        let mut perms = std::mem::take(&mut self.perms);
+        let who = Who {
+            access: &self.shared.access,
+            state: &self.shared.state,
+            user: &self.user,
+            vhost: &self.vhost,
+            client_id: Some(&self.client_id),
+        };
+        let out = check(&mut perms, &who);
+        self.perms = perms;
+        out
+    }
+
+    /// The plugin's own topic write check of a PUBLISH or will (`check_topic_access` on
+    /// `amq.topic`, with the client id).
+    fn topic_write(&self, topic: &str) -> AmqpResult<()> {
+        let vars = TopicVars {
+            user: &self.user,
+            vhost: &self.vhost,
+            client_id: Some(&self.client_id),
+        };
+        self.shared
+            .access
+            .read()
+            .check_topic_with(&vars, EXCHANGE, &to_amqp(topic), Perm::Write)
     }
 
     fn send(&mut self, packet: Packet) {
@@ -211,7 +280,23 @@ impl Session {
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
         // QoS 2 is downgraded to 1, as RabbitMQ does.
         let level = (p.qos as u8).min(1);
-        let persisted = self.publish(&p.topic, p.payload.clone(), level, p.dup)?;
+        self.topic_write(&p.topic)?;
+        // The channel's checks: a refused QoS 0 PUBLISH kills the session's channel (and the
+        // connection with it), a refused QoS 1 one its publishing channel only.
+        let mut refused = None;
+        let mut persisted = None;
+        if level == 0 || !self.qos1_lost {
+            match self.permit(|perms, who| perms.publish(who, EXCHANGE, &to_amqp(&p.topic))) {
+                Ok(()) => {
+                    persisted = Some(self.publish(&p.topic, p.payload.clone(), level, p.dup)?)
+                }
+                Err(e) if level == 1 => {
+                    tracing::warn!(client_id = %self.client_id, text = %e.text, "MQTT QoS 1 publish refused");
+                    self.qos1_lost = true;
+                }
+                Err(e) => refused = Some(e),
+            }
+        }
         if p.retain {
             let retained = Retained {
                 qos: level,
@@ -219,14 +304,17 @@ impl Session {
             };
             self.mqtt.retained.retain(&self.vhost, &p.topic, retained);
         }
-        if level == 1 {
+        if let Some(e) = refused {
+            return Err(e.into());
+        }
+        if let (1, Some(persisted)) = (level, persisted) {
             self.puback(p.pkid, persisted);
         }
         Ok(())
     }
 
-    /// Publishes to `amq.topic` with the properties RabbitMQ sets; returns whether the
-    /// message was written to disk.
+    /// Publishes to `amq.topic` with the properties RabbitMQ sets (the permissions checked);
+    /// returns whether the message was written to disk.
     fn publish(
         &mut self,
         topic: &str,
@@ -273,32 +361,33 @@ impl Session {
         }
     }
 
+    /// SUBSCRIBE. RabbitMQ's parser lists the filters last first: it sets them up, and sends
+    /// their retained messages, in that order (its SUBACK lists them in the packet's).
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let mut granted = Vec::with_capacity(s.filters.len());
-        {
-            let shared = self.shared.clone();
-            let mut state = shared.state.lock();
-            for f in &s.filters {
-                let level = (f.qos as u8).min(1);
-                let queue = self.ensure_queue(&mut state, level)?;
-                state.bind(
-                    &self.vhost,
-                    self.key.conn,
-                    EXCHANGE,
-                    Destination::Queue(queue),
-                    &to_amqp(&f.path),
-                    FieldTable::default(),
-                )?;
-                self.subscriptions
-                    .entry(f.path.clone())
-                    .or_default()
-                    .push(level);
-                granted.push(SubscribeReasonCode::Success(qos(level)));
-            }
+        for f in s.filters.iter().rev() {
+            let level = (f.qos as u8).min(1);
+            let queue = Destination::Queue(self.ensure_queue(level)?);
+            let key = to_amqp(&f.path);
+            self.permit(|p, who| p.binding(who, EXCHANGE, &queue, &key))?;
+            self.shared.state.lock().bind(
+                &self.vhost,
+                self.key.conn,
+                EXCHANGE,
+                queue,
+                &key,
+                FieldTable::default(),
+            )?;
+            self.subscriptions
+                .entry(f.path.clone())
+                .or_default()
+                .push(level);
+            granted.push(SubscribeReasonCode::Success(qos(level)));
         }
+        granted.reverse();
         self.send(Packet::SubAck(SubAck::new(s.pkid, granted)));
         let mut id = s.pkid.max(self.next_id);
-        for f in &s.filters {
+        for f in s.filters.iter().rev() {
             id = self.send_retained(&f.path, f.qos as u8, id);
         }
         self.next_id = valid_id(id);
@@ -326,31 +415,31 @@ impl Session {
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
-        {
-            let shared = self.shared.clone();
-            let mut state = shared.state.lock();
-            for topic in &u.topics {
-                let mut levels = self.subscriptions.remove(topic).unwrap_or_default();
-                levels.sort_unstable();
-                levels.dedup();
-                for level in levels {
-                    state.unbind(
-                        &self.vhost,
-                        self.key.conn,
-                        EXCHANGE,
-                        Destination::Queue(queue_name(&self.client_id, level)),
-                        &to_amqp(topic),
-                        &FieldTable::default(),
-                    )?;
-                }
+        for topic in &u.topics {
+            let mut levels = self.subscriptions.remove(topic).unwrap_or_default();
+            levels.sort_unstable();
+            levels.dedup();
+            let key = to_amqp(topic);
+            for level in levels {
+                let queue = Destination::Queue(queue_name(&self.client_id, level));
+                self.permit(|p, who| p.binding(who, EXCHANGE, &queue, &key))?;
+                self.shared.state.lock().unbind(
+                    &self.vhost,
+                    self.key.conn,
+                    EXCHANGE,
+                    queue,
+                    &key,
+                    &FieldTable::default(),
+                )?;
             }
         }
         self.send(Packet::UnsubAck(UnsubAck::new(u.pkid)));
         Ok(())
     }
 
-    /// Declares the client's queue for `level` and consumes from it, once.
-    fn ensure_queue(&mut self, state: &mut State, level: u8) -> Result<String, AmqpError> {
+    /// Declares the client's queue for `level` and consumes from it, once (configure on the
+    /// queue for the declaration, read for the consumer).
+    fn ensure_queue(&mut self, level: u8) -> AmqpResult<String> {
         let name = queue_name(&self.client_id, level);
         if self.tags[usize::from(level)].is_some() {
             return Ok(name);
@@ -362,6 +451,7 @@ impl Session {
                 AMQPValue::LongLongInt(SUBSCRIPTION_TTL_MS),
             );
         }
+        self.permit(|p, who| p.queue_declare(who, &name, &args))?;
         let declare = QueueDeclare {
             name: name.clone(),
             passive: false,
@@ -370,7 +460,12 @@ impl Session {
             auto_delete: level == 0 || self.clean,
             args,
         };
-        state.queue_declare(&self.vhost, self.key.conn, declare)?;
+        self.shared
+            .state
+            .lock()
+            .queue_declare(&self.vhost, self.key.conn, declare)?;
+        self.permit(|p, who| p.resource(who, Resource::Queue, &name, Perm::Read))?;
+        let mut state = self.shared.state.lock();
         let consume = ConsumeOptions {
             tag: String::new(),
             no_ack: level == 0,
@@ -441,15 +536,23 @@ impl Session {
         Ok(())
     }
 
-    /// Publishes the will (on an abnormal close), retaining it when it says so.
+    /// Publishes the will (on an abnormal close), retaining it when it says so: nothing when
+    /// the topic write permission refuses it; retained but not routed when the channel does.
     pub(crate) fn publish_will(&mut self) {
         let Some(will) = self.will.take() else {
             return;
         };
-        let level = will.qos as u8;
-        if let Err(e) = self.publish(&will.topic, will.message.clone(), level, false) {
-            tracing::warn!(client_id = %self.client_id, ?e, "could not publish the last will");
+        if let Err(e) = self.topic_write(&will.topic) {
+            tracing::warn!(client_id = %self.client_id, text = %e.text, "could not send the last will");
             return;
+        }
+        let level = will.qos as u8;
+        let permitted = self.permit(|p, who| p.publish(who, EXCHANGE, &to_amqp(&will.topic)));
+        let published = permitted
+            .map_err(Close::from)
+            .and_then(|()| self.publish(&will.topic, will.message.clone(), level, false));
+        if let Err(e) = published {
+            tracing::warn!(client_id = %self.client_id, ?e, "could not publish the last will");
         }
         if will.retain {
             let retained = Retained {

@@ -41,6 +41,7 @@ fn open(
         shared: shared.clone(),
         mqtt: mqtt.clone(),
         conn,
+        user: "guest".into(),
         vhost: "/".into(),
         client_id: id.into(),
         clean: true,

@@ -6,10 +6,14 @@
 //! than 4 MiB (64 KiB before CONNECT succeeds) or one that does not parse closes the
 //! connection without an ERROR frame, a client silent for two of its heart-beat periods is
 //! disconnected, and a publishing client is not read while a memory or disk alarm is on.
+//!
+//! A connection the broker closes (its vhost or user deleted, or the management API) gets
+//! the ERROR RabbitMQ's plugin sends when its AMQP channel dies that way: `AMQP channel died`,
+//! with the Erlang exit reason as the body.
 
 use super::frame::{Decoder, FrameError};
 use super::outbox::{error_frame, write_loop, Out, Outbox, Renderer, Wire};
-use super::session::{Session, Step};
+use super::session::{Link, Session, Step};
 use crate::core::message::ConnId;
 use crate::shared::Shared;
 use base64::Engine;
@@ -43,7 +47,7 @@ pub(crate) async fn serve<S: Source, W: Wire + 'static>(
     shared: Arc<Shared>,
     source: S,
     wire: W,
-    peer: SocketAddr,
+    (peer, local, web): (SocketAddr, SocketAddr, bool),
     conn: ConnId,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -52,8 +56,17 @@ pub(crate) async fn serve<S: Source, W: Wire + 'static>(
     let (beat_tx, beat_rx) = watch::channel(None);
     let renderer = Renderer::new(session_id.clone());
     let writer = tokio::spawn(write_loop(wire, rx, renderer, beat_rx));
-    let mut session = Session::new(shared.clone(), conn, peer.ip(), outbox.clone(), session_id);
-    let why = read_loop(&mut session, &shared, source, beat_tx, shutdown).await;
+    let (forced_tx, forced) = watch::channel(None::<String>);
+    let link = Link {
+        peer,
+        local,
+        web,
+        close: Arc::new(move |why: &str| {
+            forced_tx.send_replace(Some(why.to_string()));
+        }),
+    };
+    let mut session = Session::new(shared.clone(), conn, link, outbox.clone(), session_id);
+    let why = read_loop(&mut session, &shared, source, beat_tx, shutdown, forced).await;
     tracing::debug!(%peer, conn, why, "STOMP connection closed");
     session.close();
     outbox.send(Out::Close);
@@ -69,6 +82,7 @@ async fn read_loop<S: Source>(
     mut source: S,
     beat_tx: watch::Sender<Option<Duration>>,
     mut shutdown: watch::Receiver<bool>,
+    mut forced: watch::Receiver<Option<String>>,
 ) -> &'static str {
     let login_deadline = Instant::now() + LOGIN_TIMEOUT;
     let mut decoder = Decoder::default();
@@ -123,6 +137,11 @@ async fn read_loop<S: Source>(
                     return "missed heart-beats";
                 }
             }
+            Ok(()) = forced.changed() => {
+                let why = forced.borrow().clone().unwrap_or_default();
+                session.last_words(error_frame("AMQP channel died", &channel_died(&why)));
+                return "closed by the broker";
+            }
             _ = shutdown.changed() => {
                 session.outbox.frame(error_frame(
                     "connection_forced",
@@ -143,9 +162,7 @@ fn handle(session: &mut Session, frame: super::frame::Frame) -> Step {
             conn = session.conn,
             "STOMP frame handler panicked; closing connection"
         );
-        session
-            .outbox
-            .frame(error_frame("Processing error", "Processing error"));
+        session.last_words(error_frame("Processing error", "Processing error"));
         Step::Close
     })
 }
@@ -155,8 +172,102 @@ fn framing_error(session: &Session, e: FrameError) -> &'static str {
     "framing error"
 }
 
+/// The body of the ERROR RabbitMQ's plugin sends when the broker closes its connection
+/// (`amqp_direct_connection:server_close/3` with 320 and `why`): its channel's exit reason,
+/// as Erlang's `~p` lays it out after `Reason: ` (80 columns, nested tuples indented by 4).
+pub(crate) fn channel_died(why: &str) -> String {
+    let text = erlang_string(why);
+    // The widths: "Reason: " 8, "{shutdown," 10, "{connection_closing," 20,
+    // "{server_initiated_close,320," 28, and a closing brace per level still open.
+    let n = text.len();
+    let inner = format!("{{server_initiated_close,320,{text}}}");
+    if 8 + 10 + 20 + 28 + n + 3 <= 78 {
+        return format!("Reason: {{shutdown,{{connection_closing,{inner}}}}}");
+    }
+    let head = "Reason: {shutdown,\n            ";
+    if 12 + 20 + 28 + n + 3 <= 78 {
+        return format!("{head}{{connection_closing,{inner}}}}}");
+    }
+    let head = format!("{head}{{connection_closing,\n                ");
+    if 16 + 28 + n + 3 <= 78 {
+        return format!("{head}{inner}}}}}");
+    }
+    format!("{head}{{server_initiated_close,320,\n                    {text}}}}}}}")
+}
+
+/// A string as Erlang's `~p` prints it (RabbitMQ's reason texts are byte lists: each byte one
+/// character), quoted with `"` and `\` escaped; one with bytes that are not printable Latin-1
+/// is printed as a list of integers.
+fn erlang_string(s: &str) -> String {
+    let printable =
+        |b: u8| matches!(b, 32..=126 | 160..=255 | b'\n' | b'\r' | b'\t' | 8 | 11 | 12 | 27);
+    if !s.bytes().all(printable) {
+        let items: Vec<String> = s.bytes().map(|b| b.to_string()).collect();
+        return format!("[{}]", items.join(","));
+    }
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{b}' => out.push_str("\\v"),
+            '\u{c}' => out.push_str("\\f"),
+            '\u{1b}' => out.push_str("\\e"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// A session id's random part: 16 random bytes, base64url, as RabbitMQ's `rabbit_guid`.
 fn random_id() -> String {
     let bytes: [u8; 16] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::channel_died;
+
+    #[test]
+    fn channel_death_reasons_are_laid_out_as_erlang_does() {
+        // Each as RabbitMQ 3.10's Erlang (OTP 25) prints it.
+        assert_eq!(
+            channel_died("vhost 'v' is down"),
+            "Reason: {shutdown,\n            {connection_closing,\n                {server_initiated_close,320,\"vhost 'v' is down\"}}}"
+        );
+        assert_eq!(
+            channel_died("user 'pu-1fd91d' is deleted"),
+            "Reason: {shutdown,\n            {connection_closing,\n                {server_initiated_close,320,\"user 'pu-1fd91d' is deleted\"}}}"
+        );
+        assert_eq!(
+            channel_died(&"x".repeat(29)),
+            format!("Reason: {{shutdown,\n            {{connection_closing,\n                {{server_initiated_close,320,\"{}\"}}}}}}", "x".repeat(29))
+        );
+        assert_eq!(
+            channel_died("vhost 'vvvvvvvvvvvvvvvvvvvv' is down"),
+            "Reason: {shutdown,\n            {connection_closing,\n                {server_initiated_close,320,\n                    \"vhost 'vvvvvvvvvvvvvvvvvvvv' is down\"}}}"
+        );
+        assert_eq!(
+            channel_died(&"x".repeat(13)),
+            format!("Reason: {{shutdown,\n            {{connection_closing,{{server_initiated_close,320,\"{}\"}}}}}}", "x".repeat(13))
+        );
+        assert_eq!(
+            channel_died("xxxxxxx"),
+            "Reason: {shutdown,{connection_closing,{server_initiated_close,320,\"xxxxxxx\"}}}"
+        );
+        assert_eq!(
+            channel_died("a\nb"),
+            "Reason: {shutdown,{connection_closing,{server_initiated_close,320,\"a\\nb\"}}}"
+        );
+        assert_eq!(
+            channel_died("vhost 'a\"b\\\\c' is down"),
+            "Reason: {shutdown,\n            {connection_closing,\n                {server_initiated_close,320,\"vhost 'a\\\"b\\\\\\\\c' is down\"}}}"
+        );
+    }
 }

@@ -71,10 +71,18 @@ pub(crate) async fn accept_tcp(
     stop: watch::Receiver<bool>,
 ) {
     accept_loop(listener, stop.clone(), move |stream, peer| {
+        let local = stream.local_addr().unwrap_or(peer);
         let (r, w) = stream.into_split();
         let wire = TcpWire { w, buf: Vec::new() };
         let id = shared.next_conn_id();
-        serve(shared.clone(), TcpSource(r), wire, peer, id, stop.clone())
+        serve(
+            shared.clone(),
+            TcpSource(r),
+            wire,
+            (peer, local, false),
+            id,
+            stop.clone(),
+        )
     })
     .await;
 }
@@ -155,8 +163,9 @@ impl Wire for WsWire {
         self.0.flush()
     }
 
+    /// As RabbitMQ's Web-STOMP: close code 1000, "STOMP died".
     fn close(&mut self) -> impl Future<Output = ()> + Send {
-        self.0.close()
+        self.0.close_with("STOMP died")
     }
 }
 
@@ -172,6 +181,7 @@ pub(crate) async fn accept_web(
         async move {
             // The upgrade gets the login timeout's budget; a client that never completes it
             // is dropped.
+            let local = stream.local_addr().unwrap_or(peer);
             let upgrade = crate::ws::accept(stream, &WEB_STOMP);
             let Ok(Ok(ws)) = tokio::time::timeout(Duration::from_secs(10), upgrade).await else {
                 return;
@@ -181,7 +191,7 @@ pub(crate) async fn accept_web(
                 shared,
                 WsSource(ws.reader),
                 WsWire(ws.writer),
-                peer,
+                (peer, local, true),
                 id,
                 stop,
             )

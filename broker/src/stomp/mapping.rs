@@ -6,7 +6,8 @@
 //! `message_id`: STOMP's own `message-id` is the broker's), `timestamp`, `type`, `user-id` and
 //! `app-id` become properties; every other header (`receipt` and `content-length` included, as
 //! in RabbitMQ) becomes an AMQP header of type long string. MESSAGE: the same properties come
-//! back as headers, and AMQP headers of string and 32/64-bit integer types become headers too
+//! back as headers (delivery mode 2 as `persistent:true`, another as its number, e.g.
+//! `persistent:1` for an MQTT QoS 0 message), and AMQP headers of string and 32/64-bit integer types become headers too
 //! (others are dropped, as RabbitMQ drops them).
 
 use super::destination::reply_to_header;
@@ -111,9 +112,13 @@ pub(crate) fn message_headers(p: &AMQPProperties, out: &mut Vec<(String, String)
         ("reply-to", s(p.reply_to()).map(|r| reply_to_header(&r))),
         ("correlation-id", s(p.correlation_id())),
         ("priority", p.priority().map(|n| n.to_string())),
+        // Delivery mode 2 is `true`; any other is its number, as RabbitMQ's `maybe_header`.
         (
             "persistent",
-            (*p.delivery_mode() == Some(2)).then(|| "true".to_string()),
+            p.delivery_mode().map(|m| match m {
+                2 => "true".to_string(),
+                m => m.to_string(),
+            }),
         ),
         ("content-encoding", s(p.content_encoding())),
         ("content-type", s(p.content_type())),

@@ -11,14 +11,41 @@
 //! queue, an unknown delivery tag: a channel error in RabbitMQ) gets an ERROR frame named after
 //! the AMQP error (`not_found`, `precondition_failed`, ...) and closes the connection; a frame
 //! RabbitMQ cannot process at all (a second CONNECT) closes it without a word.
+//!
+//! Since RabbitMQ's plugin works through an AMQP channel of a direct connection, the core's
+//! errors reach the client in the order that channel reports them: an operation the plugin
+//! waits for (SUBSCRIBE's and UNSUBSCRIBE's declare, consume, bind, delete) fails before the
+//! frame's RECEIPT, which follows the ERROR; one it only sends (a publish, an ack, anything
+//! COMMIT does) fails after it, so the RECEIPT comes first. SEND never has one then.
+//!
+//! Permissions are checked as that channel checks them (`core::access::permits`): a
+//! `/queue/` destination is declared (configure), a subscription consumes (read) and binds
+//! (write on its queue, read on the exchange, topic read on the key), SEND publishes (write on
+//! the exchange, topic write), a temp queue is declared server-named (configure on its
+//! `amq.gen-` name) and consumed; a `/topic/` SUBSCRIBE first passes the plugin's own topic
+//! read check. A refusal is an `access_refused` ERROR, and the connection closes.
+//!
+//! Over a WebSocket, RabbitMQ's Web-STOMP handler queues the frames a step sends as messages
+//! to itself and, when the step closes the session, closes the WebSocket (1000, `STOMP
+//! died`) before it gets to them: the last frames of a closing step (an ERROR, a receipt
+//! after it, a DISCONNECT's receipt) never reach a Web-STOMP client, and Warren drops them too
+//! ([`Session::last_words`]).
+//!
+//! The connection is counted against the vhost's and the user's connection limits from
+//! CONNECT on, and listed by the management API as RabbitMQ lists it (`STOMP 1.2`, or
+//! `Web STOMP 1.2` over a WebSocket, with the negotiated version).
 
 use super::frame::Frame;
 use super::outbox::{error_frame, Outbox};
-use crate::core::error::AmqpError;
+use crate::core::access::permits::{Permits, Who};
+use crate::core::error::{AmqpError, AmqpResult};
 use crate::core::message::{ChannelKey, ConnId, Message};
+use crate::core::stats::ConnInfo;
 use crate::shared::Shared;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,11 +119,27 @@ pub(super) struct Login {
     pub(super) user: String,
 }
 
+/// Closes a connection (from the access layer or the management API), with the reason.
+pub(crate) type CloseFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Where a session's connection comes from, and how the broker closes it.
+#[derive(Clone)]
+pub(crate) struct Link {
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    /// The broker's address the client connected to.
+    pub(crate) local: SocketAddr,
+    /// Whether the connection is Web-STOMP (a WebSocket).
+    pub(crate) web: bool,
+    /// Closes the connection, saying why.
+    pub(crate) close: CloseFn,
+}
+
 /// One STOMP session's protocol state.
 pub(crate) struct Session {
     pub(super) shared: Arc<Shared>,
     pub(super) conn: ConnId,
-    peer: IpAddr,
+    link: Link,
     pub(super) outbox: Outbox,
     session_id: String,
     pub(super) login: Option<Login>,
@@ -108,6 +151,8 @@ pub(crate) struct Session {
     pub(super) txs: HashMap<String, Vec<TxAction>>,
     /// Negotiated heart-beats: (server sends every, client must send within).
     heartbeat: (Duration, Duration),
+    /// The permission cache of the session's channel.
+    perms: Permits,
 }
 
 impl Session {
@@ -115,14 +160,14 @@ impl Session {
     pub(crate) fn new(
         shared: Arc<Shared>,
         conn: ConnId,
-        peer: IpAddr,
+        link: Link,
         outbox: Outbox,
         session_id: String,
     ) -> Self {
         Session {
             shared,
             conn,
-            peer,
+            link,
             outbox,
             session_id,
             login: None,
@@ -131,7 +176,27 @@ impl Session {
             reply_queues: HashMap::new(),
             txs: HashMap::new(),
             heartbeat: (Duration::ZERO, Duration::ZERO),
+            perms: Permits::default(),
         }
+    }
+
+    /// Runs a check of the session's channel (with its cache); after CONNECT only.
+    pub(super) fn permit<T>(
+        &mut self,
+        check: impl FnOnce(&mut Permits, &Who<'_>) -> AmqpResult<T>,
+    ) -> AmqpResult<T> {
+        let mut perms = std::mem::take(&mut self.perms);
+        let login = self.login.as_ref().expect("handlers run after CONNECT");
+        let who = Who {
+            access: &self.shared.access,
+            state: &self.shared.state,
+            user: &login.user,
+            vhost: &login.vhost,
+            client_id: None,
+        };
+        let out = check(&mut perms, &who);
+        self.perms = perms;
+        out
     }
 
     /// Whether CONNECT succeeded.
@@ -185,7 +250,17 @@ impl Session {
             Err(Failure::Fatal(e)) => {
                 tracing::info!(conn = self.conn, text = %e.text, "closing STOMP connection");
                 let name = e.code.name().to_ascii_lowercase();
-                self.outbox.frame(error_frame(&name, &e.text));
+                // What RabbitMQ's plugin waits for fails before the receipt; what it only
+                // sends, after (see the module's documentation). SEND has none.
+                let waited = matches!(command.as_str(), "SUBSCRIBE" | "UNSUBSCRIBE");
+                let receipt = receipt.filter(|_| command != "SEND");
+                if let (false, Some(id)) = (waited, &receipt) {
+                    self.outbox.frame(receipt_frame(id));
+                }
+                self.last_words(error_frame(&name, &e.text));
+                if let (true, Some(id)) = (waited, &receipt) {
+                    self.last_words(receipt_frame(id));
+                }
                 return Step::Close;
             }
             Err(Failure::Silent) => return Step::Close,
@@ -194,9 +269,20 @@ impl Session {
         if let Some(id) =
             receipt.filter(|_| !matches!(command.as_str(), "SEND" | "CONNECT" | "STOMP"))
         {
-            self.outbox.frame(receipt_frame(&id));
+            match step {
+                Step::Close => self.last_words(receipt_frame(&id)),
+                Step::Continue => self.outbox.frame(receipt_frame(&id)),
+            }
         }
         step
+    }
+
+    /// Sends a frame of a step that closes the session: not over a WebSocket, where
+    /// RabbitMQ's Web-STOMP closes before it sends them (see the module's documentation).
+    pub(crate) fn last_words(&self, frame: Frame) {
+        if !self.link.web {
+            self.outbox.frame(frame);
+        }
     }
 
     fn dispatch(&mut self, frame: &Frame) -> Result<Step, Failure> {
@@ -230,7 +316,10 @@ impl Session {
     }
 
     /// CONNECT / STOMP: version, credentials (`login`/`passcode`, guest/guest when absent, as
-    /// RabbitMQ's default user), `host` as the vhost, heart-beats; then CONNECTED.
+    /// RabbitMQ's default user), `host` as the vhost, heart-beats; then CONNECTED. The checks
+    /// are those of the direct connection RabbitMQ's plugin opens, in its order: the vhost's
+    /// connection limit (and existence), the password, the user's connection limit and access
+    /// to the vhost, then the loopback-users rule.
     fn connect(&mut self, frame: &Frame) -> Result<Step, Failure> {
         let version = negotiate(frame.header("accept-version").unwrap_or("1.0"))?;
         let frame = if version == "1.0" {
@@ -242,25 +331,56 @@ impl Session {
         let password = frame.header("passcode").unwrap_or("guest");
         let vhost = frame.header("host").unwrap_or("/");
         let access = &self.shared.access;
-        if let Err(why) = access.authenticate(user, password, self.peer) {
-            let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-            tracing::warn!(user, "STOMP login failed: {why}");
-            return Err(if access.authenticate(user, password, loopback).is_ok() {
-                Failure::error("Bad CONNECT", "non-loopback access denied")
-            } else {
-                Failure::error("Bad CONNECT", format!("Access refused for user '{user}'\n"))
-            });
-        }
-        if access.read().check_vhost(user, vhost).is_err() {
-            return Err(Failure::error(
+        let vhost_denied = || {
+            Failure::error(
                 "Bad CONNECT",
                 format!("Virtual host '{vhost}' access denied"),
+            )
+        };
+        if let Err(e) = access.check_vhost_connections(user, vhost) {
+            tracing::warn!(user, "STOMP login failed: {}", e.text);
+            return Err(vhost_denied());
+        }
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        if let Err(why) = access.authenticate(user, password, loopback) {
+            tracing::warn!(user, "STOMP login failed: {why}");
+            return Err(Failure::error(
+                "Bad CONNECT",
+                format!("Access refused for user '{user}'\n"),
             ));
         }
+        let close = self.link.close.clone();
+        let channels = Arc::new(AtomicUsize::new(1));
+        let counted = access.open_connection(
+            self.conn,
+            user,
+            vhost,
+            channels,
+            Box::new(move |why: &str| close(why)),
+        );
+        if let Err(e) = counted {
+            tracing::warn!(user, "STOMP login failed: {}", e.text);
+            return Err(vhost_denied());
+        }
+        if !access.loopback_allowed(user, self.link.peer.ip()) {
+            access.close_connection(self.conn);
+            tracing::warn!(
+                user,
+                "STOMP login failed: this user's access is restricted to localhost"
+            );
+            return Err(Failure::error("Bad CONNECT", "non-loopback access denied"));
+        }
+        let (send, receive) = match heart_beats(frame.header("heart-beat").unwrap_or("0,0")) {
+            Ok(beats) => beats,
+            Err(e) => {
+                access.close_connection(self.conn);
+                return Err(e);
+            }
+        };
         let mut state = self.shared.state.lock();
-        let (send, receive) = heart_beats(frame.header("heart-beat").unwrap_or("0,0"))?;
         state.add_connection(self.conn, Arc::new(self.outbox.clone()));
         state.open_channel(self.key(), vhost);
+        state.describe_connection(self.conn, self.describe(version, user, vhost));
         drop(state);
         self.heartbeat = (send, receive);
         self.login = Some(Login {
@@ -284,11 +404,34 @@ impl Session {
         Ok(Step::Continue)
     }
 
-    /// Forgets the session in the core: consumers cancelled, unacknowledged deliveries
-    /// requeued, its exclusive queues (temp queues) deleted.
+    /// The connection as the management API lists it (RabbitMQ's adapter info for STOMP).
+    fn describe(&self, version: &str, user: &str, vhost: &str) -> ConnInfo {
+        let name = if self.link.web { "Web STOMP" } else { "STOMP" };
+        let mut props = FieldTable::default();
+        props.insert(
+            "product".into(),
+            AMQPValue::LongString(LongString::from("STOMP client")),
+        );
+        ConnInfo {
+            protocol: format!("{name} {version}"),
+            peer: self.link.peer,
+            local: self.link.local,
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+            client_properties: props,
+            tune: (0, 1, 0),
+            direct: true,
+            connected_at: std::time::SystemTime::now(),
+            close: self.link.close.clone(),
+        }
+    }
+
+    /// Forgets the session in the core (consumers cancelled, unacknowledged deliveries
+    /// requeued, its exclusive queues (temp queues) deleted) and in the connection count.
     pub(crate) fn close(&mut self) {
         if self.login.take().is_some() {
             self.shared.state.lock().remove_connection(self.conn);
+            self.shared.access.close_connection(self.conn);
         }
     }
 }

@@ -6,11 +6,17 @@
 //! a durable queue NAME; `/topic/KEY` and `/exchange/NAME/KEY` declare a queue of their own
 //! (`stomp-subscription-...`: non-exclusive, auto-delete, durable when the subscription is) and
 //! bind it; `/amq/queue/NAME` and `/reply-queue/NAME` consume an existing queue.
+//!
+//! Each step passes the permission checks of RabbitMQ's channel (configure to declare, read
+//! to consume, write on the queue and read on the exchange to bind); a `/topic/` subscription
+//! first passes the plugin's own topic read check (`check_subscription_access`), whose
+//! refusal RabbitMQ words without the `ACCESS_REFUSED - ` prefix of a channel error.
 
 use super::destination::{subscription_queue_name, Destination};
 use super::frame::Frame;
 use super::outbox::{Out, SubView};
 use super::session::{bad_transaction, Failure, Session, Subscription, TxAction};
+use crate::core::access::{Perm, Resource, TopicVars};
 use crate::core::delivery::ConsumeOptions;
 use crate::core::exchange::Destination as Bound;
 use crate::core::state::State;
@@ -99,12 +105,7 @@ pub(super) fn declare_options(
 
 impl Session {
     /// Declares a `/queue/` destination's queue, once per session (as RabbitMQ's route state).
-    pub(super) fn ensure_queue(
-        &mut self,
-        state: &mut State,
-        frame: &Frame,
-        name: &str,
-    ) -> Result<(), Failure> {
+    pub(super) fn ensure_queue(&mut self, frame: &Frame, name: &str) -> Result<(), Failure> {
         if name.is_empty() {
             return Err(Failure::error(
                 "Invalid destination",
@@ -115,22 +116,55 @@ impl Session {
             return Ok(());
         }
         let d = declare_options(frame, name.to_string(), true, false)?;
-        state.queue_declare(&self.login().vhost, self.conn, d)?;
+        self.declare(d)?;
         self.declared.insert(name.to_string());
         Ok(())
+    }
+
+    /// queue.declare of a named queue, with the channel's checks (configure, the reserved
+    /// prefix, the vhost's queue limit, the dead-letter exchange).
+    fn declare(&mut self, d: QueueDeclare) -> Result<String, Failure> {
+        self.permit(|p, who| p.queue_declare(who, &d.name, &d.args))?;
+        let vhost = &self.login().vhost;
+        Ok(self
+            .shared
+            .state
+            .lock()
+            .queue_declare(vhost, self.conn, d)?
+            .0)
+    }
+
+    /// The plugin's topic read check of a `/topic/` SUBSCRIBE (no `{client_id}` here).
+    fn subscription_access(&self, key: &str) -> Result<(), Failure> {
+        let login = self.login();
+        let vars = TopicVars {
+            user: &login.user,
+            vhost: &login.vhost,
+            client_id: None,
+        };
+        self.shared
+            .access
+            .read()
+            .check_topic_with(&vars, "amq.topic", key, Perm::Read)
+            .map_err(|mut e| {
+                // Raised by the plugin itself, not by a channel: no "ACCESS_REFUSED - ".
+                if let Some((_, text)) = e.text.split_once(" - ") {
+                    e.text = text.to_string();
+                }
+                Failure::Fatal(e)
+            })
     }
 
     /// The queue a subscription consumes, declared as its destination requires.
     fn source_queue(
         &mut self,
-        state: &mut State,
         frame: &Frame,
         hdr: &str,
         dest: &Destination,
     ) -> Result<String, Failure> {
         match dest {
             Destination::Queue(name) => {
-                self.ensure_queue(state, frame, name)?;
+                self.ensure_queue(frame, name)?;
                 Ok(name.clone())
             }
             Destination::AmqQueue(name) | Destination::ReplyQueue(name) => Ok(name.clone()),
@@ -149,14 +183,44 @@ impl Session {
                     }
                 };
                 let d = declare_options(frame, name, false, true)?;
-                Ok(state.queue_declare(&self.login().vhost, self.conn, d)?.0)
+                self.declare(d)
             }
         }
+    }
+
+    /// The consumer, then the binding (of a topic or exchange subscription), each after the
+    /// channel's checks: read on the queue, then write on it and read on the exchange.
+    fn consume_and_bind(
+        &mut self,
+        queue: &str,
+        opts: ConsumeOptions,
+        dest: &Destination,
+    ) -> Result<(), Failure> {
+        self.permit(|p, who| p.resource(who, Resource::Queue, queue, Perm::Read))?;
+        let vhost = self.login().vhost.clone();
+        self.shared.state.lock().consume(self.key(), queue, opts)?;
+        let (exchange, key) = dest.routing();
+        if !exchange.is_empty() {
+            let bound = Bound::Queue(queue.to_string());
+            self.permit(|p, who| p.binding(who, exchange, &bound, key))?;
+            self.shared.state.lock().bind(
+                &vhost,
+                self.conn,
+                exchange,
+                bound,
+                key,
+                FieldTable::default(),
+            )?;
+        }
+        Ok(())
     }
 
     /// SUBSCRIBE: queue, prefetch, consumer, binding.
     pub(super) fn subscribe(&mut self, frame: &Frame) -> Result<(), Failure> {
         let (hdr, dest) = destination(frame)?;
+        if let Destination::Topic(key) = &dest {
+            self.subscription_access(key)?;
+        }
         let prefetch = frame
             .int_header("prefetch-count")
             .map_err(|_| Failure::processing())?
@@ -168,18 +232,20 @@ impl Session {
             "client-individual" => (false, false),
             _ => return Err(Failure::processing()),
         };
-        let shared = self.shared.clone();
-        let mut state = shared.state.lock();
-        let queue = self.source_queue(&mut state, frame, &hdr, &dest)?;
+        let queue = self.source_queue(frame, &hdr, &dest)?;
         let (tag, description) = consumer_tag(frame).map_err(|_| Failure::processing())?;
         if let Some(n) = prefetch {
-            state.qos(self.key(), n, false);
+            self.shared.state.lock().qos(self.key(), n, false);
         }
         if self.subs.contains_key(&tag) {
-            self.outbox.frame(super::outbox::error_frame(
+            self.last_words(super::outbox::error_frame(
                 "Duplicated subscription identifier",
                 &format!("A subscription identified by '{tag}' already exists."),
             ));
+            // RabbitMQ stops the session "normally", which still sends the receipt.
+            if let Some(id) = frame.header("receipt") {
+                self.last_words(super::session::receipt_frame(id));
+            }
             return Err(Failure::Silent);
         }
         let tag: Arc<str> = tag.into();
@@ -196,25 +262,16 @@ impl Session {
             args: FieldTable::default(),
         };
         let vhost = self.login().vhost.clone();
-        state.consume(self.key(), &queue, opts)?;
-        let (exchange, key) = dest.routing();
-        if !exchange.is_empty() {
-            let bound = state.bind(
-                &vhost,
-                self.conn,
-                exchange,
-                Bound::Queue(queue.clone()),
-                key,
-                FieldTable::default(),
-            );
-            if let Err(e) = bound {
-                // The queue is ours and server-named: it goes (as RabbitMQ cleans it up).
+        if let Err(e) = self.consume_and_bind(&queue, opts, &dest) {
+            if matches!(dest, Destination::Topic(_) | Destination::Exchange(..)) {
+                // The queue is the subscription's own: it goes (as RabbitMQ cleans it up).
+                let mut state = self.shared.state.lock();
                 state.cancel(self.key(), &tag);
                 let _ = state.queue_delete(&vhost, self.conn, &queue, false, false);
-                return Err(e.into());
             }
+            return Err(e);
         }
-        state.pump(&vhost, &queue);
+        self.shared.state.lock().pump(&vhost, &queue);
         self.subs.insert(
             tag.to_string(),
             Subscription {
@@ -239,10 +296,9 @@ impl Session {
         let sub = self.subs.remove(&tag).ok_or_else(not_found)?;
         let key = self.key();
         let vhost = self.login().vhost.clone();
-        let mut state = self.shared.state.lock();
         // A consumer the broker cancelled (its queue was deleted) is gone already: RabbitMQ
         // forgot the subscription when it sent the client its ERROR frame.
-        if !state.cancel(key, &tag) {
+        if !self.shared.state.lock().cancel(key, &tag) {
             return Err(not_found());
         }
         let durable = frame.bool_header("durable") == Some(true)
@@ -253,7 +309,11 @@ impl Session {
             let queue = frame
                 .header("x-queue-name")
                 .map_or_else(|| subscription_queue_name(&name, id), str::to_string);
-            state.queue_delete(&vhost, self.conn, &queue, false, false)?;
+            self.permit(|p, who| p.resource(who, Resource::Queue, &queue, Perm::Configure))?;
+            self.shared
+                .state
+                .lock()
+                .queue_delete(&vhost, self.conn, &queue, false, false)?;
         }
         Ok(())
     }

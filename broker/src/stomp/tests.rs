@@ -5,12 +5,12 @@
 
 use super::frame::{encode, Decoder, Frame};
 use super::outbox::{Out, Outbox, Receiver};
-use super::session::{Session, Step};
+use super::session::{Link, Session, Step};
 use crate::core::sink::Event;
 use crate::shared::Shared;
 use bytes::BytesMut;
 use rand::{Rng, SeedableRng};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 fn shared() -> Arc<Shared> {
@@ -20,15 +20,15 @@ fn shared() -> Arc<Shared> {
 fn session(shared: &Arc<Shared>) -> (Session, Receiver) {
     let (outbox, rx): (Outbox, Receiver) = Outbox::new();
     let conn = shared.next_conn_id();
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 61613);
+    let link = Link {
+        peer: loopback,
+        local: loopback,
+        web: false,
+        close: Arc::new(|_: &str| {}),
+    };
     (
-        Session::new(
-            shared.clone(),
-            conn,
-            loopback,
-            outbox,
-            "session-test".into(),
-        ),
+        Session::new(shared.clone(), conn, link, outbox, "session-test".into()),
         rx,
     )
 }
@@ -118,6 +118,71 @@ fn connect_subscribe_send_ack_and_transactions() {
         "",
     ));
     assert_eq!(commands(&mut rx2), ["CONNECTED", "DELIVER 1"]);
+}
+
+/// The receipt of a frame whose error closes the session: after the ERROR for what RabbitMQ's
+/// plugin waits for (SUBSCRIBE), before it for what it only sends (ACK); over Web-STOMP the
+/// ERROR never arrives, nor a receipt that follows it. The session is counted as a connection
+/// until closed.
+#[test]
+fn receipts_of_closing_frames_come_in_rabbitmq_order() {
+    let shared = shared();
+    for (command, headers, expected) in [
+        (
+            "SUBSCRIBE",
+            &[("destination", "/amq/queue/missing"), ("id", "t")][..],
+            ["ERROR", "RECEIPT"],
+        ),
+        (
+            "ACK",
+            &[("id", "T_s@@session-test@@9")][..],
+            ["RECEIPT", "ERROR"],
+        ),
+    ] {
+        for web in [false, true] {
+            let (mut s, mut rx) = session(&shared);
+            if web {
+                let (outbox, web_rx) = Outbox::new();
+                let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15674);
+                let link = Link {
+                    peer: loopback,
+                    local: loopback,
+                    web: true,
+                    close: Arc::new(|_: &str| {}),
+                };
+                s = Session::new(
+                    shared.clone(),
+                    shared.next_conn_id(),
+                    link,
+                    outbox,
+                    "w".into(),
+                );
+                rx = web_rx;
+            }
+            s.handle(frame("CONNECT", CONNECT, ""));
+            let sub = [("destination", "/queue/rq"), ("id", "s"), ("ack", "client")];
+            s.handle(frame("SUBSCRIBE", &sub, ""));
+            assert_eq!(commands(&mut rx), ["CONNECTED"]);
+            let counted = shared.access.connections().len();
+            let mut headers = headers.to_vec();
+            headers.push(("receipt", "r"));
+            assert_eq!(s.handle(frame(command, &headers, "")), Step::Close);
+            let got = commands(&mut rx);
+            // Over Web-STOMP, what would come after the ERROR is lost with it.
+            let expected: Vec<&str> = if web {
+                expected
+                    .iter()
+                    .copied()
+                    .take_while(|c| *c != "ERROR")
+                    .collect()
+            } else {
+                expected.to_vec()
+            };
+            assert_eq!(got, expected, "{command} (Web-STOMP: {web})");
+            s.close();
+            assert_eq!(shared.access.connections().len(), counted - 1);
+        }
+    }
 }
 
 #[test]

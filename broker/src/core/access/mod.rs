@@ -15,6 +15,7 @@
 
 pub(crate) mod json;
 pub(crate) mod password;
+pub(crate) mod permits;
 pub(crate) mod registry;
 pub(crate) mod seed;
 
@@ -22,8 +23,8 @@ use crate::core::error::{AmqpError, Code};
 use crate::core::message::ConnId;
 use crate::core::state::StateLock;
 pub(crate) use registry::{
-    AuthUser, Pattern, Perm, Permission, Refusal, Registry, Resource, TopicPermission, User,
-    UserLimits, VhostInfo, VhostLimits,
+    AuthUser, Pattern, Perm, Permission, Refusal, Registry, Resource, TopicPermission, TopicVars,
+    User, UserLimits, VhostInfo, VhostLimits,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -215,21 +216,7 @@ impl Access {
     ) -> Result<(), AmqpError> {
         let r = self.read();
         let mut conns = self.conns();
-        let Some(info) = r.vhosts.get(vhost) else {
-            return Err(AmqpError::new(
-                Code::NotAllowed,
-                format!("vhost {vhost} not found"),
-            ));
-        };
-        if let Some(limit) = info.limits.max_connections {
-            let n = conns.values().filter(|c| c.vhost == vhost).count() as u64;
-            if n >= limit {
-                return Err(AmqpError::new(
-                    Code::NotAllowed,
-                    format!("access to vhost '{vhost}' refused for user '{user}': connection limit ({limit}) is reached"),
-                ));
-            }
-        }
+        vhost_limit(&r, &conns, user, vhost)?;
         if let Some(limit) = r.users.get(user).and_then(|u| u.limits.max_connections) {
             let n = conns.values().filter(|c| c.user == user).count() as u64;
             if n >= limit {
@@ -250,6 +237,21 @@ impl Access {
             },
         );
         Ok(())
+    }
+
+    /// The vhost's connection limit alone, as RabbitMQ's direct connections (the MQTT and
+    /// STOMP plugins) check it before they even authenticate the user: the error
+    /// [`Access::open_connection`] would give.
+    pub(crate) fn check_vhost_connections(&self, user: &str, vhost: &str) -> Result<(), AmqpError> {
+        let r = self.read();
+        let conns = self.conns();
+        vhost_limit(&r, &conns, user, vhost)
+    }
+
+    /// Whether `user` may connect from `peer` under the loopback-users rule (for front-ends
+    /// that, like RabbitMQ's MQTT and STOMP plugins, check it after opening the connection).
+    pub(crate) fn loopback_allowed(&self, user: &str, peer: IpAddr) -> bool {
+        peer.is_loopback() || !self.read().loopback_users.iter().any(|u| u == user)
     }
 
     /// Forgets a connection counted by [`Access::open_connection`].
@@ -637,6 +639,31 @@ impl Access {
         }
         Ok(())
     }
+}
+
+/// The vhost must exist and be under its connection limit (530 texts as RabbitMQ's).
+fn vhost_limit(
+    r: &Registry,
+    conns: &HashMap<ConnId, Tracked>,
+    user: &str,
+    vhost: &str,
+) -> Result<(), AmqpError> {
+    let Some(info) = r.vhosts.get(vhost) else {
+        return Err(AmqpError::new(
+            Code::NotAllowed,
+            format!("vhost {vhost} not found"),
+        ));
+    };
+    if let Some(limit) = info.limits.max_connections {
+        let n = conns.values().filter(|c| c.vhost == vhost).count() as u64;
+        if n >= limit {
+            return Err(AmqpError::new(
+                Code::NotAllowed,
+                format!("access to vhost '{vhost}' refused for user '{user}': connection limit ({limit}) is reached"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn exists(r: &Registry, user: &str, vhost: &str) -> Result<(), AccessError> {

@@ -65,17 +65,40 @@ impl Pattern {
         self.re.as_ref().is_some_and(|re| re.is_match(name))
     }
 
-    /// Matches with `{username}` and `{vhost}` filled in (escaped, as literal text).
-    fn matches_as(&self, name: &str, user: &str, vhost: &str) -> bool {
+    /// Matches with the variables filled in as RabbitMQ's `expand_topic_permission` does: each
+    /// `{name}` with a value is replaced by it as is (not escaped: the value is part of the
+    /// regular expression); one without a value (`{client_id}` outside MQTT) stays, and PCRE
+    /// reads it as literal text.
+    fn matches_with(&self, name: &str, vars: &TopicVars<'_>) -> bool {
         if self.re.is_some() {
             return self.matches(name);
         }
-        let expanded = self
-            .source
-            .replace("{username}", &regex::escape(user))
-            .replace("{vhost}", &regex::escape(vhost));
+        let mut expanded = self.source.clone();
+        for (var, value) in [
+            ("{username}", Some(vars.user)),
+            ("{vhost}", Some(vars.vhost)),
+            ("{client_id}", vars.client_id),
+        ] {
+            let with = match value {
+                Some(v) => v.to_string(),
+                None => regex::escape(var),
+            };
+            expanded = expanded.replace(var, &with);
+        }
         Regex::new(&expanded).is_ok_and(|re| re.is_match(name))
     }
+}
+
+/// The values of a topic permission's variables for one check: the user's name, the vhost,
+/// and for MQTT the client id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TopicVars<'a> {
+    /// `{username}`.
+    pub(crate) user: &'a str,
+    /// `{vhost}`.
+    pub(crate) vhost: &'a str,
+    /// `{client_id}` (MQTT connections only).
+    pub(crate) client_id: Option<&'a str>,
 }
 
 /// Configure, write and read patterns of one user in one vhost.
@@ -292,9 +315,8 @@ impl Registry {
         ))
     }
 
-    /// `check_topic_access`: a topic exchange's routing key against the user's topic
-    /// permission for that exchange (none set: allowed). `{username}` and `{vhost}` in the
-    /// pattern stand for the user's name and the vhost, as in RabbitMQ.
+    /// [`Registry::check_topic_with`] without a client id (the tests' shorthand).
+    #[cfg(test)]
     pub(crate) fn check_topic(
         &self,
         user: &str,
@@ -303,9 +325,28 @@ impl Registry {
         routing_key: &str,
         perm: Perm,
     ) -> Result<(), AmqpError> {
+        let vars = TopicVars {
+            user,
+            vhost,
+            client_id: None,
+        };
+        self.check_topic_with(&vars, exchange, routing_key, perm)
+    }
+
+    /// `check_topic_access`: a topic exchange's routing key against the user's topic
+    /// permission for that exchange (none set: allowed). `{username}`, `{vhost}` and (MQTT)
+    /// `{client_id}` in the pattern stand for the values in `vars`, as in RabbitMQ.
+    pub(crate) fn check_topic_with(
+        &self,
+        vars: &TopicVars<'_>,
+        exchange: &str,
+        routing_key: &str,
+        perm: Perm,
+    ) -> Result<(), AmqpError> {
         if self.topic_permissions.is_empty() {
             return Ok(());
         }
+        let (user, vhost) = (vars.user, vars.vhost);
         let key = (user.to_string(), vhost.to_string(), exchange.to_string());
         let Some(tp) = self.topic_permissions.get(&key) else {
             return Ok(());
@@ -315,7 +356,7 @@ impl Registry {
         } else {
             &tp.write
         };
-        if pattern.matches_as(routing_key, user, vhost) {
+        if pattern.matches_with(routing_key, vars) {
             return Ok(());
         }
         Err(AmqpError::new(
@@ -412,6 +453,41 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.text, "ACCESS_REFUSED - access to topic 'v.a' in exchange 'amq.topic' in vhost '/' refused for user 'u'");
         assert!(r.check_topic("u", "/", "other", "v.a", Perm::Write).is_ok());
+    }
+
+    #[test]
+    fn topic_variables_are_substituted_as_rabbitmq_does() {
+        let mut r = registry();
+        r.topic_permissions.insert(
+            ("u".into(), "/".into(), "t".into()),
+            TopicPermission {
+                write: Pattern::new("^{client_id}\\.").unwrap(),
+                read: Pattern::new("^{username}$").unwrap(),
+            },
+        );
+        let mqtt = TopicVars {
+            user: "u",
+            vhost: "/",
+            client_id: Some("c1"),
+        };
+        assert!(r.check_topic_with(&mqtt, "t", "c1.x", Perm::Write).is_ok());
+        assert!(r.check_topic_with(&mqtt, "t", "c2.x", Perm::Write).is_err());
+        // Without a client id (AMQP, STOMP) the placeholder is literal text.
+        assert!(r
+            .check_topic("u", "/", "t", "{client_id}.x", Perm::Write)
+            .is_ok());
+        assert!(r.check_topic("u", "/", "t", "c1.x", Perm::Write).is_err());
+        // Values are not escaped: a user name is part of the expression, as in RabbitMQ.
+        r.users
+            .insert("a.b".into(), User::new("a.b", Some("pw"), vec![]));
+        r.topic_permissions.insert(
+            ("a.b".into(), "/".into(), "t".into()),
+            TopicPermission {
+                write: Pattern::new("^{username}$").unwrap(),
+                read: Pattern::new("^{username}$").unwrap(),
+            },
+        );
+        assert!(r.check_topic("a.b", "/", "t", "axb", Perm::Read).is_ok());
     }
 
     #[test]

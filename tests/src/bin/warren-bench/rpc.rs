@@ -431,8 +431,18 @@ pub(crate) async fn frame_rpc(
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     let how = "frame-level client";
-    results.record(which, &rpc_label(how, "64 B", "p50 @1 caller"), Unit::Micros, at(0.5));
-    results.record(which, &rpc_label(how, "64 B", "p99 @1 caller"), Unit::Micros, at(0.99));
+    results.record(
+        which,
+        &rpc_label(how, "64 B", "p50 @1 caller"),
+        Unit::Micros,
+        at(0.5),
+    );
+    results.record(
+        which,
+        &rpc_label(how, "64 B", "p99 @1 caller"),
+        Unit::Micros,
+        at(0.99),
+    );
     Ok(())
 }
 
