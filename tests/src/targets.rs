@@ -47,6 +47,27 @@ impl Kind {
     }
 }
 
+/// One test per broker for each named scenario of a test file that defines
+/// `async fn bundled(name: &str)` and `async fn rabbitmq(name: &str)`: `NAME::bundled` and
+/// `NAME::rabbitmq` (the MQTT, STOMP and cross-protocol suites, which drive Python clients).
+#[macro_export]
+macro_rules! scenarios {
+    ($($(#[$doc:meta])* $name:ident,)*) => {$(
+        $(#[$doc])*
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bundled() {
+                super::bundled(stringify!($name)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rabbitmq() {
+                super::rabbitmq(stringify!($name)).await;
+            }
+        }
+    )*};
+}
+
 /// Declares compatibility cases that run once per broker, each broker as its own test.
 ///
 /// Each `async fn NAME(t: Target) { ... }` becomes a module `NAME` holding the case and two

@@ -105,24 +105,7 @@ async fn rabbitmq(scenario: &'static str) {
     run(scenario, "rabbitmq", at).await;
 }
 
-macro_rules! scenarios {
-    ($($(#[$doc:meta])* $name:ident,)*) => {$(
-        $(#[$doc])*
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn bundled() {
-                super::bundled(stringify!($name)).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn rabbitmq() {
-                super::rabbitmq(stringify!($name)).await;
-            }
-        }
-    )*};
-}
-
-scenarios! {
+warren_tests::scenarios! {
     /// QoS 0 and 1 publishes to QoS 0 and 1 (and 2, granted as 1) subscriptions.
     qos,
     /// `+` and `#` filters.

@@ -109,24 +109,7 @@ async fn rabbitmq(scenario: &'static str) {
     run(scenario, "rabbitmq", at).await;
 }
 
-macro_rules! scenarios {
-    ($($(#[$doc:meta])* $name:ident,)*) => {$(
-        $(#[$doc])*
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn bundled() {
-                super::bundled(stringify!($name)).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn rabbitmq() {
-                super::rabbitmq(stringify!($name)).await;
-            }
-        }
-    )*};
-}
-
-scenarios! {
+warren_tests::scenarios! {
     /// A user with restricted queue and topic permissions: allowed SUBSCRIBE and PUBLISH go
     /// through; refused ones, and a refused will, close the connection without SUBACK or
     /// PUBACK, are not routed, not retained; `{client_id}` in a topic permission.
