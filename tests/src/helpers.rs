@@ -389,3 +389,30 @@ pub async fn round_trip(conn: &Connection, what: &str) {
         .map(|m| m.delivery.data.clone());
     assert_eq!(got.as_deref(), Some(&b"over tls"[..]), "{what}: round trip");
 }
+
+/// Runs `tests/python/SCRIPT SCENARIO ARGS...` with python3 on a blocking thread (the bundled
+/// broker may run on the caller's runtime) and panics with its output unless it succeeds;
+/// prints its stdout.
+pub async fn python_scenario(script: &str, scenario: &str, args: Vec<String>, target: &str) {
+    let path: std::path::PathBuf = [env!("CARGO_MANIFEST_DIR"), "python", script]
+        .iter()
+        .collect();
+    let name = scenario.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(&path)
+            .arg(&name)
+            .args(&args)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{target}: {script} scenario {scenario} failed:\n{stdout}\n{stderr}"
+    );
+    println!("{target}: {}", stdout.trim());
+}

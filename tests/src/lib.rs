@@ -55,7 +55,8 @@ pub use fields::{long_str, short, table, table_str};
 pub use helpers::{
     amqp_error, close, close_watch, consume, declare_exclusive, drain, expect_error,
     expect_error_prefix, expect_no_delivery, expect_queue_gone, fill, get, get_body, next_delivery,
-    publish, publish_confirmed, publish_with, reply_text, round_trip, take_n, unique, CloseWatch,
+    publish, publish_confirmed, publish_with, python_scenario, reply_text, round_trip, take_n,
+    unique, CloseWatch,
 };
 pub use raw::{
     client_properties, close_of, encode, frame_bytes, frame_bytes_with_end, method_payload, plain,

@@ -8,7 +8,6 @@
 //! so too, unless `CI` is set.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 use warren_broker::Broker;
@@ -47,27 +46,20 @@ async fn run(scenario: &'static str, target: &'static str, at: Endpoints) {
         println!("skipped {scenario} on {target}: {why}");
         return;
     }
-    let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "python", "mqtt_compat.py"]
-        .iter()
-        .collect();
-    // The bundled broker runs on this runtime: python waits on a blocking thread.
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(&script)
-            .arg(scenario)
-            .args(["--mqtt", &at.mqtt, "--ws", &at.ws, "--amqp", &at.amqp])
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{target}: MQTT scenario {scenario} failed:\n{stdout}\n{stderr}"
-    );
-    println!("{target}: {}", stdout.trim());
+    warren_tests::python_scenario(
+        "mqtt_compat.py",
+        scenario,
+        vec![
+            "--mqtt".into(),
+            at.mqtt,
+            "--ws".into(),
+            at.ws,
+            "--amqp".into(),
+            at.amqp,
+        ],
+        target,
+    )
+    .await;
 }
 
 async fn bundled(scenario: &'static str) {

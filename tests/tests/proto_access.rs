@@ -10,7 +10,6 @@
 //! is set.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 use warren_broker::Broker;
@@ -37,28 +36,24 @@ async fn run(scenario: &'static str, target: &'static str, at: Endpoints) {
             return;
         }
     }
-    let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "python", "proto_access.py"]
-        .iter()
-        .collect();
-    // The bundled broker runs on this runtime: python waits on a blocking thread.
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(&script)
-            .arg(scenario)
-            .args(["--mgmt", &at.mgmt, "--mqtt", &at.mqtt, "--ws", &at.ws])
-            .args(["--stomp", &at.stomp, "--web-stomp", &at.web_stomp])
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{target}: scenario {scenario} failed:\n{stdout}\n{stderr}"
-    );
-    println!("{target}: {}", stdout.trim());
+    warren_tests::python_scenario(
+        "proto_access.py",
+        scenario,
+        vec![
+            "--mgmt".into(),
+            at.mgmt,
+            "--mqtt".into(),
+            at.mqtt,
+            "--ws".into(),
+            at.ws,
+            "--stomp".into(),
+            at.stomp,
+            "--web-stomp".into(),
+            at.web_stomp,
+        ],
+        target,
+    )
+    .await;
 }
 
 async fn bundled(scenario: &'static str) {

@@ -156,6 +156,28 @@ fn permit(
     })
 }
 
+/// Configure permission, as declare and delete need it (401 "Access refused." if not).
+fn may_configure(
+    st: &AppState,
+    c: &Caller,
+    vhost: &str,
+    kind: Resource,
+    name: &str,
+) -> ApiResult<()> {
+    permit(st, c, vhost, kind, name, Perm::Configure, Refused::Plain)
+}
+
+/// Read permission on a queue, as get and purge need it.
+fn may_read_queue(
+    st: &AppState,
+    c: &Caller,
+    vhost: &str,
+    name: &str,
+    refused: Refused,
+) -> ApiResult<()> {
+    permit(st, c, vhost, Resource::Queue, name, Perm::Read, refused)
+}
+
 /// A binding's permissions as `rabbit_channel:binding_action` checks them: write on the
 /// destination, read on the source exchange.
 fn permit_binding(
@@ -227,15 +249,7 @@ async fn put_queue(
 ) -> ApiResult<Response> {
     check_vhost_for_put(&st, &c, &vhost)?;
     let d = queue_request(&name, &bytes)?;
-    permit(
-        &st,
-        &c,
-        &vhost,
-        Resource::Queue,
-        &name,
-        Perm::Configure,
-        Refused::Plain,
-    )?;
+    may_configure(&st, &c, &vhost, Resource::Queue, &name)?;
     let mut s = st.shared.state.lock();
     let existed = s.has_queue(&vhost, &name);
     s.queue_declare(&vhost, API_CONN, d)
@@ -257,15 +271,7 @@ async fn delete_queue(
     if !st.shared.state.lock().has_queue(&vhost, &name) {
         return Err(ApiError::not_found());
     }
-    permit(
-        &st,
-        &c,
-        &vhost,
-        Resource::Queue,
-        &name,
-        Perm::Configure,
-        Refused::Plain,
-    )?;
+    may_configure(&st, &c, &vhost, Resource::Queue, &name)?;
     let mut s = st.shared.state.lock();
     let if_unused = raw.get("if-unused").is_some_and(|v| v == "true");
     let if_empty = raw.get("if-empty").is_some_and(|v| v == "true");
@@ -280,15 +286,7 @@ async fn purge(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     check_vhost(&st, &c, &vhost)?;
-    permit(
-        &st,
-        &c,
-        &vhost,
-        Resource::Queue,
-        &name,
-        Perm::Read,
-        Refused::Plain,
-    )?;
+    may_read_queue(&st, &c, &vhost, &name, Refused::Plain)?;
     st.shared
         .state
         .lock()
@@ -342,15 +340,7 @@ async fn put_exchange(
 ) -> ApiResult<Response> {
     check_vhost_for_put(&st, &c, &vhost)?;
     let d = exchange_request(&name, &bytes)?;
-    permit(
-        &st,
-        &c,
-        &vhost,
-        Resource::Exchange,
-        &name,
-        Perm::Configure,
-        Refused::Plain,
-    )?;
+    may_configure(&st, &c, &vhost, Resource::Exchange, &name)?;
     let mut s = st.shared.state.lock();
     let existed = s.has_exchange(&vhost, &name);
     s.exchange_declare(&vhost, d)
@@ -373,15 +363,7 @@ async fn delete_exchange(
     if !st.shared.state.lock().has_exchange(&vhost, &name) {
         return Err(ApiError::not_found());
     }
-    permit(
-        &st,
-        &c,
-        &vhost,
-        Resource::Exchange,
-        &name,
-        Perm::Configure,
-        Refused::Plain,
-    )?;
+    may_configure(&st, &c, &vhost, Resource::Exchange, &name)?;
     let mut s = st.shared.state.lock();
     let if_unused = raw.get("if-unused").is_some_and(|v| v == "true");
     s.exchange_delete(&vhost, &name, if_unused)
@@ -776,15 +758,7 @@ async fn get_messages(
         encoding,
         truncate,
     } = get_request(&bytes)?;
-    permit(
-        &st,
-        &c,
-        &vhost,
-        Resource::Queue,
-        &name,
-        Perm::Read,
-        Refused::Amqp,
-    )?;
+    may_read_queue(&st, &c, &vhost, &name, Refused::Amqp)?;
     let sink = Arc::new(Collect::default());
     let key = ChannelKey {
         conn: request_conn(),
