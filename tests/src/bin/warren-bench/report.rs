@@ -17,6 +17,8 @@ pub(crate) enum Unit {
     Micros,
     /// KiB of memory (lower is better).
     KiB,
+    /// A count, such as connections that worked (higher is better).
+    Count,
 }
 
 impl Unit {
@@ -39,8 +41,22 @@ impl Unit {
                     format!("{v:.1} KiB")
                 }
             }
+            Unit::Count => format!("{v:.0}"),
         }
     }
+}
+
+/// A count with thousands separators, as the row labels write it: 10,000.
+pub(crate) fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 pub(crate) fn si(v: f64) -> String {
