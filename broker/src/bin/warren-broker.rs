@@ -287,10 +287,8 @@ fn raise_open_file_limit() {
                 ),
             }
         }
-        soft => tracing::info!(
-            limit = soft.map_or_else(|| "unlimited".to_owned(), |s| s.to_string()),
-            "open-file limit (soft RLIMIT_NOFILE)"
-        ),
+        Some(soft) => tracing::info!(limit = soft, "open-file limit (soft RLIMIT_NOFILE)"),
+        None => tracing::info!(limit = "unlimited", "open-file limit (soft RLIMIT_NOFILE)"),
     }
 }
 

@@ -79,7 +79,7 @@ impl QueueRows {
                 "many queues: publish->consume 16 B round-robin over the {n} queues (1 pub, {connections} consumer conns) [frame-level client]"
             ),
             delete: format!("many queues: deleting the {n} queues [frame-level client]"),
-            rss_after: format!("many queues: RSS after deleting them"),
+            rss_after: "many queues: RSS after deleting them".to_owned(),
         }
     }
 }

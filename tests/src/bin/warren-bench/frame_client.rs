@@ -204,7 +204,7 @@ impl RawAmqp {
         until: Instant,
         lead: &Lead,
     ) -> BoxResult<u64> {
-        if one == 0 || messages.is_empty() || messages.len() % one != 0 {
+        if one == 0 || messages.is_empty() || !messages.chunks_exact(one).remainder().is_empty() {
             return Err("publish_cycle_for: messages are not whole publishes".into());
         }
         let per_write = (64 * 1024 / one).max(1) * one;
