@@ -29,7 +29,26 @@ struct BrokerProcess {
 impl BrokerProcess {
     /// Starts the binary with `args` and HOME = `home`, and waits for its "ready" line.
     fn start(home: &Path, args: &[&str]) -> BrokerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren-broker"))
+        Self::start_from(
+            Command::new(env!("CARGO_BIN_EXE_warren-broker")),
+            home,
+            args,
+        )
+    }
+
+    /// Starts the binary through `sh`, which first sets the soft open-file limit to `soft`
+    /// (`ulimit -Sn`) and then `exec`s it, so the child is the broker itself.
+    #[cfg(unix)]
+    fn start_with_soft_nofile(home: &Path, soft: u64, args: &[&str]) -> BrokerProcess {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_warren-broker"));
+        Self::start_from(sh, home, args)
+    }
+
+    fn start_from(mut command: Command, home: &Path, args: &[&str]) -> BrokerProcess {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(["--management-listen", "127.0.0.1:0"])
             .args(["--prometheus-listen", "127.0.0.1:0"])
@@ -248,6 +267,71 @@ async fn sigterm_closes_connections_with_320_and_exits_0() {
     assert!(
         !broker.wait_logged("shutting down").is_empty(),
         "the stop is logged"
+    );
+}
+
+/// The soft and hard "Max open files" of a process, from /proc/PID/limits.
+#[cfg(target_os = "linux")]
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().expect("soft limit").to_owned();
+    let hard = fields.next().expect("hard limit").to_owned();
+    (soft, hard)
+}
+
+/// A log line without its colour codes (ESC [ ... m).
+#[cfg(target_os = "linux")]
+fn without_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Started with a soft open-file limit of 64, the binary raises it to the hard limit (so it
+/// can hold as many connections as the system allows) and logs it at info.
+#[cfg(target_os = "linux")]
+#[test]
+fn raises_its_soft_open_file_limit_to_the_hard_limit() {
+    let home = TempHome::new("nofile");
+    let broker = BrokerProcess::start_with_soft_nofile(&home.0, 64, &["--memory-only"]);
+    let (soft, hard) = open_file_limits(broker.child.id());
+    assert_ne!(
+        hard, "64",
+        "the hard limit of this machine is 64: nothing to raise"
+    );
+    // An unlimited hard limit cannot be the soft one: the broker takes Linux's default
+    // fs.nr_open then.
+    let expected = if hard == "unlimited" {
+        "1048576"
+    } else {
+        &hard
+    };
+    assert_eq!(
+        soft, expected,
+        "the broker's soft limit after start (hard: {hard})"
+    );
+    let logged = broker.wait_logged("raised the open-file limit");
+    assert_eq!(logged.len(), 1, "one info line, got {logged:?}");
+    let line = without_ansi(&logged[0]);
+    assert!(
+        line.contains("INFO") && line.contains("from=64") && line.contains(&format!("to={soft}")),
+        "the line names the level and both limits: {line}"
     );
 }
 

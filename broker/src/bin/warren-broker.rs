@@ -237,6 +237,7 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    raise_open_file_limit();
     let runtime = match args.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -254,6 +255,45 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit, as `ulimit -n` with
+/// the hard limit would: every connection is a file descriptor, and the usual soft limit of
+/// 1,024 would cap the broker near 1,000 connections while the hard limit allows far more.
+/// Logs the limit it runs with; failing to raise it is a warning, not a reason to stop.
+#[cfg(unix)]
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // An unlimited hard limit cannot be the soft one (Linux caps it at fs.nr_open, whose
+    // default is 1,048,576).
+    let target = limit.maximum.unwrap_or(1 << 20);
+    match limit.current {
+        Some(soft) if soft < target => {
+            let raised = Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => tracing::info!(
+                    from = soft,
+                    to = target,
+                    "raised the open-file limit (soft RLIMIT_NOFILE) to the hard limit"
+                ),
+                Err(e) => tracing::warn!(
+                    limit = soft,
+                    hard = target,
+                    error = %e,
+                    "cannot raise the open-file limit; connections beyond it will be refused"
+                ),
+            }
+        }
+        Some(soft) => tracing::info!(limit = soft, "open-file limit (soft RLIMIT_NOFILE)"),
+        None => tracing::info!(limit = "unlimited", "open-file limit (soft RLIMIT_NOFILE)"),
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() {}
 
 /// The signals that stop the broker gracefully, installed before it starts so that a signal
 /// arriving right after the "ready" line is not lost.

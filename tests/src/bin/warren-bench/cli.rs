@@ -55,6 +55,18 @@ pub(crate) struct Args {
     /// 100 B messages queued in the memory scenario.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) queued: u64,
+    /// Queues (one consumer each) in the many-entities scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) many_queues: usize,
+    /// Connections those queues are declared and consumed on (each takes an equal share).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) many_queues_connections: usize,
+    /// Connections opened in the many-connections scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) many_connections: usize,
+    /// Connections of those that each publish to and consume from a queue.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) connection_sample: usize,
     #[command(subcommand)]
     pub(crate) command: Option<Cmd>,
 }
@@ -82,6 +94,8 @@ pub(crate) enum Group {
     Rpc,
     /// RSS idle, with many connections, with many queued messages.
     Memory,
+    /// Many entities (issue 16): 10,000 queues with a consumer each, 10,000 connections.
+    Entities,
 }
 
 /// The client that generates throughput load.

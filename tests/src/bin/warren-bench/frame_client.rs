@@ -95,23 +95,83 @@ impl RawAmqp {
     /// Starts a no-ack consumer of `queue` on channel 1.
     pub(crate) async fn consume(&mut self, queue: &str) -> BoxResult<()> {
         use amq_protocol::protocol::basic;
-        self.send(
-            1,
-            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-                queue: queue.into(),
-                consumer_tag: "".into(),
-                no_local: false,
-                no_ack: true,
-                exclusive: false,
-                nowait: false,
-                arguments: FieldTable::default(),
-            })),
-        )
-        .await?;
-        match self.method().await? {
-            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)) => Ok(()),
-            other => Err(format!("expected basic.consume-ok, got {other:?}")),
+        let consume = AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: queue.into(),
+            consumer_tag: "".into(),
+            no_local: false,
+            no_ack: true,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        }));
+        self.call(consume, "basic.consume", |m| {
+            matches!(m, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))).then_some(())
+        })
+        .await
+    }
+
+    /// Declares a queue on channel 1 (not durable; `exclusive` to this connection or not) and
+    /// waits for declare-ok.
+    pub(crate) async fn declare_queue(&mut self, queue: &str, exclusive: bool) -> BoxResult<()> {
+        use amq_protocol::protocol::queue;
+        let declare = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: queue.into(),
+            passive: false,
+            durable: false,
+            exclusive,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        }));
+        self.call(declare, "queue.declare", |m| {
+            matches!(m, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))).then_some(())
+        })
+        .await
+    }
+
+    /// Deletes a queue on channel 1 and waits for delete-ok.
+    pub(crate) async fn delete_queue(&mut self, queue: &str) -> BoxResult<()> {
+        use amq_protocol::protocol::queue;
+        let delete = AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+            queue: queue.into(),
+            if_unused: false,
+            if_empty: false,
+            nowait: false,
+        }));
+        self.call(delete, "queue.delete", |m| {
+            matches!(m, AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_))).then_some(())
+        })
+        .await
+    }
+
+    /// Sends `method` on channel 1 and waits for the next method frame, which `ok` accepts;
+    /// a channel or connection close instead is the error, with the broker's code and text.
+    async fn call<T>(
+        &mut self,
+        method: AMQPClass,
+        what: &str,
+        ok: impl Fn(&AMQPClass) -> Option<T>,
+    ) -> BoxResult<T> {
+        use amq_protocol::protocol::{channel, connection};
+        self.send(1, method)
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        let answer = self.method().await.map_err(|e| format!("{what}: {e}"))?;
+        if let Some(v) = ok(&answer) {
+            return Ok(v);
         }
+        Err(match answer {
+            AMQPClass::Channel(channel::AMQPMethod::Close(c)) => {
+                format!("{what}: channel closed: {} {}", c.reply_code, c.reply_text)
+            }
+            AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
+                format!(
+                    "{what}: connection closed: {} {}",
+                    c.reply_code, c.reply_text
+                )
+            }
+            other => format!("{what}: unexpected answer {other:?}"),
+        })
     }
 
     /// Reads what the broker sent and counts the `basic.deliver` frames in it.
@@ -152,6 +212,37 @@ impl RawAmqp {
             lead.add(per_batch as u64);
             self.write(&batch).await?;
             published += per_batch as u64;
+        }
+        Ok(published)
+    }
+
+    /// Writes `messages` (pre-encoded publishes of `one` bytes each, laid end to end) from the
+    /// first to the last and again from the first, in writes of about 64 KiB, until `until`.
+    /// Returns how many publishes were written.
+    pub(crate) async fn publish_cycle_for(
+        &mut self,
+        messages: &[u8],
+        one: usize,
+        until: Instant,
+        lead: &Lead,
+    ) -> BoxResult<u64> {
+        if one == 0 || messages.is_empty() || !messages.chunks_exact(one).remainder().is_empty() {
+            return Err("publish_cycle_for: messages are not whole publishes".into());
+        }
+        let per_write = (64 * 1024 / one).max(1) * one;
+        let mut at = 0;
+        let mut published = 0u64;
+        while Instant::now() < until {
+            if lead.exceeded() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+            let end = (at + per_write).min(messages.len());
+            let n = ((end - at) / one) as u64;
+            lead.add(n);
+            self.write(&messages[at..end]).await?;
+            published += n;
+            at = if end == messages.len() { 0 } else { end };
         }
         Ok(published)
     }

@@ -14,17 +14,24 @@
 //! - RPC by hand with lapin (direct reply-to) and through warren-rpc, 64 B and 16 KiB
 //!   requests: p50/p99 at 1 caller, calls/s at 32 and 256 callers;
 //! - memory: the broker's RSS idle, with 1,000 connections, with 1,000,000 queued 100 B
-//!   messages.
+//!   messages;
+//! - many entities, with the frame-level client: 10,000 queues with a consumer each (declare
+//!   and consume rates, RSS, publish -> consume round-robin over them, delete rate) and
+//!   10,000 connections (connect rate, RSS, a round trip on each, publish -> consume through a
+//!   sample).
+//!
+//! The harness raises its own open-file limit to the hard limit first (10,000 sockets).
 //!
 //! See BENCHMARKS.md for the machine and the latest table.
 //!
 //! Modules: [`cli`] (the command line), [`broker_process`] (the broker as a child process, RSS),
-//! [`throughput`](mod@throughput), [`rpc`] and [`memory`] (the scenarios), [`report`] (results, the table,
+//! [`throughput`](mod@throughput), [`rpc`], [`memory`] and [`entities`] (the scenarios), [`report`] (results, the table,
 //! the targets), [`lapin_client`] and [`frame_client`] (the two load generators; the
 //! frame-level one is built on the raw client of `warren_tests::raw`, as the wire tests are).
 
 mod broker_process;
 mod cli;
+mod entities;
 mod frame_client;
 mod lapin_client;
 mod memory;
@@ -39,6 +46,7 @@ use clap::Parser;
 
 use broker_process::{find_beam, rss_kib, serve_broker, BrokerBin, ChildBroker};
 use cli::{Args, Cmd, Generator, Group, Which};
+use entities::{many_connections, many_queues};
 use memory::{memory_connections, memory_queued};
 use report::{
     persistent_online_label, print_targets, rpc_label, si, tput_label, Results, Unit, FANOUT,
@@ -201,6 +209,48 @@ async fn one_run(env: &Env<'_>, order: &[Which], last: bool, results: &mut Resul
             }
         }
     }
+    if env.wants(Group::Entities) {
+        eprintln!("  entities: {} queues, one consumer each", a.many_queues);
+        for &w in order {
+            if let Some(pid) = env.pid(w) {
+                let r = many_queues(
+                    results,
+                    w,
+                    env.url(w),
+                    pid,
+                    a.many_queues,
+                    a.many_queues_connections,
+                    a.seconds,
+                )
+                .await;
+                if let Err(e) = r {
+                    let label = format!("many queues: {} queues", report::thousands(a.many_queues));
+                    results.note(w, &label, Unit::OpsPerSec, format!("failed: {e}"));
+                }
+            }
+        }
+        eprintln!("  entities: {} connections", a.many_connections);
+        for &w in order {
+            if let Some(pid) = env.pid(w) {
+                let r = many_connections(
+                    results,
+                    w,
+                    env.url(w),
+                    pid,
+                    a.many_connections,
+                    a.connection_sample,
+                )
+                .await;
+                if let Err(e) = r {
+                    let label = format!(
+                        "many connections: {} connections",
+                        report::thousands(a.many_connections)
+                    );
+                    results.note(w, &label, Unit::KiB, format!("failed: {e}"));
+                }
+            }
+        }
+    }
     if env.wants(Group::Memory) && last {
         eprintln!("  memory: {} queued messages", a.queued);
         for &w in order {
@@ -214,11 +264,41 @@ async fn one_run(env: &Env<'_>, order: &[Which], last: bool, results: &mut Resul
     }
 }
 
+/// Raises this process's soft limit on open files to the hard limit (the broker child inherits
+/// it, and raises its own too); returns the limit before and after, for the header.
+#[cfg(unix)]
+fn raise_open_file_limit() -> String {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
+    let limit = getrlimit(Resource::Nofile);
+    // An unlimited hard limit cannot be the soft one (Linux caps it at fs.nr_open).
+    let target = limit.maximum.unwrap_or(1 << 20);
+    match limit.current {
+        Some(soft) if soft < target => {
+            let raised = Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => format!("{target} (raised from {soft})"),
+                Err(e) => format!("{soft} (cannot raise it to {target}: {e})"),
+            }
+        }
+        soft => show(soft),
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> String {
+    "not raised (not Unix)".to_owned()
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Cmd::ServeBroker { listen, data_dir }) = args.command {
         return serve_broker(listen, data_dir);
     }
+    let open_files = raise_open_file_limit();
     let bin = match BrokerBin::find(args.broker_bin.clone()) {
         Ok(b) => b,
         Err(e) => {
@@ -257,6 +337,7 @@ fn main() -> ExitCode {
         args.seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    println!("- open-file limit of the harness: {open_files}");
     let mut results = Results::default();
     let mut complaints = Vec::new();
     for run in 0..args.runs {

@@ -17,6 +17,8 @@ pub(crate) enum Unit {
     Micros,
     /// KiB of memory (lower is better).
     KiB,
+    /// A count, such as connections that worked (higher is better).
+    Count,
 }
 
 impl Unit {
@@ -39,8 +41,21 @@ impl Unit {
                     format!("{v:.1} KiB")
                 }
             }
+            Unit::Count => format!("{v:.0}"),
         }
     }
+}
+
+/// A count with thousands separators, as the row labels write it: 10,000.
+pub(crate) fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let groups: Vec<&str> = digits
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|g| std::str::from_utf8(g).unwrap_or("?"))
+        .collect();
+    groups.join(",")
 }
 
 pub(crate) fn si(v: f64) -> String {

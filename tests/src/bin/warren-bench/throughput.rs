@@ -23,10 +23,10 @@ use crate::BoxResult;
 
 /// Counts deliveries and remembers when the last one arrived.
 #[derive(Default)]
-struct Arrivals {
-    count: AtomicU64,
+pub(crate) struct Arrivals {
+    pub(crate) count: AtomicU64,
     /// Nanoseconds after `start` of the last delivery.
-    last_ns: AtomicU64,
+    pub(crate) last_ns: AtomicU64,
 }
 
 /// Keeps publishers at most `max` messages per queue ahead of the consumers, so a broker
@@ -41,6 +41,17 @@ pub(crate) struct Lead {
 }
 
 impl Lead {
+    /// A lead of at most `max` messages per queue over `queues` queues, each message counted
+    /// once per queue it is delivered from (1 when each message goes to one queue).
+    pub(crate) fn new(arrivals: Arc<Arrivals>, queues: u64, max: u64) -> Lead {
+        Lead {
+            sent: Arc::default(),
+            arrivals,
+            queues,
+            max,
+        }
+    }
+
     pub(crate) fn add(&self, n: u64) {
         self.sent.fetch_add(n, Ordering::Relaxed);
     }
@@ -377,7 +388,7 @@ pub(crate) async fn throughput(
 }
 
 /// Records one delivery: the first one fixes the consumer's view of the start.
-fn arrived(
+pub(crate) fn arrived(
     arrivals: &Arrivals,
     start: &mut Option<Instant>,
     cell: &Mutex<Option<Instant>>,
