@@ -15,7 +15,6 @@ use crate::core::topology::{ExchangeDeclare, QueueDeclare};
 use crate::core::vhost::Vhost;
 use amq_protocol::types::FieldTable;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 
 /// Whether a binding to `d` is part of the durable definitions (its source must be durable
 /// too).
@@ -27,7 +26,7 @@ pub(crate) fn is_durable_destination(vh: &Vhost, d: &Destination) -> bool {
 }
 
 /// The durable definitions of every vhost.
-pub(crate) fn snapshot(vhosts: &HashMap<String, Vhost>) -> Value {
+pub(crate) fn snapshot(vhosts: &super::FastMap<String, Vhost>) -> Value {
     let mut out = serde_json::Map::new();
     for (name, vh) in vhosts {
         let mut exchanges = Vec::new();

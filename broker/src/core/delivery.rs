@@ -15,7 +15,7 @@ use super::stats::{Stat, Stats};
 use super::store::Store;
 use super::vhost::Vhost;
 use amq_protocol::types::FieldTable;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -591,7 +591,7 @@ use pump_ctx;
 /// storage, the page files and the counters (borrowed from [`State`] field by field, since the
 /// queue itself is borrowed from it too).
 struct Pump<'a> {
-    channels: &'a mut HashMap<ChannelKey, ChannelSlot>,
+    channels: &'a mut super::FastMap<ChannelKey, ChannelSlot>,
     dead: &'a mut Vec<Dead>,
     store: Option<&'a Store>,
     pager: &'a mut Pager,

@@ -46,3 +46,9 @@ pub(crate) mod store;
 pub(crate) mod topic;
 pub(crate) mod topology;
 pub(crate) mod vhost;
+
+/// The hash map of the per-message paths (vhosts, queues, exchanges, channels, statistics):
+/// foldhash, seeded per process, instead of SipHash, which was 4% of the broker's time at
+/// 1M msg/s. Keys are names that logged-in users choose; the random seed keeps collisions
+/// unpredictable.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -16,7 +16,7 @@ use super::rpcwatch::{RpcWatch, ServiceStats};
 use super::session::{ChannelSlot, ConnSlot};
 use super::store::{Recovered, Store};
 use super::vhost::Vhost;
-use std::collections::HashMap;
+use super::FastMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -65,7 +65,7 @@ pub(super) struct Dead {
 
 /// Everything the broker knows, behind one lock.
 pub(crate) struct State {
-    pub(super) vhosts: HashMap<String, Vhost>,
+    pub(super) vhosts: FastMap<String, Vhost>,
     pub(super) store: Option<Arc<Store>>,
     pub(super) pager: Pager,
     /// Bytes of ready messages in memory across all queues.
@@ -73,9 +73,9 @@ pub(crate) struct State {
     /// Above this many resident bytes, newly queued messages are paged out.
     pub(super) page_budget: usize,
     pub(super) dead: Vec<Dead>,
-    pub(super) channels: HashMap<ChannelKey, ChannelSlot>,
-    pub(super) conns: HashMap<ConnId, ConnSlot>,
-    pub(super) reply_names: HashMap<String, ChannelKey>,
+    pub(super) channels: FastMap<ChannelKey, ChannelSlot>,
+    pub(super) conns: FastMap<ConnId, ConnSlot>,
+    pub(super) reply_names: FastMap<String, ChannelKey>,
     pub(super) next_queue_id: u64,
     /// Reused by every publish for the queues a message reaches.
     pub(super) route_buf: Vec<Arc<str>>,
@@ -106,7 +106,7 @@ impl Default for State {
 impl State {
     /// A state with the default vhost "/".
     pub(crate) fn new() -> Self {
-        let mut vhosts = HashMap::new();
+        let mut vhosts = FastMap::default();
         vhosts.insert("/".to_string(), Vhost::new("/"));
         State {
             vhosts,
@@ -119,9 +119,9 @@ impl State {
             resident: Arc::new(AtomicUsize::new(0)),
             page_budget: 128 * 1024 * 1024,
             dead: Vec::new(),
-            channels: HashMap::new(),
-            conns: HashMap::new(),
-            reply_names: HashMap::new(),
+            channels: FastMap::default(),
+            conns: FastMap::default(),
+            reply_names: FastMap::default(),
             next_queue_id: 1,
             route_buf: Vec::new(),
             rpc: RpcWatch::default(),
@@ -217,7 +217,7 @@ impl State {
     }
 
     /// All vhosts.
-    pub(crate) fn vhosts_mut(&mut self) -> &mut HashMap<String, Vhost> {
+    pub(crate) fn vhosts_mut(&mut self) -> &mut FastMap<String, Vhost> {
         &mut self.vhosts
     }
 

@@ -10,6 +10,7 @@
 use super::exchange::Destination;
 use super::message::{ChannelKey, ConnId};
 use super::state::State;
+use super::FastMap;
 use amq_protocol::types::FieldTable;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -184,9 +185,6 @@ fn exchange_key(name: &str) -> &str {
         name
     }
 }
-
-/// A map with a fast seeded hasher: these maps are touched several times per message.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Adds to the counters of `name` in `vhost`: one lookup per level when both exist (the
 /// per-message case), creating them otherwise.

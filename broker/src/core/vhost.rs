@@ -2,8 +2,8 @@
 
 use super::exchange::{Exchange, ExchangeKind};
 use super::queue::Queue;
+use super::FastMap;
 use amq_protocol::types::FieldTable;
-use std::collections::HashMap;
 
 /// Exchanges and queues of one virtual host.
 #[derive(Debug)]
@@ -11,15 +11,15 @@ pub(crate) struct Vhost {
     /// The vhost name.
     pub(crate) name: String,
     /// Exchanges by name (the default exchange "" is implicit).
-    pub(crate) exchanges: HashMap<String, Exchange>,
+    pub(crate) exchanges: FastMap<String, Exchange>,
     /// Queues by name.
-    pub(crate) queues: HashMap<String, Queue>,
+    pub(crate) queues: FastMap<String, Queue>,
 }
 
 impl Vhost {
     /// A vhost with RabbitMQ's predeclared exchanges.
     pub(crate) fn new(name: &str) -> Self {
-        let mut exchanges = HashMap::new();
+        let mut exchanges = FastMap::default();
         for (n, k) in [
             ("amq.direct", ExchangeKind::Direct),
             ("amq.fanout", ExchangeKind::Fanout),
@@ -35,7 +35,7 @@ impl Vhost {
         Vhost {
             name: name.to_string(),
             exchanges,
-            queues: HashMap::new(),
+            queues: FastMap::default(),
         }
     }
 }
