@@ -524,8 +524,7 @@ async fn accepted(
             Some((stream, addr))
         }
         Err(e) => {
-            tracing::warn!(error = %e, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            crate::transport::accept_failed("amqp", &e).await;
             None
         }
     }

@@ -40,3 +40,32 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
         self.get_ref().0.local_addr()
     }
 }
+
+/// What every accept loop does when `accept` fails (most often: out of file descriptors):
+/// pauses 50 ms so the loop does not spin, and logs at most once a second per process with
+/// how many failures it did not log (the failure repeats every pause while the limit holds,
+/// which flooded the log with 20 lines a second per listener).
+pub(crate) async fn accept_failed(listener: &str, error: &std::io::Error) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    static LAST_LOGGED_MS: AtomicU64 = AtomicU64::new(0);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+    let now_ms = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1000;
+    let last = LAST_LOGGED_MS.load(Ordering::Relaxed);
+    if now_ms.saturating_sub(last) >= 1000
+        && LAST_LOGGED_MS
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let unlogged = UNLOGGED.swap(0, Ordering::Relaxed);
+        tracing::warn!(listener, %error, unlogged, "accept failed");
+    } else {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}

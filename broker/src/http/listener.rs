@@ -95,11 +95,7 @@ pub(crate) async fn serve(
                     let conn = connection(stream, peer, app.clone(), tls.clone(), timeouts, conn_stop.clone());
                     conns.spawn(conn);
                 }
-                Err(e) => {
-                    // E.g. out of file descriptors: paced, so the loop does not spin.
-                    tracing::warn!(listener = what, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(e) => crate::transport::accept_failed(what, &e).await,
             },
         }
     }

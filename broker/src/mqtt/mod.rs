@@ -84,9 +84,12 @@ pub(crate) async fn listen(
             _ = stop.changed() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        crate::transport::accept_failed("mqtt", &e).await;
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 let c = Conn {

@@ -104,10 +104,7 @@ where
                     let _ = stream.set_nodelay(true);
                     conns.spawn(serve(stream, peer));
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "STOMP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(e) => crate::transport::accept_failed("stomp", &e).await,
             },
         }
     }
