@@ -19,36 +19,21 @@
 # a CA ($DIR/tls/ca.pem and its key ca.key, with which the tests sign client certificates) and the
 # server's certificate for localhost / 127.0.0.1. Definitions loaded at boot ($DIR/definitions.json)
 # create the user `warren-external`, with no password (only EXTERNAL can log it in) and full
-# permissions on vhost "/". A separate Erlang cookie lives in $DIR/home (HOME for the node and
-# rabbitmqctl), so neither the system node's cookie nor root's is touched.
+# permissions on vhost "/". The node's own cookie, environment and start/stop are in
+# scripts/lib/rabbit-node.sh.
 #
 # Cheap to boot: one node, one plugin, no management; about 10 s on 2 cores.
 set -euo pipefail
 
+LABEL=external-node
 BASE=${WARREN_EXTNODE_DIR:-/tmp/warren-extnode}
 NODE=warren-ext@localhost
 PORT=5681
 DIST_PORT=25681
+BOOT_TIMEOUT=${WARREN_EXTNODE_BOOT_TIMEOUT:-120}
 USER_NAME=warren-external
-SB=$(ls -d /usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin 2>/dev/null | tail -1 || true)
-if [ -z "$SB" ]; then
-  echo "external-node: Debian's rabbitmq-server is not installed (apt-get install rabbitmq-server)" >&2
-  exit 1
-fi
-
-env_for_node() {
-  export HOME=$BASE/home
-  export RABBITMQ_NODENAME=$NODE RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_DIST_PORT=$DIST_PORT
-  export RABBITMQ_MNESIA_BASE=$BASE/mnesia RABBITMQ_LOG_BASE=$BASE/log
-  export RABBITMQ_ENABLED_PLUGINS_FILE=$BASE/enabled_plugins RABBITMQ_CONFIG_FILE=$BASE/rabbitmq.conf
-  export RABBITMQ_ADVANCED_CONFIG_FILE=$BASE/advanced.config RABBITMQ_CONF_ENV_FILE=$BASE/rabbitmq-env.conf
-  export RABBITMQ_PID_FILE=$BASE/pid ERL_EPMD_ADDRESS=127.0.0.1
-  export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
-}
-
-ctl() { (env_for_node && "$SB/rabbitmqctl" -n "$NODE" "$@"); }
-
-amqps_up() { (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; }
+# shellcheck source=lib/rabbit-node.sh
+. "$(dirname "$0")/lib/rabbit-node.sh"
 
 url() { echo "amqps://localhost:$PORT/%2f?cacertfile=$BASE/tls/ca.pem"; }
 
@@ -70,12 +55,6 @@ certificates() {
 }
 
 prepare() {
-  mkdir -p "$BASE/home" "$BASE/mnesia" "$BASE/log"
-  chmod 700 "$BASE/home"
-  if [ ! -s "$BASE/home/.erlang.cookie" ]; then
-    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$BASE/home/.erlang.cookie"
-    chmod 400 "$BASE/home/.erlang.cookie"
-  fi
   certificates
   echo '[rabbitmq_auth_mechanism_ssl].' > "$BASE/enabled_plugins"
   cat > "$BASE/definitions.json" <<JSON
@@ -96,39 +75,6 @@ auth_mechanisms.1 = EXTERNAL
 auth_mechanisms.2 = PLAIN
 load_definitions = $BASE/definitions.json
 CONF
-  : > "$BASE/rabbitmq-env.conf"
 }
 
-case "${1:-}" in
-  start)
-    prepare
-    if ! ctl ping >/dev/null 2>&1; then
-      (env_for_node && exec setsid nohup "$SB/rabbitmq-server" >> "$BASE/log/stdout.log" 2>&1 < /dev/null) &
-    fi
-    until=$((SECONDS + ${WARREN_EXTNODE_BOOT_TIMEOUT:-120}))
-    until amqps_up; do
-      [ $SECONDS -lt $until ] || { echo "external-node: $NODE did not come up: see $BASE/log" >&2; exit 1; }
-      sleep 1
-    done
-    ctl await_startup --timeout $((until - SECONDS > 5 ? until - SECONDS : 5)) >/dev/null \
-      || { echo "external-node: $NODE did not finish booting: see $BASE/log" >&2; exit 1; }
-    url
-    ;;
-  stop)
-    ctl stop >/dev/null 2>&1 || true
-    ;;
-  status)
-    if amqps_up && ctl ping >/dev/null 2>&1; then echo up; else echo down; exit 1; fi
-    ;;
-  url)
-    url
-    ;;
-  reset)
-    "$0" stop
-    rm -rf "$BASE"
-    ;;
-  *)
-    echo "usage: $0 start|stop|status|url|reset" >&2
-    exit 2
-    ;;
-esac
+node_command "start|stop|status|url|reset" "$@"
