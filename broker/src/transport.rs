@@ -47,25 +47,23 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
 /// which flooded the log with 20 lines a second per listener).
 pub(crate) async fn accept_failed(listener: &str, error: &std::io::Error) {
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static START: OnceLock<std::time::Instant> = OnceLock::new();
-    static LAST_LOGGED_MS: AtomicU64 = AtomicU64::new(0);
+    use std::sync::{Mutex, PoisonError};
+    use std::time::{Duration, Instant};
+    static LAST_LOGGED: Mutex<Option<Instant>> = Mutex::new(None);
     static UNLOGGED: AtomicU64 = AtomicU64::new(0);
-    let now_ms = START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-        + 1000;
-    let last = LAST_LOGGED_MS.load(Ordering::Relaxed);
-    if now_ms.saturating_sub(last) >= 1000
-        && LAST_LOGGED_MS
-            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    let due = {
+        let mut last = LAST_LOGGED.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
+    if due {
         let unlogged = UNLOGGED.swap(0, Ordering::Relaxed);
         tracing::warn!(listener, %error, unlogged, "accept failed");
     } else {
         UNLOGGED.fetch_add(1, Ordering::Relaxed);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }

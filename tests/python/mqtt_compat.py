@@ -15,6 +15,8 @@ import subprocess
 import sys
 import uuid
 
+from mqtt_wire import mqtt_string, remaining_length
+
 import paho.mqtt.client as mqtt
 import pika
 
@@ -135,15 +137,6 @@ def raw_connect(addr, client_id, will_topic=None, will_payload=b"", keepalive=60
                                 keepalive=keepalive))
     expect(sock.recv(4) == b"\x20\x02\x00\x00", "CONNACK accepted")
     return sock
-
-
-def remaining_length(n):
-    out = b""
-    while True:
-        d, n = n % 128, n // 128
-        out += bytes([d | (0x80 if n else 0)])
-        if not n:
-            return out
 
 
 def scenario_will(a):
@@ -302,9 +295,7 @@ def bad_input(addr, data):
 def connect_packet(level=4, name="MQTT", client_id="bad", password="guest", clean=True,
                    will=None, keepalive=60):
     """CONNECT with user guest; `will` is (topic, payload), sent at QoS 1."""
-    def s(b):
-        b = b.encode() if isinstance(b, str) else b
-        return struct.pack("!H", len(b)) + b
+    s = mqtt_string
     flags = 0xC0 | (0x02 if clean else 0)
     payload = s(client_id)
     if will:

@@ -23,6 +23,8 @@ import urllib.parse
 import urllib.request
 import uuid
 
+from mqtt_wire import mqtt_string, remaining_length
+
 WAIT = 10  # seconds to wait for something that must happen
 LISTED = 30  # seconds RabbitMQ may take to list a connection (its stats interval)
 
@@ -122,20 +124,6 @@ class Admin:
 
 # ----- MQTT over a plain socket -----------------------------------------------------------
 
-def varint(n):
-    out = b""
-    while True:
-        d, n = n % 128, n // 128
-        out += bytes([d | (0x80 if n else 0)])
-        if not n:
-            return out
-
-
-def mstr(s):
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack(">H", len(b)) + b
-
-
 class Mqtt:
     """An MQTT 3.1.1 (or 3.1) client written by hand: packets go out as asked, and every
     packet that comes back is read in order, so a missing SUBACK or PUBACK, or the broker
@@ -146,21 +134,21 @@ class Mqtt:
         self.sock = socket.create_connection(addr, timeout=WAIT)
         self.ws = WsConn(self.sock, "mqtt") if ws else None
         flags = 0x02 | 0x80 | 0x40  # clean session, username, password
-        payload = mstr(self.client_id)
+        payload = mqtt_string(self.client_id)
         if will:
             topic, message, qos, retain = will
             flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
-            payload += mstr(topic) + mstr(message)
-        payload += mstr(user) + mstr(password)
+            payload += mqtt_string(topic) + mqtt_string(message)
+        payload += mqtt_string(user) + mqtt_string(password)
         name = b"MQTT" if level == 4 else b"MQIsdp"
-        var = mstr(name) + bytes([level, flags]) + struct.pack(">H", 60)
+        var = mqtt_string(name) + bytes([level, flags]) + struct.pack(">H", 60)
         self.write(0x10, var + payload)
         kind, _, body = self.packet()
         expect(kind == 2, f"CONNACK expected, got packet type {kind}")
         self.rc = body[1]
 
     def write(self, first, body):
-        data = bytes([first]) + varint(len(body)) + body
+        data = bytes([first]) + remaining_length(len(body)) + body
         if self.ws:
             self.ws.send(data, binary=True)
         else:
@@ -193,11 +181,11 @@ class Mqtt:
         return first[0] >> 4, first[0] & 0x0F, body
 
     def subscribe(self, pkid, *filters):
-        body = struct.pack(">H", pkid) + b"".join(mstr(f) + bytes([q]) for f, q in filters)
+        body = struct.pack(">H", pkid) + b"".join(mqtt_string(f) + bytes([q]) for f, q in filters)
         self.write(0x82, body)
 
     def publish(self, topic, payload, qos=0, pkid=1, retain=False):
-        body = mstr(topic) + (struct.pack(">H", pkid) if qos else b"") + payload
+        body = mqtt_string(topic) + (struct.pack(">H", pkid) if qos else b"") + payload
         self.write(0x30 | (qos << 1) | (1 if retain else 0), body)
 
     def ping(self):

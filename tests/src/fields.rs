@@ -25,6 +25,20 @@ pub fn table_str(t: &FieldTable, key: &str) -> Option<String> {
     }
 }
 
+/// Extracts an integer field (of any AMQP integer type) from a table as an `i64`.
+pub fn table_int(headers: &FieldTable, key: &str) -> Option<i64> {
+    match headers.inner().get(key)? {
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongLongInt(v) => Some(*v),
+        _ => None,
+    }
+}
+
 /// Shorthand for a [`ShortString`].
 pub fn short(s: &str) -> ShortString {
     s.into()

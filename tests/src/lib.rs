@@ -51,7 +51,7 @@ pub mod raw;
 pub mod rpc_support;
 pub mod targets;
 
-pub use fields::{long_str, short, table, table_str};
+pub use fields::{long_str, short, table, table_int, table_str};
 pub use helpers::{
     amqp_error, close, close_watch, consume, declare_exclusive, drain, expect_error,
     expect_error_prefix, expect_no_delivery, expect_queue_gone, fill, get, get_body, next_delivery,

@@ -139,20 +139,6 @@ async fn get_one(ch: &Channel, t: &Target, queue: &str) -> lapin::message::Basic
     }
 }
 
-/// A header of an AMQP message as an integer (any integer type).
-fn int_header(headers: &FieldTable, key: &str) -> Option<i64> {
-    match headers.inner().get(key)? {
-        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongLongInt(v) => Some(*v),
-        _ => None,
-    }
-}
-
 async fn publish(ch: &Channel, t: &Target, key: &str, body: &[u8], props: BasicProperties) {
     ch.basic_publish(
         "amq.topic".into(),
@@ -349,7 +335,7 @@ async fn mqtt(page: &mut Page<'_>, t: &Target, ch: &Channel, id: &str) {
     assert_eq!(*props.delivery_mode(), Some(2), "{}: persistent", t.name);
     let headers = props.headers().clone().unwrap_or_default();
     assert_eq!(
-        int_header(&headers, "x-mqtt-publish-qos"),
+        warren_tests::table_int(&headers, "x-mqtt-publish-qos"),
         Some(1),
         "{}: {headers:?}",
         t.name

@@ -106,20 +106,7 @@ pub(crate) fn erlang_binary(bytes: &[u8], pretty: bool) -> String {
             });
             if printable {
                 let mut out = String::from("<<\"");
-                for c in text.chars() {
-                    match c {
-                        '"' => out.push_str("\\\""),
-                        '\\' => out.push_str("\\\\"),
-                        '\n' => out.push_str("\\n"),
-                        '\r' => out.push_str("\\r"),
-                        '\t' => out.push_str("\\t"),
-                        '\x0b' => out.push_str("\\v"),
-                        '\x08' => out.push_str("\\b"),
-                        '\x0c' => out.push_str("\\f"),
-                        '\x1b' => out.push_str("\\e"),
-                        c => out.push(c),
-                    }
-                }
+                crate::core::error::push_erlang_escaped(&mut out, text);
                 out.push('"');
                 if !text.is_ascii() {
                     out.push_str("/utf8");

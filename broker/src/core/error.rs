@@ -59,6 +59,25 @@ impl Code {
     }
 }
 
+/// Appends `text` with the escapes Erlang's `~p` uses inside a string or binary (`"`, `\\`
+/// and the control characters it names), as RabbitMQ's texts print terms.
+pub(crate) fn push_erlang_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\u{1b}' => out.push_str("\\e"),
+            c => out.push(c),
+        }
+    }
+}
+
 /// A protocol error raised while handling a method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AmqpError {

@@ -206,20 +206,7 @@ fn erlang_string(s: &str) -> String {
         return format!("[{}]", items.join(","));
     }
     let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{b}' => out.push_str("\\v"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{1b}' => out.push_str("\\e"),
-            c => out.push(c),
-        }
-    }
+    crate::core::error::push_erlang_escaped(&mut out, s);
     out.push('"');
     out
 }
