@@ -155,6 +155,8 @@ async fn close_connection_reaches_the_client() {
     let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
+    // Listen before the close: lapin does not replay an event to a listener made after it.
+    let mut events = Box::pin(conn.events_listener());
     let u = url.clone();
     let name = tokio::task::spawn_blocking(move || {
         let conns = json(&u, &["list", "connections"]);
@@ -168,15 +170,19 @@ async fn close_connection_reaches_the_client() {
     })
     .await
     .unwrap();
-    let mut events = Box::pin(conn.events_listener());
     use futures::StreamExt;
-    let reason = loop {
-        match events.next().await {
-            Some(lapin::Event::Error(e)) => break e.to_string(),
-            Some(_) => {}
-            None => panic!("no close"),
+    let closed = async {
+        loop {
+            match events.next().await {
+                Some(lapin::Event::Error(e)) => break e.to_string(),
+                Some(_) => {}
+                None => panic!("no close"),
+            }
         }
     };
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(30), closed)
+        .await
+        .expect("the client hears the close within 30 s");
     assert!(
         reason.contains("CONNECTION_FORCED - maintenance"),
         "{reason}"
